@@ -1,0 +1,155 @@
+"""Parsing the challenge's label files (``IMAGE$ATTR$TEXT``, one image per line).
+
+One parser for every label file the tool reads. A bad line raises
+``LabelError`` naming the file and line; callers either stop (``--strict``) or
+skip the line and count it in their report.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import TrafficRetrievalError, at
+from .schema import NUM_PEDESTRIAN_FLAGS, PEDESTRIAN, VEHICLE, VEHICLE_TYPES
+from .vocabulary import parse_vehicle_attr, strip_vehicle_attr
+
+
+class LabelError(TrafficRetrievalError):
+    """A label line that cannot be used; ``reason`` is the message without the location."""
+
+    def __init__(self, path, line_number: int | None, reason: str):
+        self.path = str(path)
+        self.line_number = line_number
+        self.reason = reason
+        super().__init__(f"{at(path, line_number)}: {reason}")
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    image_name: str
+    attr: str  # canonical ATTR: "0,1,..." for pedestrians, "white Audi." for vehicles
+    text: str
+    category: str
+    source: str  # "path:line"
+
+    @property
+    def pedestrian_flags(self) -> tuple[int, ...]:
+        return tuple(int(flag) for flag in self.attr.split(",")) if self.category == PEDESTRIAN else ()
+
+
+def canonical_attr(raw_attr: str, vehicle_types=VEHICLE_TYPES) -> tuple[str, str]:
+    """Return ``(category, canonical ATTR)`` or raise ValueError with the reason.
+
+    Pedestrian flags are normalised to ``0,1,...`` without spaces; vehicle ATTRs
+    to single spaces and one final period, so ``white Audi`` equals ``white Audi.``.
+    """
+    attr = raw_attr.strip()
+    if not attr:
+        raise ValueError("empty ATTR field")
+    items = [item.strip() for item in attr.split(",")]
+    if len(items) > 1 or attr.isdigit():
+        if not all(item.lstrip("-").isdigit() for item in items):
+            raise ValueError(f"ATTR looks like pedestrian flags but has non-numeric items: {attr[:60]!r}")
+        if len(items) != NUM_PEDESTRIAN_FLAGS:
+            raise ValueError(f"pedestrian ATTR must have {NUM_PEDESTRIAN_FLAGS} flags, found {len(items)}")
+        bad = [item for item in items if item not in ("0", "1")]
+        if bad:
+            raise ValueError(f"pedestrian flags must be 0 or 1, found {bad[0]!r}")
+        return PEDESTRIAN, ",".join(items)
+    vehicle = strip_vehicle_attr(attr)
+    if not vehicle:
+        raise ValueError("empty ATTR field")
+    fields = parse_vehicle_attr(vehicle, vehicle_types)
+    if fields.color and not (fields.brand or fields.type):
+        raise ValueError(f"vehicle ATTR {attr!r} has a color but no brand or type")
+    return VEHICLE, vehicle + "."
+
+
+def parse_label_line(line: str, path="<labels>", line_number: int | None = None, vehicle_types=VEHICLE_TYPES) -> LabelRecord:
+    """Parse one ``IMAGE$ATTR$TEXT`` line (without its line end)."""
+    line = line.rstrip("\r\n")
+    if not line.strip():
+        raise LabelError(path, line_number, "empty line")
+    fields = line.split("$")
+    if len(fields) != 3:
+        raise LabelError(path, line_number, f"expected 3 '$'-separated fields IMAGE$ATTR$TEXT, found {len(fields)}")
+    image_name, raw_attr, text = (field.strip() for field in fields)
+    if not image_name:
+        raise LabelError(path, line_number, "empty IMAGE field")
+    if "/" in image_name or "\\" in image_name or image_name in (".", ".."):
+        raise LabelError(path, line_number, f"image name {image_name!r} must be a plain file name (no path separators)")
+    if not text:
+        raise LabelError(path, line_number, "empty TEXT field")
+    try:
+        category, attr = canonical_attr(raw_attr, vehicle_types)
+    except ValueError as exc:
+        raise LabelError(path, line_number, str(exc)) from None
+    return LabelRecord(image_name, attr, " ".join(text.split()), category, at(path, line_number))
+
+
+def decode_line(raw: bytes, path, line_number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LabelError(path, line_number, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})") from None
+
+
+def iter_label_lines(path: str | Path) -> Iterator[tuple[int, str | LabelError]]:
+    """Stream ``(line_number, text)`` pairs from a label file without loading it whole.
+
+    A UTF-8 BOM and CRLF line ends are accepted; a line that is not UTF-8 is
+    yielded as a ``LabelError`` instead of its text so the caller can count it.
+    Blank lines are skipped silently only at the very end of the file.
+    """
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise TrafficRetrievalError(f"{path}: label file not found") from None
+    except OSError as exc:
+        raise TrafficRetrievalError(f"{path}: cannot read label file ({exc.strerror})") from None
+    pending_blank: list[int] = []
+    with handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                pending_blank.append(line_number)
+                continue
+            for blank in pending_blank:
+                yield blank, LabelError(path, blank, "empty line")
+            pending_blank.clear()
+            try:
+                yield line_number, decode_line(raw, path, line_number)
+            except LabelError as exc:
+                yield line_number, exc
+
+
+def read_label_file(path: str | Path, strict: bool = False, vehicle_types=VEHICLE_TYPES) -> tuple[list[LabelRecord], list[LabelError]]:
+    """All records of a label file plus the errors of the lines that were skipped.
+
+    With ``strict`` the first bad line raises instead. Duplicate image names are
+    errors too (the second occurrence is skipped): relevance is per image.
+    """
+    records: list[LabelRecord] = []
+    errors: list[LabelError] = []
+    first_line_of: dict[str, int] = {}
+    for line_number, line in iter_label_lines(path):
+        try:
+            if isinstance(line, LabelError):
+                raise line
+            record = parse_label_line(line, path, line_number, vehicle_types)
+            if record.image_name in first_line_of:
+                raise LabelError(path, line_number, f"duplicate image name {record.image_name!r} (first on line {first_line_of[record.image_name]})")
+        except LabelError as exc:
+            if strict:
+                raise
+            errors.append(exc)
+            continue
+        first_line_of[record.image_name] = line_number
+        records.append(record)
+    return records, errors

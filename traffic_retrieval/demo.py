@@ -1,0 +1,70 @@
+"""``demo``: the whole pipeline on a CPU - synth, prepare, train, predict, evaluate -
+ending with a results table. Each finished stage is kept, so an interrupted demo
+re-run continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("demo_output")
+    seed: int = 0
+    epochs: int | None = None
+    preset: str = "cpu-tiny"
+
+
+def run_demo(config: DemoConfig) -> dict:
+    from .config import build_config
+    from .data.prepare import PrepareConfig, format_report, prepare
+    from .data.synth import SynthConfig, generate_dataset
+    from .evaluation.evaluate import evaluate_files, format_report as format_scores
+    from .io import atomic_write_json
+    from .retrieval.predict import PredictConfig, predict
+    from .train.trainer import TrainConfig, train
+
+    out = Path(config.out)
+    data, work, run = out / "data", out / "work", out / "run"
+    timings = {}
+
+    def stage(name: str):
+        print(f"\n== {name} ==", flush=True)
+        timings[name] = time.time()
+
+    stage("synth")
+    marker = data / "synth_summary.json"
+    if marker.is_file():
+        print(f"reusing {data}")
+    else:
+        summary = generate_dataset(SynthConfig(out=data, seed=config.seed))
+        atomic_write_json(marker, summary)
+        print(json.dumps({k: v for k, v in summary.items() if k != "seconds"}))
+
+    stage("prepare")
+    print(format_report(prepare(PrepareConfig(data=data, work=work))))
+
+    stage("train")
+    train_config = build_config(TrainConfig, config.preset, {"work": work, "out": run, "seed": config.seed, "epochs": config.epochs, "resume": True})
+    train(train_config)
+    checkpoint = run / "checkpoints" / "final.pt"
+
+    stage("predict")
+    submission = out / "submission.json"
+    predict(PredictConfig(data=data, checkpoint=checkpoint, out=submission, vocabulary=work / "vehicle_vocabulary.json"))
+
+    stage("evaluate")
+    report = evaluate_files(submission, data / "ground_truth" / "test_gt.txt")
+    scores = report.to_json_dict()
+    atomic_write_json(out / "scores.json", scores)
+    timings["end"] = time.time()
+    names = list(timings)
+    durations = {names[i]: timings[names[i + 1]] - timings[names[i]] for i in range(len(names) - 1)}
+    print()
+    print(format_scores(report))
+    print("time: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in durations.items()) + f", total {sum(durations.values()) / 60:.1f} min")
+    print(f"outputs in {out}: data/, work/, run/ (TensorBoard: tensorboard --logdir {run / 'tensorboard'}), submission.json, scores.json")
+    return scores

@@ -1,0 +1,19 @@
+"""The project's one error type: a one-line, user-facing message.
+
+The CLI prints ``error: <message>`` and exits with status 2 for it, never a
+traceback. Messages name the file and line, the key, or the HTTP reason.
+"""
+
+
+class TrafficRetrievalError(Exception):
+    """A problem with the user's input or configuration, explained in one line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def at(path, line_number: int | None = None) -> str:
+    """Format a location as ``path:line`` (or just ``path``) for error messages."""
+    return f"{path}:{line_number}" if line_number is not None else str(path)

@@ -1,0 +1,118 @@
+"""``predict``: encode the test gallery and the queries, route each query to its
+category, rank within it, and write the submission JSON (one result per line of
+test_text.txt, in order, texts exactly as in the file)."""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.prepare import IMAGE_SUFFIXES
+from ..errors import TrafficRetrievalError
+
+
+@dataclass
+class PredictConfig:
+    data: Path | None = None  # the dataset root (test/test_text.txt, test/test_images/)
+    checkpoint: Path | None = None
+    out: Path = Path("submission.json")
+    top_k: int = 10
+    model: str | None = None  # zero-shot with a plain open_clip model instead of a checkpoint
+    pretrained: str | None = None
+    vocabulary: Path | None = None  # vehicle vocabulary for routing (default: the published one)
+    queries: Path | None = None  # default DATA/test/test_text.txt
+    gallery: Path | None = None  # default DATA/test/test_images
+    batch_size: int = 256
+    workers: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+
+
+def read_queries(path: Path) -> list[str]:
+    """Every line of the query file, in order (identical lines repeat and are all answered)."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise TrafficRetrievalError(f"{path}: query file not found") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    queries = []
+    for line_number, line in enumerate(lines, start=1):
+        try:
+            queries.append(line.rstrip(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise TrafficRetrievalError(f"{path}:{line_number}: not valid UTF-8 (byte {line[exc.start]:#04x})") from None
+    if not queries:
+        raise TrafficRetrievalError(f"{path}: no queries")
+    return queries
+
+
+def list_gallery_images(gallery_dir: Path) -> list[Path]:
+    if not Path(gallery_dir).is_dir():
+        raise TrafficRetrievalError(f"{gallery_dir}: gallery directory not found")
+    images = sorted(p for p in Path(gallery_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise TrafficRetrievalError(f"{gallery_dir}: no images (.jpg, .jpeg, .png, .bmp, .webp)")
+    return images
+
+
+def load_model_for_inference(checkpoint, model_name, pretrained, device):
+    from ..model.factory import create_model, load_checkpoint
+
+    if checkpoint:
+        return load_checkpoint(checkpoint, device=device)
+    if model_name:
+        return create_model(model_name, pretrained, None, device)
+    raise TrafficRetrievalError("give --checkpoint (a trained model) or --model/--pretrained (zero-shot)")
+
+
+def rank_queries(loaded, queries: list[str], gallery_embeddings, gallery_names: list[str], gallery_category_of: list[str], router, device, dtype, top_k: int) -> list[list[str]]:
+    """Top-k gallery names for each query, ranked within the query's routed category."""
+    from .encode import encode_texts
+    from .rank import topk_by_category
+
+    query_categories = [router(query) for query in queries]
+    query_embeddings = encode_texts(loaded, queries, device, dtype)
+    ranked = topk_by_category(query_embeddings, query_categories, gallery_embeddings, gallery_category_of, top_k)
+    return [[gallery_names[i] for i, _ in result] for result in ranked]
+
+
+def predict(config: PredictConfig) -> dict:
+    from ..data.vocabulary import QueryRouter, VehicleVocabulary
+    from ..evaluation.submission import write_submission
+    from ..train.trainer import autocast_dtype, resolve_device
+    from .encode import encode_image_files, gallery_categories
+
+    if config.data is None and (config.queries is None or config.gallery is None):
+        raise TrafficRetrievalError("predict needs --data DIR (or both --queries and --gallery)")
+    if not 1 <= config.top_k <= 1000:
+        raise TrafficRetrievalError(f"--top-k must be between 1 and 1000, got {config.top_k}")
+    queries_path = Path(config.queries or Path(config.data) / "test" / "test_text.txt")
+    gallery_dir = Path(config.gallery or Path(config.data) / "test" / "test_images")
+    queries = read_queries(queries_path)
+    gallery_paths = list_gallery_images(gallery_dir)
+
+    device = resolve_device(config.device)
+    dtype = autocast_dtype(config.precision, device)
+    loaded = load_model_for_inference(config.checkpoint, config.model, config.pretrained, device)
+    router = QueryRouter(VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
+
+    gallery_embeddings, readable, errors = encode_image_files(loaded, [str(p) for p in gallery_paths], device, dtype, config.batch_size, config.workers, config.progress)
+    if not readable:
+        raise TrafficRetrievalError(f"{gallery_dir}: none of the gallery images could be read (first error: {errors[0]})")
+    gallery_names = [gallery_paths[i].name for i in readable]
+    category_of = gallery_categories(loaded, gallery_embeddings, device, dtype)
+    ranked_names = rank_queries(loaded, queries, gallery_embeddings, gallery_names, category_of, router, device, dtype, config.top_k)
+    write_submission(config.out, [{"text": query, "image_names": names} for query, names in zip(queries, ranked_names)])
+    return {
+        "submission": str(config.out),
+        "queries": len(queries),
+        "gallery_images": len(gallery_paths),
+        "unreadable_images": errors,
+        "gallery_per_category": {c: category_of.count(c) for c in sorted(set(category_of))},
+    }

@@ -1,0 +1,76 @@
+"""Batch augmentations on cached uint8 images, run as tensor ops (cheap on CPU).
+
+Training images come from the web, the gallery from surveillance cameras. These
+augmentations teach invariance to what such cameras do to a picture - low
+resolution, blur, exposure, a mild color cast, sensor noise - without ever
+looking at the test images. Hue is never rotated: colors are labels here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class AugmentConfig:
+    flip: float = 0.5  # probability of a horizontal flip
+    low_resolution: float = 0.5  # probability of a down-then-up resize
+    min_scale: float = 0.35
+    blur: float = 0.3
+    exposure: float = 0.8  # brightness/contrast jitter
+    color_cast: float = 0.5  # per-channel gain up to +-max_cast
+    max_cast: float = 0.08
+    noise: float = 0.3
+    max_noise: float = 0.06
+    translate: float = 0.5  # probability of a shift up to 1/16 of the side
+
+
+def augment_batch(images_uint8, config: AugmentConfig, generator):
+    """uint8 NCHW -> float NCHW in [0, 1], augmented per sample."""
+    import torch
+    import torch.nn.functional as F
+
+    images = images_uint8.float() / 255.0
+    n, _, height, width = images.shape
+
+    def chosen(probability):
+        return torch.rand(n, generator=generator) < probability
+
+    def uniform(low, high, *shape):
+        return low + (high - low) * torch.rand(*shape, generator=generator)
+
+    flip = chosen(config.flip)
+    if flip.any():
+        images[flip] = images[flip].flip(-1)
+
+    shift = chosen(config.translate)
+    if shift.any():
+        max_shift = max(1, height // 16)
+        dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+        images[shift] = torch.roll(images[shift], shifts=(dy, dx), dims=(-2, -1))
+
+    low = chosen(config.low_resolution)
+    if low.any():
+        scale = float(uniform(config.min_scale, 1.0, 1))
+        small = max(8, int(height * scale))
+        subset = F.interpolate(images[low], size=(small, small), mode="bilinear", align_corners=False, antialias=True)
+        images[low] = F.interpolate(subset, size=(height, width), mode="bilinear", align_corners=False)
+
+    blur = chosen(config.blur)
+    if blur.any():
+        kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
+        kernel2d = (kernel[:, None] * kernel[None, :]).expand(3, 1, 3, 3)
+        images[blur] = F.conv2d(F.pad(images[blur], (1, 1, 1, 1), mode="replicate"), kernel2d, groups=3)
+
+    exposure = chosen(config.exposure).float().view(n, 1, 1, 1)
+    brightness = 1 + exposure * uniform(-0.3, 0.3, n, 1, 1, 1)
+    contrast = 1 + exposure * uniform(-0.3, 0.3, n, 1, 1, 1)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = (images - mean) * contrast + mean * brightness
+
+    cast = chosen(config.color_cast).float().view(n, 1, 1, 1)
+    images = images * (1 + cast * uniform(-config.max_cast, config.max_cast, n, 3, 1, 1))
+
+    noise = chosen(config.noise).float().view(n, 1, 1, 1)
+    images = images + noise * uniform(0, config.max_noise, n, 1, 1, 1) * torch.randn(images.shape, generator=generator)
+    return images.clamp_(0, 1)
