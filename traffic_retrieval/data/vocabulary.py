@@ -84,10 +84,6 @@ def parse_vehicle_attr(attr: str, vehicle_types: Iterable[str] = VEHICLE_TYPES) 
         if color is not None:
             return VehicleAttributes(color=color, type=rest)
         return VehicleAttributes(type=rest)
-    # A trailing known type after a brand ("white Audi Sedan", an augmented caption).
-    for vehicle_type in vehicle_types:
-        if rest.endswith(" " + vehicle_type):
-            return VehicleAttributes(color=color, brand=rest[: -len(vehicle_type) - 1], type=vehicle_type)
     return VehicleAttributes(color=color, brand=rest)
 
 

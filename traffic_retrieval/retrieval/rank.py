@@ -31,7 +31,7 @@ def topk_similar(query_embeddings, gallery_embeddings, k: int, query_block: int 
             else:
                 merged_scores = torch.cat([best_scores, block_scores], dim=1)
                 merged_indices = torch.cat([best_indices, block_indices], dim=1)
-                order = merged_scores.topk(k, dim=1).indices
+                order = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1).indices
                 best_scores, best_indices = merged_scores.gather(1, order), merged_indices.gather(1, order)
         # deterministic tie order: sort by (-score, index)
         order = torch.argsort(best_indices, dim=1, stable=True)
