@@ -164,9 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     from .errors import TrafficRetrievalError
 
     args = build_parser().parse_args(argv)
+    # open_clip logs a warning for every randomly initialised model; our outputs say what happened.
+    logging.basicConfig(level=logging.ERROR)
     try:
         args.func(args)
     except TrafficRetrievalError as exc:

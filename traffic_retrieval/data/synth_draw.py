@@ -215,14 +215,20 @@ def _limb(canvas: _Canvas, start, end, width, color, skin, skin_from: float | No
         canvas.polygon(quad(skin_from, 1), fill=skin, outline=_shade(skin, 0.7), width=0.4)
 
 
-def _torso_pattern(layer: Image.Image, canvas: _Canvas, flags, box, base, accent, rng):
+def _torso_pattern(layer: Image.Image, canvas: _Canvas, flags, box, base, accent, rng,
+                   horizontal_splice: bool = False, logo_x: float | None = None):
     """Draws the upper-body pattern inside ``box`` (figure units) onto ``layer``."""
     draw = ImageDraw.Draw(layer)
     x0, y0, x1, y1 = box
     if flags.get("UpperSplice"):
-        # Two-tone: one half of the torso in a different colour, split vertically.
-        split = (x0 + x1) / 2 + rng.uniform(-1.5, 1.5)
-        draw.rectangle(canvas.box(split, y0 - 2, x1 + 2, y1 + 2), fill=accent)
+        # Two-tone: one part of the torso in another colour, split across or down the middle
+        # (across in a side view, where the arm hides the middle).
+        if horizontal_splice:
+            split = y0 + (y1 - y0) * rng.uniform(0.4, 0.55)
+            draw.rectangle(canvas.box(x0 - 2, split, x1 + 2, y1 + 2), fill=accent)
+        else:
+            split = (x0 + x1) / 2 + rng.uniform(-1.5, 1.5)
+            draw.rectangle(canvas.box(split, y0 - 2, x1 + 2, y1 + 2), fill=accent)
     if flags.get("UpperPlaid"):
         step = 4.2
         for x in np.arange(x0 + 1.5, x1, step):
@@ -236,8 +242,8 @@ def _torso_pattern(layer: Image.Image, canvas: _Canvas, flags, box, base, accent
             draw.rectangle(canvas.box(x0 - 2, y, x1 + 2, y + band), fill=accent)
     if flags.get("UpperLogo"):
         logo = _pick_color(rng, LOGO_COLORS, avoid=[base, accent], min_distance=150)
-        size = min(x1 - x0, y1 - y0) * 0.48
-        cx, cy = (x0 + x1) / 2, y0 + (y1 - y0) * 0.4
+        size = min(x1 - x0, y1 - y0) * (0.48 if logo_x is None else 0.42)
+        cx, cy = (x0 + x1) / 2 if logo_x is None else logo_x, y0 + (y1 - y0) * 0.4
         shape = int(rng.integers(3))
         if shape == 0:
             draw.ellipse(canvas.box(cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2), fill=logo,
@@ -277,13 +283,14 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
     hip_w = (12.5 if side else (23.0 if female else 21.0)) * (0.94 if child else 1.0)
     arm_w = 4.6 if female else 5.2
     lean = 5.0 if elderly and side else 0.0  # stoop: the upper body leans forward
-    half_extent = 33.0 if not side else 28.0
+    # Half the figure's width with a bag at the side; it decides the scale in narrow crops.
+    half_extent = 24.0 if not side else 21.0
 
     # Placement: children are visibly smaller in the crop.
     bottom = height * (1.0 - rng.uniform(0.01, 0.04))
     available = bottom - height * (top_reserve + 0.02)
-    fraction = rng.uniform(0.6, 0.7) if child else rng.uniform(0.86, 0.98)
-    unit = min(available * fraction / 100.0, width / 2 / half_extent)
+    full_unit = min(available / 100.0, width / 2 / half_extent)
+    unit = full_unit * (rng.uniform(0.6, 0.7) if child else rng.uniform(0.9, 1.0))
     slack = max(0.0, width / 2 - half_extent * unit)
     cx = width / 2 + rng.uniform(-0.7, 0.7) * slack
     mirror = 1 if (not side or rng.random() < 0.5) else -1
@@ -364,6 +371,12 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
         if orientation == "Back":  # back vent
             canvas.line([(0, hip_y + 4), (0, coat_bottom)], fill=_shade(upper, 0.55), width=0.8)
 
+    # ---- seen from behind, a box held in front shows on both sides of the body
+    if holding and orientation == "Back":
+        by = shoulder_y + 14.5
+        canvas.rect(-torso_w / 2 - 7.5, by, torso_w / 2 + 7.5, by + 12.5, fill=box_color,
+                    outline=_outline_of(box_color), width=0.8)
+
     # ---- torso with its pattern
     if side:
         torso = [(-torso_w / 2 + lean, shoulder_y), (torso_w / 2 + lean, shoulder_y),
@@ -378,10 +391,12 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
                    max(torso_w, hip_w) / 2 + 1 + lean / 2, hip_y - 0.5)
     accent_for_pattern = accent2 if flags.get("UpperStride") and flags.get("UpperSplice") else accent
     split_flags = dict(flags)
+    pattern_options = {"horizontal_splice": side or rng.random() < 0.4,
+                       "logo_x": torso_w / 4 + lean / 2 if side else None}
     if flags.get("UpperSplice") and flags.get("UpperStride"):
-        _torso_pattern(layer, canvas, {"UpperSplice": 1}, pattern_box, upper, accent, rng)
+        _torso_pattern(layer, canvas, {"UpperSplice": 1}, pattern_box, upper, accent, rng, **pattern_options)
         split_flags["UpperSplice"] = 0
-    _torso_pattern(layer, canvas, split_flags, pattern_box, upper, accent_for_pattern, rng)
+    _torso_pattern(layer, canvas, split_flags, pattern_box, upper, accent_for_pattern, rng, **pattern_options)
     image.paste(layer, mask=canvas.mask(torso))
     canvas.polygon(torso, fill=None, outline=outline_upper, width=0.6)
     if coat and orientation == "Front":
@@ -415,6 +430,10 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
             canvas.polygon([(hx0 - 0.2, hy0 + head_h * 0.45), (hx0 + 0.5, hy0 + 1.5), (head_x, hy0 - 0.6),
                             (hx1 - 0.5, hy0 + 1.5), (hx1 + 0.2, hy0 + head_h * 0.45),
                             (hx1 - 1.5, hy0 + head_h * 0.3), (hx0 + 1.5, hy0 + head_h * 0.3)], fill=hair)
+            if elderly:  # grey hair over the ears too
+                for sign in (-1, 1):
+                    canvas.ellipse(head_x + sign * head_w / 2 - 1.6, hy0 + head_h * 0.15,
+                                   head_x + sign * head_w / 2 + 1.6, hy0 + head_h * 0.62, fill=hair)
             for ex in (head_x - head_w * 0.22, head_x + head_w * 0.22):
                 canvas.ellipse(ex - 1.1, eye_y - 1.1, ex + 1.1, eye_y + 1.1, fill=(15, 15, 15))
             canvas.line([(head_x - 1.8, hy0 + head_h * 0.8), (head_x + 1.8, hy0 + head_h * 0.8)],
@@ -443,19 +462,24 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
         if holding:
             arm_end = (torso_w / 2 + 5.5 + lean, shoulder_y + 22)
         else:
-            swing = rng.uniform(-4, 5)
-            arm_end = (swing + lean * 0.5, hip_y + 4)
-        arm_start = (lean * 0.8, shoulder_y + 1.5)
+            swing = rng.uniform(-6, 2)
+            arm_end = (swing + lean * 0.5 - 2.0, hip_y + 4)
+        # The arm hangs at the back half of the torso, leaving the chest (logo) visible.
+        arm_start = (lean * 0.8 - torso_w / 2 + arm_w / 2 + 1.0, shoulder_y + 1.5)
         _limb(canvas, arm_start, arm_end, arm_w + 0.6, upper, skin, sleeve_from, outline_upper)
         hands.append(arm_end)
     else:
         for sign in (-1, 1):
             start = (sign * (torso_w / 2 + arm_w / 2 - 1.2), shoulder_y + 1.5 + (1.0 if elderly else 0.0))
-            end = (sign * (torso_w / 2 - 2.5), shoulder_y + 22) if holding and orientation == "Front" else \
-                (sign * (torso_w / 2 + arm_w / 2 + 0.4), hip_y + 3.0)
+            if holding and orientation == "Front":
+                end = (sign * (torso_w / 2 - 2.5), shoulder_y + 22)
+            elif holding:  # from behind: elbows bent forward, forearms hidden by the body
+                end = (sign * (torso_w / 2 + arm_w / 2), shoulder_y + 15)
+            else:
+                end = (sign * (torso_w / 2 + arm_w / 2 + 0.4), hip_y + 3.0)
             _limb(canvas, start, end, arm_w, upper, skin, sleeve_from, outline_upper)
             hands.append(end)
-    if not (holding and orientation == "Front"):
+    if not holding:
         for hx, hy in hands:
             canvas.ellipse(hx - hand_r, hy - hand_r, hx + hand_r, hy + hand_r, fill=skin)
 
@@ -474,16 +498,16 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
                        outline=_outline_of(shoulderbag_color), width=0.7)
     if flags.get("HandBag"):
         hx, hy = hands[-1]
-        if not side and holding and orientation == "Front":
-            hx, hy = torso_w / 2 + 3.5, hip_y + 2
+        if not side and holding:
+            hx, hy = torso_w / 2 + arm_w + 1.5, hip_y
         outward = (1 if hx >= 0 else -1) * (0 if side else 2.0)
         bag_x = hx + outward
         canvas.line([(bag_x - 2.8, hy + 3.5), (hx, hy - 1.0), (bag_x + 2.8, hy + 3.5)],
                     fill=_shade(handbag_color, 0.6), width=1.0)
         canvas.rounded(bag_x - 5.2, hy + 2.5, bag_x + 5.2, hy + 11.5, 1.5, fill=handbag_color,
                        outline=_outline_of(handbag_color), width=0.7)
-    if holding:
-        box_w = 15.0 if side else torso_w + (4.0 if orientation == "Front" else 9.0)
+    if holding and orientation != "Back":
+        box_w = 15.0 if side else torso_w + 4.0
         box_x = (torso_w / 2 + lean + box_w / 2 - 4.5) if side else 0.0
         by = shoulder_y + 14.5
         canvas.rect(box_x - box_w / 2, by, box_x + box_w / 2, by + 12.5, fill=box_color,
@@ -551,7 +575,7 @@ VEHICLE_SHAPES: dict[str, dict] = {
         "wheels": [(0.15, 0.15), (0.85, 0.15)],
     },
     "Bus": {
-        "height": 0.58, "face": 0.34, "face_hood": 0.42, "face_roof": 0.98, "roof_start": 0.02,
+        "height": 0.5, "face": 0.3, "face_hood": 0.42, "face_roof": 0.98, "roof_start": 0.02,
         "outline": [(0, 0.08), (0, 0.94), (0.02, 0.98), (0.99, 0.98), (1, 0.94), (1, 0.08)],
         "windows": [[(x, 0.5), (x, 0.86), (x + 0.1, 0.86), (x + 0.1, 0.5)]
                     for x in (0.03, 0.155, 0.28, 0.405, 0.53, 0.655, 0.78)],
@@ -839,7 +863,8 @@ def _timestamp(rng: np.random.Generator) -> str:
     return f"2023-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d}"
 
 
-def overlay_timestamp(image: Image.Image, rng: np.random.Generator, max_height_fraction: float) -> Image.Image:
+def overlay_timestamp(image: Image.Image, rng: np.random.Generator, max_height_fraction: float,
+                      max_width_fraction: float = 0.92) -> Image.Image:
     """Burns a camera timestamp into a top corner, scaled to fit the crop."""
     text = _timestamp(rng)
     font = _timestamp_font()
@@ -847,7 +872,7 @@ def overlay_timestamp(image: Image.Image, rng: np.random.Generator, max_height_f
     text_w, text_h = right - left + 2, bottom - top + 2
     mask = Image.new("L", (text_w, text_h), 0)
     ImageDraw.Draw(mask).text((1 - left, 1 - top), text, fill=255, font=font)
-    scale = min(image.size[0] * 0.92 / text_w, image.size[1] * max_height_fraction / text_h, 1.0)
+    scale = min(image.size[0] * max_width_fraction / text_w, image.size[1] * max_height_fraction / text_h, 1.0)
     new_size = (max(1, round(text_w * scale)), max(1, round(text_h * scale)))
     mask = mask.resize(new_size, Image.Resampling.BILINEAR)
     x = 1 if rng.random() < 0.5 else image.size[0] - new_size[0] - 1
@@ -859,7 +884,8 @@ def overlay_timestamp(image: Image.Image, rng: np.random.Generator, max_height_f
     return out
 
 
-def surveillance_look(image: Image.Image, rng: np.random.Generator, max_text_fraction: float) -> Image.Image:
+def surveillance_look(image: Image.Image, rng: np.random.Generator, max_text_fraction: float,
+                      max_text_width: float = 0.92) -> Image.Image:
     """The test split's domain shift: lower resolution, blur, a mild colour cast, sensor
     noise and a timestamp; the caller saves it at a low JPEG quality for block artefacts."""
     w, h = image.size
@@ -874,7 +900,7 @@ def surveillance_look(image: Image.Image, rng: np.random.Generator, max_text_fra
     array = array * cast * gain + offset
     array += rng.normal(0.0, rng.uniform(2.5, 5.0), size=array.shape).astype(np.float32)
     small = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8))
-    return overlay_timestamp(small, rng, max_text_fraction)
+    return overlay_timestamp(small, rng, max_text_fraction, max_text_width)
 
 
 def clean_look(image: Image.Image, rng: np.random.Generator) -> Image.Image:
