@@ -48,13 +48,17 @@ _CATEGORY_IDS = {PEDESTRIAN: 1, VEHICLE: 2}
 # Independent random streams derived from the seed (numpy SeedSequence entropy).
 _STREAM_POOL, _STREAM_NAMES, _STREAM_QUERIES, _STREAM_PLAN, _STREAM_IMAGE = 11, 12, 13, 14, 15
 
-# Sizes of the global pedestrian flag-vector pool and its Zipf exponent: with the
-# default test split (800 pedestrians) a query has about 10 relevant images.
-PEDESTRIAN_POOL_SIZE = 500
-PEDESTRIAN_POOL_ZIPF = 0.8
+# The global pedestrian flag-vector pool: the distinct vectors among this many draws
+# from the marginals (about 400), and the spread of their random popularity. With
+# the default test split (800 pedestrians) a query then has about 10 relevant images
+# (8 to 13 depending on the seed). Larger test splits scale the draws, which keeps
+# that number.
+PEDESTRIAN_POOL_DRAWS = 1000
+PEDESTRIAN_POOL_POPULARITY = 0.5
+PEDESTRIAN_POOL_TEST_SIZE = 800
 
 JPEG_QUALITY_CLEAN = 92
-JPEG_QUALITY_SURVEILLANCE = 55
+JPEG_QUALITY_SURVEILLANCE = 60
 # Image sizes (pixels, before the surveillance downscale).
 PEDESTRIAN_WIDTH = (48, 80)
 PEDESTRIAN_ASPECT = (2.0, 3.0)  # height / width
@@ -134,7 +138,7 @@ TYPE_ONLY_FRACTION = 0.14  # of all vehicles; the rest (but brand-only brands) i
 TYPE_ONLY_WEIGHTS: dict[str, float] = {"Truck": 0.2, "SUV": 0.2, "Bus": 0.2, "Sedan": 0.16,
                                        "Microbus": 0.13, "Minivan": 0.11}
 COLOR_WEIGHTS: dict[str, float] = {
-    "white": 1.6, "black": 1.5, "grey": 1.3, "red": 1.1, "blue": 1.1, "silver": 0.0,
+    "white": 1.6, "black": 1.5, "grey": 1.3, "red": 1.1, "blue": 1.1,
     "brown": 0.9, "green": 0.9, "yellow": 0.9, "orange": 0.8, "pink": 0.7, "purple": 0.7,
 }
 
@@ -229,19 +233,24 @@ def sample_pedestrian_flags(rng: np.random.Generator, marginals: dict = PEDESTRI
     return tuple(flags[name] for name in PEDESTRIAN_FLAGS)
 
 
-def pedestrian_flag_pool(seed: int, size: int = PEDESTRIAN_POOL_SIZE,
-                         zipf: float = PEDESTRIAN_POOL_ZIPF) -> tuple[list[tuple[int, ...]], np.ndarray]:
-    """The seed's pool of distinct flag vectors and their probabilities (Zipf-like over a
-    random order, so the marginals hold in expectation), shared by all splits."""
+def pedestrian_flag_pool(seed: int, draws: int = PEDESTRIAN_POOL_DRAWS,
+                         popularity_sigma: float = PEDESTRIAN_POOL_POPULARITY) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """The seed's pool of distinct flag vectors and their probabilities, shared by all splits.
+
+    ``draws`` vectors come from the marginals; the distinct ones form the pool, each
+    weighted by how often it came up (a Zipf-like rank-frequency: a few plain outfits
+    are common, most combinations rare) times a random popularity factor. Weighting
+    by the counts keeps the marginals; weighting distinct vectors equally would not
+    (rare attributes make more distinct vectors).
+    """
     rng = np.random.default_rng([seed, _STREAM_POOL])
-    seen: dict[tuple[int, ...], None] = {}
-    for _ in range(size * 200):
-        if len(seen) >= size:
-            break
-        seen.setdefault(sample_pedestrian_flags(rng), None)
-    vectors = list(seen)
-    ranks = rng.permutation(len(vectors)) + 1
-    weights = 1.0 / ranks.astype(np.float64) ** zipf
+    counts: dict[tuple[int, ...], int] = {}
+    for _ in range(draws):
+        flags = sample_pedestrian_flags(rng)
+        counts[flags] = counts.get(flags, 0) + 1
+    vectors = list(counts)
+    weights = np.asarray([counts[v] for v in vectors], dtype=np.float64)
+    weights *= np.exp(rng.normal(0.0, popularity_sigma, size=len(vectors)))
     return vectors, weights / weights.sum()
 
 
@@ -316,7 +325,8 @@ def plan_dataset(config: SynthConfig) -> DatasetPlan:
     name_rng = np.random.default_rng([seed, _STREAM_NAMES])
     pedestrian_names = iter(_pedestrian_names(name_rng, sum(config.count(s, PEDESTRIAN) for s in SPLITS)))
     vehicle_names = iter(_vehicle_names(name_rng, sum(config.count(s, VEHICLE) for s in SPLITS)))
-    pool, pool_p = pedestrian_flag_pool(seed)
+    draws = round(PEDESTRIAN_POOL_DRAWS * max(1.0, config.test_pedestrians / PEDESTRIAN_POOL_TEST_SIZE))
+    pool, pool_p = pedestrian_flag_pool(seed, draws)
     plan = DatasetPlan()
     for split in SPLITS:
         specs: list[ImageSpec] = []
@@ -364,16 +374,16 @@ def render_image(seed: int, spec: ImageSpec):
         height = int(round(width * rng.uniform(*PEDESTRIAN_ASPECT)))
         image = draw_pedestrian(flags_to_dict(spec.flags), (width, height), rng, boots=spec.boots,
                                 top_reserve=0.1 if surveillance else 0.02)
-        text_fraction, text_width = 0.075, 0.95
+        text_fraction, text_width, min_side = 0.075, 0.95, 38
     else:
         color, brand, vehicle_type = spec.vehicle
         width = int(rng.integers(VEHICLE_WIDTH[0], VEHICLE_WIDTH[1] + 1))
         height = int(round(width / rng.uniform(*VEHICLE_ASPECT.get(vehicle_type, VEHICLE_ASPECT_DEFAULT))))
         image = draw_vehicle(color, brand, vehicle_type, (width, height), rng,
                              top_reserve=0.14 if surveillance else 0.02)
-        text_fraction, text_width = 0.1, 0.65
+        text_fraction, text_width, min_side = 0.1, 0.65, 56
     if surveillance:
-        return surveillance_look(image, rng, text_fraction, text_width)
+        return surveillance_look(image, rng, text_fraction, text_width, min_side)
     return clean_look(image, rng)
 
 

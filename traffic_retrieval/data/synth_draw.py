@@ -230,12 +230,12 @@ def _torso_pattern(layer: Image.Image, canvas: _Canvas, flags, box, base, accent
             split = (x0 + x1) / 2 + rng.uniform(-1.5, 1.5)
             draw.rectangle(canvas.box(split, y0 - 2, x1 + 2, y1 + 2), fill=accent)
     if flags.get("UpperPlaid"):
-        step = 4.2
+        step = 5.2
         for x in np.arange(x0 + 1.5, x1, step):
-            draw.rectangle(canvas.box(x, y0 - 2, x + 1.3, y1 + 2), fill=accent)
+            draw.rectangle(canvas.box(x, y0 - 2, x + 1.8, y1 + 2), fill=accent)
         line2 = _shade(accent, 0.6) if sum(accent) > 300 else _shade(base, 1.4)
         for y in np.arange(y0 + 1.5, y1, step):
-            draw.rectangle(canvas.box(x0 - 2, y, x1 + 2, y + 1.3), fill=line2)
+            draw.rectangle(canvas.box(x0 - 2, y, x1 + 2, y + 1.8), fill=line2)
     if flags.get("UpperStride"):
         band = rng.uniform(2.6, 3.4)
         for y in np.arange(y0 + band * 0.6, y1 - 0.5, band * 2):
@@ -297,13 +297,14 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
     canvas = _Canvas(image, cx, bottom - 100.0 * unit, unit, mirror)
 
     skin = _jitter(SKIN_TONES[int(rng.integers(len(SKIN_TONES)))], rng, 6)
-    hair = _jitter((GREY_HAIR_COLORS if elderly else HAIR_COLORS)[int(rng.integers(3))], rng, 6)
-    upper = _jitter(_pick_color(rng, CLOTHING_COLORS, avoid=[skin], min_distance=110), rng, 8)
+    hair_palette = GREY_HAIR_COLORS if elderly else HAIR_COLORS
+    hair = _jitter(hair_palette[int(rng.integers(len(hair_palette)))], rng, 6)
+    # Seen from behind, long hair must stand out against the shirt.
+    upper_avoid = [skin, hair] if female and orientation == "Back" else [skin]
+    upper = _jitter(_pick_color(rng, CLOTHING_COLORS, avoid=upper_avoid, min_distance=110), rng, 8)
     accent = _pick_color(rng, CLOTHING_COLORS, avoid=[upper, skin], min_distance=160)
-    if flags.get("UpperSplice") and flags.get("UpperStride"):
-        accent2 = _pick_color(rng, CLOTHING_COLORS, avoid=[upper, accent], min_distance=120)
-    else:
-        accent2 = accent
+    # A second pattern over a two-tone (spliced) shirt needs a third colour.
+    accent2 = _pick_color(rng, CLOTHING_COLORS, avoid=[upper, accent], min_distance=120)
     trousers = _jitter(_pick_color(rng, TROUSER_COLORS, avoid=[upper], min_distance=80), rng, 8)
     skirt = upper if rng.random() < 0.3 else _pick_color(rng, CLOTHING_COLORS, avoid=[skin, upper], min_distance=100)
     shoes = _jitter((35, 30, 28), rng, 10) if rng.random() < 0.7 else (235, 235, 235)
@@ -389,14 +390,13 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
     layer = Image.new("RGB", image.size, upper)
     pattern_box = (-max(torso_w, hip_w) / 2 - 1 + lean / 2, shoulder_y + 1.5,
                    max(torso_w, hip_w) / 2 + 1 + lean / 2, hip_y - 0.5)
-    accent_for_pattern = accent2 if flags.get("UpperStride") and flags.get("UpperSplice") else accent
-    split_flags = dict(flags)
     pattern_options = {"horizontal_splice": side or rng.random() < 0.4,
                        "logo_x": torso_w / 4 + lean / 2 if side else None}
-    if flags.get("UpperSplice") and flags.get("UpperStride"):
+    other_patterns = {name: flags.get(name, 0) for name in ("UpperStride", "UpperLogo", "UpperPlaid")}
+    if flags.get("UpperSplice"):
         _torso_pattern(layer, canvas, {"UpperSplice": 1}, pattern_box, upper, accent, rng, **pattern_options)
-        split_flags["UpperSplice"] = 0
-    _torso_pattern(layer, canvas, split_flags, pattern_box, upper, accent_for_pattern, rng, **pattern_options)
+    _torso_pattern(layer, canvas, other_patterns, pattern_box, upper,
+                   accent2 if flags.get("UpperSplice") else accent, rng, **pattern_options)
     image.paste(layer, mask=canvas.mask(torso))
     canvas.polygon(torso, fill=None, outline=outline_upper, width=0.6)
     if coat and orientation == "Front":
@@ -885,13 +885,13 @@ def overlay_timestamp(image: Image.Image, rng: np.random.Generator, max_height_f
 
 
 def surveillance_look(image: Image.Image, rng: np.random.Generator, max_text_fraction: float,
-                      max_text_width: float = 0.92) -> Image.Image:
+                      max_text_width: float = 0.92, min_short_side: int = 36) -> Image.Image:
     """The test split's domain shift: lower resolution, blur, a mild colour cast, sensor
     noise and a timestamp; the caller saves it at a low JPEG quality for block artefacts."""
     w, h = image.size
-    factor = rng.uniform(0.55, 0.8)
+    factor = max(rng.uniform(0.6, 0.85), min(1.0, min_short_side / min(w, h)))
     small = image.resize((max(8, round(w * factor)), max(8, round(h * factor))), Image.Resampling.BILINEAR)
-    small = small.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 0.7))))
+    small = small.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.25, 0.55))))
     array = np.asarray(small, dtype=np.float32)
     cast = 1.0 + rng.uniform(-0.06, 0.06, size=3).astype(np.float32)  # mild: keeps paint colours nameable
     gain, offset = rng.uniform(0.85, 1.05), rng.uniform(-8, 12)

@@ -63,19 +63,33 @@ def encode_texts(loaded, texts: list[str], device: str, dtype, batch_size: int =
     return unique_embeddings[[position[text] for text in texts]] if texts else unique_embeddings
 
 
-def gallery_categories(loaded, gallery_embeddings, device: str, dtype) -> list[str]:
-    """Category of each gallery image: nearest category centroid stored by training,
-    or, for a model without them (zero-shot), the closer of two text prompts."""
+ZERO_SHOT_CATEGORY_TEXTS = {
+    "pedestrian": ["a photo of a pedestrian.", "a person walking.", "a man walking on the street.", "a woman walking on the street."],
+    "vehicle": ["a photo of a vehicle.", "a photo of a car.", "a bus on the road.", "a truck on the road."],
+}
+
+
+def gallery_categories(loaded, gallery_embeddings, device: str, dtype, votes: int = 10, block: int = 8192) -> list[str]:
+    """Category of each gallery image by a vote of its nearest category texts.
+
+    Training stores a sample of its captions per category in the checkpoint; a
+    gallery image takes the majority category of its ``votes`` most similar
+    captions. Text embeddings do not suffer the camera domain shift that image
+    centroids do. A model without stored captions (zero-shot) uses prompts.
+    """
     import torch
 
-    centroids = (loaded.checkpoint or {}).get("category_centroids") or {}
-    if len(centroids) == 2:
-        names = sorted(centroids)
-        prototypes = torch.tensor([centroids[name] for name in names])
-    else:
-        names = ["pedestrian", "vehicle"]
-        prototypes = encode_texts(loaded, ["a photo of a pedestrian, a person walking.", "a photo of a vehicle, a car."], device, dtype)
+    category_texts = (loaded.checkpoint or {}).get("category_texts") or ZERO_SHOT_CATEGORY_TEXTS
+    names = sorted(category_texts)
+    texts = [text for name in names for text in category_texts[name]]
+    text_category = torch.tensor([i for i, name in enumerate(names) for _ in category_texts[name]])
     if len(gallery_embeddings) == 0:
         return []
-    choice = (gallery_embeddings @ prototypes.T).argmax(dim=1).tolist()
-    return [names[i] for i in choice]
+    text_embeddings = encode_texts(loaded, texts, device, dtype)
+    votes = min(votes, len(texts))
+    choices = []
+    for start in range(0, len(gallery_embeddings), block):
+        nearest = (gallery_embeddings[start : start + block] @ text_embeddings.T).topk(votes, dim=1).indices
+        counts = torch.nn.functional.one_hot(text_category[nearest], len(names)).sum(dim=1)
+        choices += counts.argmax(dim=1).tolist()
+    return [names[i] for i in choices]

@@ -38,12 +38,13 @@ class RerankConfig:
     # k-reciprocal sets, and the "strong text candidates" the evidence counts.
     neighbours: int = 10
     # Every term below lies in [0, 1] per query. The text term keeps weight 1
-    # and the two image-space terms together also weigh 1: image evidence can
-    # lift a candidate over a better text match only when the text gap is
-    # small (at most half the query's min-max text range per term) and the
-    # evidence is one-sided, and it can never rescue a candidate the text
-    # model ranks near the bottom of the N. Each term alone repairs the
-    # constructed cases in tests/test_rerank.py; tune on validation data.
+    # and the two image-space terms together also weigh 1, so the text model
+    # stays the main signal: overtaking a candidate whose scaled text score is
+    # higher by d needs image-space terms higher by more than d, i.e. clearly
+    # one-sided evidence when d is large (0.5 + 0.5 lets each term alone close
+    # a gap of at most half the query's min-max text range). Not yet tuned on
+    # data: the defaults repair the constructed cases in tests/test_rerank.py;
+    # tune them on validation data.
     adapted_weight: float = 0.5
     reciprocal_weight: float = 0.5
     text_weight: float = 1.0

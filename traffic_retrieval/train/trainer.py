@@ -114,19 +114,18 @@ def validate(model, val_set, preprocess, device, dtype) -> dict:
     return report.to_json_dict()
 
 
-def category_centroids(model, training_set, preprocess, device, dtype, per_category: int = 2000) -> dict:
-    """Mean image embedding per category, stored in the checkpoint to route gallery images."""
-    import torch
+def category_texts(rows: list[dict], per_category: int = 500, seed: int = 0) -> dict[str, list[str]]:
+    """A sample of distinct training captions per category, stored in the checkpoint so
+    inference can tell pedestrian from vehicle gallery images (see ``gallery_categories``)."""
+    import random
 
-    from ..retrieval.encode import encode_uint8_images
-
-    centroids = {}
-    for category_id, category in enumerate(("pedestrian", "vehicle")):
-        rows = (training_set.category_ids == category_id).nonzero().flatten()[:per_category]
-        if len(rows):
-            embeddings = encode_uint8_images(model, training_set.images[rows], preprocess, device, dtype)
-            centroids[category] = torch.nn.functional.normalize(embeddings.mean(0), dim=0).tolist()
-    return centroids
+    sample = {}
+    for category in ("pedestrian", "vehicle"):
+        texts = sorted({r["text"] for r in rows if r["category"] == category})
+        random.Random(seed).shuffle(texts)
+        if texts:
+            sample[category] = texts[:per_category]
+    return sample
 
 
 class RunLog:
@@ -209,6 +208,7 @@ def train(config: TrainConfig) -> dict:
         if val_rows:
             val_set = build_training_set(val_rows, preprocess, loaded.tokenizer, work / "cache", config.workers)
 
+    texts_by_category = category_texts(training_set.rows, seed=config.seed)
     loss_fn = LOSSES[config.loss]
     optimizer = torch.optim.AdamW(parameter_groups(model, config.wd), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.startswith("cuda"))
@@ -276,32 +276,26 @@ def train(config: TrainConfig) -> dict:
             log.scalars({f"val/{k}": v for k, v in record["val"].items() if isinstance(v, float)}, step)
         history.append(record)
         log.line(json.dumps(record))
-        save_epoch(model, loaded, optimizer, record, best, config, run_dir, epoch + 1, step)
+        save_epoch(model, loaded, optimizer, record, best, config, run_dir, epoch + 1, step, texts_by_category)
         if config.progress:
             val_text = f", val official mAP@10 {record['val']['official_mAP@10']:.3f}" if "val" in record else ""
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.3f}{val_text}, {record['samples_per_second']:.0f} samples/s")
 
     model.eval()
-    centroids = category_centroids(model, training_set, preprocess, device, dtype)
-    final = checkpoint_payload(loaded, {"epoch": config.epochs, "category_centroids": centroids, "train_config": config_to_dict(config), "history": history})
+    final = checkpoint_payload(loaded, {"epoch": config.epochs, "category_texts": texts_by_category, "train_config": config_to_dict(config), "history": history})
     atomic_torch_save(final, run_dir / "checkpoints" / "final.pt")
-    best_path = run_dir / "checkpoints" / "best.pt"
-    if best_path.is_file():
-        best_payload = torch.load(best_path, map_location="cpu", weights_only=True)
-        best_payload["category_centroids"] = centroids
-        atomic_torch_save(best_payload, best_path)
     log.line(f"done: {run_dir / 'checkpoints' / 'final.pt'}")
     log.close()
     return {"run_dir": str(run_dir), "final_checkpoint": str(run_dir / "checkpoints" / "final.pt"), "history": history, "best": best,
             "unreadable_images": len(training_set.unreadable)}
 
 
-def save_epoch(model, loaded, optimizer, record, best, config, run_dir: Path, epoch: int, step: int) -> None:
+def save_epoch(model, loaded, optimizer, record, best, config, run_dir: Path, epoch: int, step: int, texts_by_category: dict) -> None:
     """epoch_N.pt (weights), best.pt by val official mAP, and last.pt (with optimizer, for --resume)."""
     from ..model.factory import checkpoint_payload
 
     checkpoints = run_dir / "checkpoints"
-    payload = checkpoint_payload(loaded, {"epoch": epoch, "train_config": config_to_dict(config), "metrics": record})
+    payload = checkpoint_payload(loaded, {"epoch": epoch, "category_texts": texts_by_category, "train_config": config_to_dict(config), "metrics": record})
     atomic_torch_save(payload, checkpoints / f"epoch_{epoch}.pt")
     epoch_files = sorted(checkpoints.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     if config.keep_checkpoints > 0:
