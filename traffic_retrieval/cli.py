@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+SEED_PROMPT_SUFFIX = " image taken by traffic surveillance cameras"  # = retrieval.queries.SEED_PROMPT_SUFFIX (kept light for --help)
+
 
 def _synth(args) -> None:
     from .data.synth import SynthConfig, generate_dataset
@@ -78,7 +80,10 @@ def _predict(args) -> None:
 
     config = PredictConfig(data=args.data, checkpoint=args.checkpoint, out=args.out, top_k=args.top_k, model=args.model,
                            pretrained=args.pretrained, vocabulary=args.vocabulary, queries=args.queries, gallery=args.gallery,
-                           batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)
+                           batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress,
+                           strip_vehicle_prefix=args.strip_vehicle_prefix, prompt=args.prompt, prompt_suffix=args.prompt_suffix,
+                           rerank=args.rerank, rerank_candidates=args.rerank_candidates, rerank_neighbours=args.rerank_neighbours,
+                           rerank_adapted_weight=args.rerank_adapted_weight, rerank_reciprocal_weight=args.rerank_reciprocal_weight)
     summary = predict(config)
     print(f"wrote {summary['submission']}: {summary['queries']} queries over {summary['gallery_images']} gallery images "
           f"({', '.join(f'{n} {c}' for c, n in summary['gallery_per_category'].items())})")
@@ -144,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--strip-vehicle-prefix", action="store_true", help='encode vehicle queries without "A "/"This is a " and the final period')
+    p.add_argument("--prompt", action="store_true", help="prompt enhancement: strip vehicle queries and append --prompt-suffix")
+    p.add_argument("--prompt-suffix", default=SEED_PROMPT_SUFFIX, help=f"default: {SEED_PROMPT_SUFFIX!r}")
+    p.add_argument("--rerank", action="store_true", help="adaption re-ranking of the top candidates")
+    p.add_argument("--rerank-candidates", type=int, default=50, help="candidates N re-scored per query (default 50)")
+    p.add_argument("--rerank-neighbours", type=int, default=10, help="neighbours k (default 10)")
+    p.add_argument("--rerank-adapted-weight", type=float, default=0.5, help="weight of the adapted-query similarity")
+    p.add_argument("--rerank-reciprocal-weight", type=float, default=0.5, help="weight of the k-reciprocal evidence")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_predict)
 

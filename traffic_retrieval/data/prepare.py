@@ -54,6 +54,27 @@ def manifest_row(record: LabelRecord, image_path: Path) -> dict:
     }
 
 
+def split_rows(data_dir: Path, split: str, strict: bool = False, vehicle_types=VEHICLE_TYPES):
+    """Parse one split's labels and resolve its images.
+
+    Returns ``(records, skipped line errors, manifest rows, missing images)``.
+    """
+    labels_path = label_file(data_dir, split)
+    records, errors = read_label_file(labels_path, strict=strict, vehicle_types=vehicle_types)
+    images_dir = image_dir(data_dir, split)
+    files_in_dir = {p.name for p in images_dir.iterdir()} if images_dir.is_dir() else set()
+    rows, missing = [], []
+    for record in records:
+        image_path = resolve_image(images_dir, record.image_name, files_in_dir)
+        if image_path is None:
+            if strict:
+                raise TrafficRetrievalError(f"{record.source}: image {record.image_name!r} not found in {images_dir}")
+            missing.append({"source": record.source, "image": record.image_name})
+            continue
+        rows.append(manifest_row(record, image_path))
+    return records, errors, rows, missing
+
+
 def prepare(config: PrepareConfig) -> dict:
     """Run ``prepare`` and return its report (also written to WORK/prepare_report.json)."""
     data_dir, work_dir = Path(config.data), Path(config.work)
@@ -69,19 +90,8 @@ def prepare(config: PrepareConfig) -> dict:
         if not labels_path.is_file():
             report["splits"][split] = None
             continue
-        records, errors = read_label_file(labels_path, strict=config.strict, vehicle_types=config.vehicle_types)
+        records, errors, rows, missing = split_rows(data_dir, split, config.strict, config.vehicle_types)
         vehicle_attrs += [record.attr for record in records if record.category == VEHICLE]
-        images_dir = image_dir(data_dir, split)
-        files_in_dir = {p.name for p in images_dir.iterdir()} if images_dir.is_dir() else set()
-        rows, missing = [], []
-        for record in records:
-            image_path = resolve_image(images_dir, record.image_name, files_in_dir)
-            if image_path is None:
-                missing.append({"source": record.source, "image": record.image_name})
-                if config.strict:
-                    raise TrafficRetrievalError(f"{record.source}: image {record.image_name!r} not found in {images_dir}")
-                continue
-            rows.append(manifest_row(record, image_path))
         atomic_write_jsonl(work_dir / "manifests" / f"{split}.jsonl", rows)
         report["skipped_lines"] += [{"source": f"{e.path}:{e.line_number}", "reason": e.reason} for e in errors]
         report["missing_images"] += missing

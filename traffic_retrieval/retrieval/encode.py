@@ -3,29 +3,40 @@ decoding in DataLoader workers; unreadable images are counted, not fatal."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..data.images import ImageFileDataset, collate_images, normalize_uint8_batch
 
 
-def encode_image_files(loaded, paths: list[str], device: str, dtype, batch_size: int = 256, workers: int = 2, progress: bool = True, description: str = "encode gallery"):
-    """Returns ``(embeddings [n_readable, d], readable_indices, errors)``; embeddings are L2-normalised."""
+@dataclass
+class ImageEncoding:
+    embeddings: object  # [n_readable, d], L2-normalised
+    readable: list[int]  # indices into the input paths
+    errors: list[str]  # one-line messages of the images that could not be read
+    flipped: object = None  # embeddings of the horizontally flipped images (for re-ranking)
+
+
+def encode_image_files(loaded, paths: list[str], device: str, dtype, batch_size: int = 256, workers: int = 2, progress: bool = True, description: str = "encode gallery", with_flipped: bool = False) -> ImageEncoding:
+    """Stream images through DataLoader workers (decode, square, resize) and the image tower."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     loader = DataLoader(ImageFileDataset(paths, loaded.preprocess), batch_size=batch_size, num_workers=workers, collate_fn=collate_images)
-    embeddings, readable, errors = [], [], []
+    embeddings, flipped, readable, errors = [], [], [], []
     model = loaded.model.eval()
-    with torch.no_grad(), tqdm(total=len(paths), desc=description, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(paths), desc=description, unit="img", disable=not progress, leave=False) as bar:
         for indices, batch, batch_errors in loader:
             if batch is not None:
-                images = normalize_uint8_batch(batch, loaded.preprocess).to(device).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
-                    embeddings.append(model.encode_image(images, normalize=True).float().cpu())
+                embeddings.append(encode_uint8_images(model, batch, loaded.preprocess, device, dtype, batch_size))
+                if with_flipped:
+                    flipped.append(encode_uint8_images(model, batch.flip(-1), loaded.preprocess, device, dtype, batch_size))
                 readable += indices
             errors += [message for _, message in batch_errors]
             bar.update(len(indices) + len(batch_errors))
     dim = embeddings[0].shape[1] if embeddings else 0
-    return (torch.cat(embeddings) if embeddings else torch.zeros((0, dim))), readable, errors
+    stack = lambda parts: torch.cat(parts) if parts else torch.zeros((0, dim))
+    return ImageEncoding(stack(embeddings), readable, errors, stack(flipped) if with_flipped else None)
 
 
 def encode_uint8_images(model, images_uint8, preprocess, device: str, dtype, batch_size: int = 256):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..data.prepare import IMAGE_SUFFIXES
 from ..errors import TrafficRetrievalError
+from .queries import SEED_PROMPT_SUFFIX, QueryConfig, text_to_encode
 
 
 @dataclass
@@ -21,6 +22,14 @@ class PredictConfig:
     model: str | None = None  # zero-shot with a plain open_clip model instead of a checkpoint
     pretrained: str | None = None
     vocabulary: Path | None = None  # vehicle vocabulary for routing (default: the published one)
+    strip_vehicle_prefix: bool = False  # "This is a white Audi." -> "white Audi" before encoding
+    prompt: bool = False  # the seed's prompt enhancement for vehicle queries
+    prompt_suffix: str = SEED_PROMPT_SUFFIX
+    rerank: bool = False  # adaption re-ranking of the top candidates
+    rerank_candidates: int = 50
+    rerank_neighbours: int = 10
+    rerank_adapted_weight: float = 0.5
+    rerank_reciprocal_weight: float = 0.5
     queries: Path | None = None  # default DATA/test/test_text.txt
     gallery: Path | None = None  # default DATA/test/test_images
     batch_size: int = 256
@@ -71,15 +80,38 @@ def load_model_for_inference(checkpoint, model_name, pretrained, device):
     raise TrafficRetrievalError("give --checkpoint (a trained model) or --model/--pretrained (zero-shot)")
 
 
-def rank_queries(loaded, queries: list[str], gallery_embeddings, gallery_names: list[str], gallery_category_of: list[str], router, device, dtype, top_k: int) -> list[list[str]]:
-    """Top-k gallery names for each query, ranked within the query's routed category."""
+def rank_queries(loaded, queries: list[str], gallery, gallery_names: list[str], gallery_category_of: list[str], router, device, dtype, top_k: int,
+                 query_config: QueryConfig | None = None, rerank_config=None, query_block: int = 1024) -> list[list[str]]:
+    """Top-k gallery names for each query, ranked within the query's routed category,
+    optionally re-ranked (``rerank_config``) using image-space evidence."""
+    import torch
+
     from .encode import encode_texts
     from .rank import topk_by_category
+    from .rerank import rerank
 
+    query_config = query_config or QueryConfig()
     query_categories = [router(query) for query in queries]
-    query_embeddings = encode_texts(loaded, queries, device, dtype)
-    ranked = topk_by_category(query_embeddings, query_categories, gallery_embeddings, gallery_category_of, top_k)
-    return [[gallery_names[i] for i, _ in result] for result in ranked]
+    texts = [text_to_encode(query, category, query_config) for query, category in zip(queries, query_categories)]
+    query_embeddings = encode_texts(loaded, texts, device, dtype)
+    depth = max(top_k, rerank_config.candidates) if rerank_config else top_k
+    ranked = topk_by_category(query_embeddings, query_categories, gallery.embeddings, gallery_category_of, depth)
+    if rerank_config:
+        # queries of one category have equally many candidates: re-rank them in blocks
+        by_length: dict[int, list[int]] = {}
+        for row, result in enumerate(ranked):
+            by_length.setdefault(len(result), []).append(row)
+        for rows in by_length.values():
+            for start in range(0, len(rows), query_block):
+                block = rows[start : start + query_block]
+                indices = torch.tensor([[i for i, _ in ranked[row]] for row in block], dtype=torch.long)
+                scores = torch.tensor([[score for _, score in ranked[row]] for row in block])
+                flipped = gallery.flipped[indices] if gallery.flipped is not None else None
+                new_scores, order = rerank(scores, gallery.embeddings[indices], flipped, rerank_config)
+                reordered = indices.gather(1, order)
+                for row, row_indices, row_scores in zip(block, reordered.tolist(), new_scores.tolist()):
+                    ranked[row] = list(zip(row_indices, row_scores))
+    return [[gallery_names[i] for i, _ in result[:top_k]] for result in ranked]
 
 
 def predict(config: PredictConfig) -> dict:
@@ -102,12 +134,20 @@ def predict(config: PredictConfig) -> dict:
     loaded = load_model_for_inference(config.checkpoint, config.model, config.pretrained, device)
     router = QueryRouter(VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
 
-    gallery_embeddings, readable, errors = encode_image_files(loaded, [str(p) for p in gallery_paths], device, dtype, config.batch_size, config.workers, config.progress)
-    if not readable:
-        raise TrafficRetrievalError(f"{gallery_dir}: none of the gallery images could be read (first error: {errors[0]})")
-    gallery_names = [gallery_paths[i].name for i in readable]
-    category_of = gallery_categories(loaded, gallery_embeddings, device, dtype)
-    ranked_names = rank_queries(loaded, queries, gallery_embeddings, gallery_names, category_of, router, device, dtype, config.top_k)
+    rerank_config = None
+    if config.rerank:
+        from .rerank import RerankConfig, check_rerank_config
+
+        rerank_config = RerankConfig(config.rerank_candidates, config.rerank_neighbours, config.rerank_adapted_weight, config.rerank_reciprocal_weight)
+        check_rerank_config(rerank_config)
+    gallery = encode_image_files(loaded, [str(p) for p in gallery_paths], device, dtype, config.batch_size, config.workers, config.progress, with_flipped=config.rerank)
+    if not gallery.readable:
+        raise TrafficRetrievalError(f"{gallery_dir}: none of the gallery images could be read (first error: {gallery.errors[0]})")
+    errors = gallery.errors
+    gallery_names = [gallery_paths[i].name for i in gallery.readable]
+    category_of = gallery_categories(loaded, gallery.embeddings, device, dtype)
+    query_config = QueryConfig(config.strip_vehicle_prefix, config.prompt, config.prompt_suffix)
+    ranked_names = rank_queries(loaded, queries, gallery, gallery_names, category_of, router, device, dtype, config.top_k, query_config, rerank_config)
     write_submission(config.out, [{"text": query, "image_names": names} for query, names in zip(queries, ranked_names)])
     return {
         "submission": str(config.out),
