@@ -153,7 +153,8 @@ def test_crop_shapes(dataset: Path):
 
 def test_ground_truth_matches_queries_and_labels(dataset: Path):
     texts = (dataset / "test/test_text.txt").read_text(encoding="utf-8").split("\n")[:-1]
-    gt = [line.split("$") for line in (dataset / "ground_truth/test_gt.txt").read_text(encoding="utf-8").split("\n")[:-1]]
+    gt_lines = (dataset / "ground_truth/test_gt.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    gt = [line.split("$") for line in gt_lines]
     gallery = _label_lines(dataset / "ground_truth/test_label.txt")
     attr_of = {name: attr for name, attr, _ in gallery}
     assert len(gt) == len(texts) == len(gallery)

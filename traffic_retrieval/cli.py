@@ -56,6 +56,9 @@ TRAIN_FLAGS = {
     "threads": (int, "torch CPU threads (0: all cores)"),
     "grad_accum": (int, "gradient accumulation steps"),
     "keep_checkpoints": (int, "epoch_N.pt files to keep"),
+    "lock_image_unlocked_groups": (int, "with --lock-image: last image-tower groups left trainable"),
+    "lock_text_unlocked_layers": (int, "with --lock-text: last text-tower layers left trainable"),
+    "attribute_heads": (float, "weight of the auxiliary attribute-head loss (0: off)"),
 }
 
 
@@ -64,7 +67,7 @@ def _train(args) -> None:
     from .train.trainer import TrainConfig, train
 
     overrides = {key: getattr(args, key) for key in TRAIN_FLAGS}
-    for flag in ("augment", "validate", "grad_checkpointing", "resume"):
+    for flag in ("augment", "validate", "grad_checkpointing", "resume", "lock_image", "lock_text"):
         overrides[flag] = getattr(args, flag)
     overrides["progress"] = False if args.no_progress else None
     config = build_config(TrainConfig, args.config, overrides)
@@ -131,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     for key, (kind, text) in TRAIN_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=text)
     for flag, text in (("augment", "surveillance-look training augmentations"), ("validate", "validation each epoch"),
-                       ("grad_checkpointing", "gradient checkpointing"), ("resume", "continue RUN_DIR from its last epoch")):
+                       ("grad_checkpointing", "gradient checkpointing"), ("resume", "continue RUN_DIR from its last epoch"),
+                       ("lock_image", "freeze the image tower (LiT)"), ("lock_text", "freeze the text tower")):
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, action=argparse.BooleanOptionalAction, default=None, help=text)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)

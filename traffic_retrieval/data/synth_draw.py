@@ -91,7 +91,7 @@ def _pick_color(rng: np.random.Generator, palette: Sequence[RGB], avoid: Sequenc
 
 
 def _jitter(color: Sequence[int], rng: np.random.Generator, amount: int = 10) -> RGB:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in color)  # type: ignore[return-value]
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in color)  # type: ignore
 
 
 def _shade(color: Sequence[int], factor: float) -> RGB:
@@ -100,7 +100,7 @@ def _shade(color: Sequence[int], factor: float) -> RGB:
 
 def _outline_of(color: Sequence[int]) -> RGB:
     # Dark colours get a lighter rim, light ones a darker rim: either way the shape separates.
-    return _shade(color, 0.55) if sum(color) > 150 else tuple(min(255, c + 55) for c in color)  # type: ignore[return-value]
+    return _shade(color, 0.55) if sum(color) > 150 else tuple(min(255, c + 55) for c in color)  # type: ignore
 
 
 # ------------------------------------------------------------------------ backgrounds
@@ -141,7 +141,8 @@ def street_background(width: int, height: int, rng: np.random.Generator, horizon
         draw.rectangle([0, horizon_y, width, height], fill=road)
         if rng.random() < 0.7:
             y = rng.uniform(horizon_y, height)
-            draw.line([0, y, width, y + rng.uniform(-0.2, 0.2) * height], fill=(225, 225, 215), width=max(2, height // 60))
+            draw.line([0, y, width, y + rng.uniform(-0.2, 0.2) * height], fill=(225, 225, 215),
+                      width=max(2, height // 60))
     else:  # paving tiles
         tile = _jitter((int(rng.integers(140, 200)),) * 3 if ground == 1 else (170, 120, 95), rng, 15)
         draw.rectangle([0, horizon_y, width, height], fill=tile)
@@ -449,7 +450,8 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
         canvas.ellipse(hx0 - 0.3, hy0 - 3.5, hx1 + 0.3, brim_y + 2.5, fill=hat_color,
                        outline=_outline_of(hat_color), width=0.5)
         if side:
-            canvas.rect(head_x, brim_y, hx1 + 4.5, brim_y + 1.8, fill=hat_color, outline=_outline_of(hat_color), width=0.4)
+            canvas.rect(head_x, brim_y, hx1 + 4.5, brim_y + 1.8, fill=hat_color, outline=_outline_of(hat_color),
+                        width=0.4)
         else:
             canvas.rect(hx0 - 2.2, brim_y, hx1 + 2.2, brim_y + 1.8, fill=hat_color, outline=_outline_of(hat_color),
                         width=0.4)

@@ -66,7 +66,9 @@ def greedy_soup(
     Returns ``(soup, kept, history)``: ``kept`` are indices into ``ingredients`` in the
     order they joined (the best single ingredient first); ``history`` is the score of
     every soup tried, starting with the best ingredient alone, one entry per
-    ingredient, so ``max(history)`` is the soup's score. ``ingredient_scores`` saves
+    ingredient, so ``max(history)`` is the soup's score. Soups average their members in
+    index order (non-float tensors from the lowest kept index), so keeping all of them
+    gives exactly ``average_state_dicts(ingredients)``. ``ingredient_scores`` saves
     re-scoring the ingredients when the caller already has them.
     """
     if not ingredients:
@@ -82,7 +84,8 @@ def greedy_soup(
     best = float(ingredient_scores[order[0]])
     history = [best]
     for index in order[1:]:
-        candidate = average_state_dicts([ingredients[i] for i in kept + [index]])
+        # Averaged in index order, so a soup that keeps everything is exactly the uniform soup.
+        candidate = average_state_dicts([ingredients[i] for i in sorted(kept + [index])])
         candidate_score = float(score(candidate))
         history.append(candidate_score)
         if candidate_score > best:

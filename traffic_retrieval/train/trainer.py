@@ -41,6 +41,12 @@ class TrainConfig:
     augment: bool = True
     grad_accum: int = 1
     grad_checkpointing: bool = False
+    lock_image: bool = False  # freeze the image tower (LiT), except its last unlocked groups
+    lock_image_unlocked_groups: int = 0
+    lock_image_freeze_bn_stats: bool = False
+    lock_text: bool = False  # freeze the text tower, except its last unlocked layers
+    lock_text_unlocked_layers: int = 0
+    attribute_heads: float = 0.0  # weight of the auxiliary attribute loss (0: no heads)
     validate: bool = True
     keep_checkpoints: int = 2  # epoch_N.pt files kept (final.pt and best.pt always)
     resume: bool = False
@@ -149,6 +155,17 @@ class RunLog:
         self.writer.close()
 
 
+def lock_towers(model, config: TrainConfig) -> None:
+    """Freeze the image and/or text tower with open_clip's own locking (LiT-style)."""
+    try:
+        if config.lock_image:
+            model.lock_image_tower(unlocked_groups=config.lock_image_unlocked_groups, freeze_bn_stats=config.lock_image_freeze_bn_stats)
+        if config.lock_text:
+            model.lock_text_tower(unlocked_layers=config.lock_text_unlocked_layers)
+    except (AssertionError, AttributeError, NotImplementedError) as exc:
+        raise TrafficRetrievalError(f"cannot lock towers of {config.model!r} as asked ({exc or 'not supported by this architecture'})") from None
+
+
 def _check_config(config: TrainConfig) -> None:
     from .losses import LOSSES
 
@@ -173,6 +190,7 @@ def train(config: TrainConfig) -> dict:
 
     from ..data.images import PreprocessConfig
     from ..model.factory import checkpoint_payload, create_model, encode_text, load_checkpoint
+    from .attribute_heads import attribute_loss
     from .augment import augment_batch
     from .data import build_training_set
     from .losses import LOSSES
@@ -196,6 +214,7 @@ def train(config: TrainConfig) -> dict:
     model, preprocess = loaded.model.to(device), loaded.preprocess
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    lock_towers(model, config)
     model.visual.to(memory_format=torch.channels_last)
 
     work = Path(config.work)
@@ -210,7 +229,17 @@ def train(config: TrainConfig) -> dict:
 
     texts_by_category = category_texts(training_set.rows, seed=config.seed)
     loss_fn = LOSSES[config.loss]
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.wd), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    heads = targets = None
+    groups = parameter_groups(model, config.wd)
+    if config.attribute_heads > 0:
+        from ..data.prepare import load_vocabulary
+        from .attribute_heads import attribute_targets, make_attribute_heads
+
+        vocabulary = load_vocabulary(work)
+        targets = attribute_targets(training_set.rows, vocabulary)
+        heads = make_attribute_heads(int(model.visual.output_dim), vocabulary).to(device)
+        groups += parameter_groups(heads, config.wd)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.startswith("cuda"))
     num_samples = len(training_set.rows)
     batch_size = min(config.batch_size, num_samples)
@@ -224,6 +253,8 @@ def train(config: TrainConfig) -> dict:
     if config.resume and resume_path.is_file():
         state = torch.load(resume_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["state_dict"])
+        if heads is not None and "attribute_heads" in state:
+            heads.load_state_dict(state["attribute_heads"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
         log.line(f"resumed from {resume_path} at epoch {start_epoch}")
@@ -258,6 +289,8 @@ def train(config: TrainConfig) -> dict:
                     image_features = model.encode_image(images, normalize=True)
                     text_features = encode_text(model, tokens)
                     loss = loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp(), training_set.attr_ids[batch_index].to(device))
+                    if heads is not None:
+                        loss = loss + config.attribute_heads * attribute_loss(heads, image_features, targets, batch_index)
                 scaler.scale(loss / config.grad_accum).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -276,13 +309,14 @@ def train(config: TrainConfig) -> dict:
             log.scalars({f"val/{k}": v for k, v in record["val"].items() if isinstance(v, float)}, step)
         history.append(record)
         log.line(json.dumps(record))
-        save_epoch(model, loaded, optimizer, record, best, config, run_dir, epoch + 1, step, texts_by_category)
+        save_epoch(model, heads, loaded, optimizer, record, best, config, run_dir, epoch + 1, step, texts_by_category)
         if config.progress:
             val_text = f", val official mAP@10 {record['val']['official_mAP@10']:.3f}" if "val" in record else ""
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.3f}{val_text}, {record['samples_per_second']:.0f} samples/s")
 
     model.eval()
-    final = checkpoint_payload(loaded, {"epoch": config.epochs, "category_texts": texts_by_category, "train_config": config_to_dict(config), "history": history})
+    extra = {"attribute_heads": heads.state_dict()} if heads is not None else {}
+    final = checkpoint_payload(loaded, {"epoch": config.epochs, "category_texts": texts_by_category, "train_config": config_to_dict(config), "history": history, **extra})
     atomic_torch_save(final, run_dir / "checkpoints" / "final.pt")
     log.line(f"done: {run_dir / 'checkpoints' / 'final.pt'}")
     log.close()
@@ -290,12 +324,13 @@ def train(config: TrainConfig) -> dict:
             "unreadable_images": len(training_set.unreadable)}
 
 
-def save_epoch(model, loaded, optimizer, record, best, config, run_dir: Path, epoch: int, step: int, texts_by_category: dict) -> None:
+def save_epoch(model, heads, loaded, optimizer, record, best, config, run_dir: Path, epoch: int, step: int, texts_by_category: dict) -> None:
     """epoch_N.pt (weights), best.pt by val official mAP, and last.pt (with optimizer, for --resume)."""
     from ..model.factory import checkpoint_payload
 
     checkpoints = run_dir / "checkpoints"
-    payload = checkpoint_payload(loaded, {"epoch": epoch, "category_texts": texts_by_category, "train_config": config_to_dict(config), "metrics": record})
+    extra = {"attribute_heads": heads.state_dict()} if heads is not None else {}
+    payload = checkpoint_payload(loaded, {"epoch": epoch, "category_texts": texts_by_category, "train_config": config_to_dict(config), "metrics": record, **extra})
     atomic_torch_save(payload, checkpoints / f"epoch_{epoch}.pt")
     epoch_files = sorted(checkpoints.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     if config.keep_checkpoints > 0:
@@ -305,4 +340,4 @@ def save_epoch(model, loaded, optimizer, record, best, config, run_dir: Path, ep
     if score is not None and score > best["official_mAP@10"]:
         best.update({"official_mAP@10": score, "epoch": epoch})
         atomic_torch_save(payload, checkpoints / "best.pt")
-    atomic_torch_save({"state_dict": payload["state_dict"], "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "best": best}, checkpoints / "last.pt")
+    atomic_torch_save({"state_dict": payload["state_dict"], "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "best": best, **extra}, checkpoints / "last.pt")

@@ -1,0 +1,59 @@
+import math
+
+import torch
+
+from traffic_retrieval.config import build_config
+from traffic_retrieval.data.vocabulary import VehicleVocabulary
+from traffic_retrieval.model.factory import create_model
+from traffic_retrieval.train.attribute_heads import IGNORE, attribute_loss, attribute_targets, make_attribute_heads
+from traffic_retrieval.train.trainer import TrainConfig, cosine_lr, lock_towers
+
+
+def test_warmup_then_cosine():
+    assert cosine_lr(0, 1.0, 10, 110) == 0.1
+    assert cosine_lr(9, 1.0, 10, 110) == 1.0
+    assert math.isclose(cosine_lr(60, 1.0, 10, 110), 0.5)
+    assert cosine_lr(110, 1.0, 10, 110) == 0.0
+
+
+def test_seed_preset_builds_real_vit_bigg_with_gradient_checkpointing_without_weights():
+    config = build_config(TrainConfig, "a3r-vit-bigg", {})
+    loaded = create_model(config.model, pretrained=None, device="meta", gradient_checkpointing=config.grad_checkpointing)
+    model = loaded.model
+    assert next(model.parameters()).device.type == "meta"  # no memory allocated for 2.5B weights
+    assert 2.5e9 < sum(p.numel() for p in model.parameters()) < 2.6e9
+    assert model.visual.transformer.grad_checkpointing and model.transformer.grad_checkpointing
+    assert loaded.preprocess.image_size == 224 and config.resize_mode == "pad"
+    features = model.encode_image(torch.empty(2, 3, 224, 224, device="meta"))
+    assert tuple(features.shape) == (2, 1280)
+
+
+def test_attribute_targets_and_loss():
+    vocabulary = VehicleVocabulary(colors=["red", "white"], types=["SUV", "Truck"], brands=["Audi", "BMW"])
+    flags = ["0"] * 21
+    flags[0] = "1"
+    rows = [
+        {"category": "pedestrian", "attr": ",".join(flags)},
+        {"category": "vehicle", "attr": "white Audi."},
+        {"category": "vehicle", "attr": "Truck."},
+    ]
+    targets = attribute_targets(rows, vocabulary)
+    assert targets["flags"][0, 0] == 1 and targets["flags"][0].sum() == 1 and targets["is_pedestrian"].tolist() == [True, False, False]
+    assert targets["color"].tolist() == [IGNORE, 1, IGNORE] and targets["brand"].tolist() == [IGNORE, 0, IGNORE]
+    assert targets["type"].tolist() == [IGNORE, IGNORE, 1]
+    heads = make_attribute_heads(8, vocabulary)
+    features = torch.randn(3, 8, requires_grad=True)
+    loss = attribute_loss(heads, features, targets, torch.arange(3))
+    loss.backward()
+    assert torch.isfinite(loss) and heads["vehicle_brand"].weight.grad.abs().sum() > 0 and heads["flags"].weight.grad.abs().sum() > 0
+
+
+def test_lock_towers_freezes_what_it_says():
+    loaded = create_model("TR-Tiny-RN")
+    # open_clip's groups, from the end: the projection, then the last block with ln_final, ...
+    lock_towers(loaded.model, TrainConfig(lock_image=True, lock_text=True, lock_text_unlocked_layers=2))
+    assert not any(p.requires_grad for p in loaded.model.visual.parameters())
+    assert not loaded.model.token_embedding.weight.requires_grad
+    assert not any(p.requires_grad for p in loaded.model.transformer.resblocks[0].parameters())
+    assert all(p.requires_grad for p in loaded.model.transformer.resblocks[-1].parameters())
+    assert loaded.model.text_projection.requires_grad
