@@ -19,7 +19,7 @@ def _synth(args) -> None:
     from .data.synth import SynthConfig, generate_dataset
 
     sizes = {k: getattr(args, k) for k in ("train_pedestrians", "train_vehicles", "val_pedestrians", "val_vehicles", "test_pedestrians", "test_vehicles") if getattr(args, k) is not None}
-    summary = generate_dataset(SynthConfig(out=args.out, seed=args.seed, workers=args.workers, **sizes))
+    summary = generate_dataset(SynthConfig(out=args.out, seed=args.seed, workers=args.workers, overwrite=args.overwrite, **sizes))
     print(json.dumps(summary, indent=2))
 
 
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true", help="replace the split folders of an earlier dataset in --out")
     for split in ("train", "val", "test"):
         for category in ("pedestrians", "vehicles"):
             p.add_argument(f"--{split}-{category}", dest=f"{split}_{category}", type=int, metavar="N")

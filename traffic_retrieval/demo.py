@@ -40,7 +40,7 @@ def run_demo(config: DemoConfig) -> dict:
     if marker.is_file():
         print(f"reusing {data}")
     else:
-        summary = generate_dataset(SynthConfig(out=data, seed=config.seed))
+        summary = generate_dataset(SynthConfig(out=data, seed=config.seed, overwrite=True))  # redo a half-written one
         atomic_write_json(marker, summary)
         print(json.dumps({k: v for k, v in summary.items() if k != "seconds"}))
 

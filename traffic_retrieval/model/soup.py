@@ -135,14 +135,12 @@ def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[
     """
     import torch
 
-    from ..data.prepare import label_file, split_rows
+    from ..data.prepare import split_rows
     from ..train.data import build_training_set
     from ..train.trainer import autocast_dtype, resolve_device, validate
     from .factory import load_checkpoint
 
-    labels = label_file(val_dir, "val")
-    if not labels.is_file():
-        raise TrafficRetrievalError(f"{labels}: val label file not found (--val takes the dataset root)")
+    labels = val_label_file(val_dir)
     _, _, rows, _ = split_rows(val_dir, "val")
     if not rows:
         raise TrafficRetrievalError(f"{labels}: no usable val records (run `traffic-retrieval prepare` to see why)")
@@ -161,6 +159,17 @@ def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[
     return score
 
 
+def val_label_file(val_dir: Path) -> Path:
+    from ..data.prepare import label_file
+
+    if not Path(val_dir).is_dir():
+        raise TrafficRetrievalError(f"{val_dir}: val dataset directory not found")
+    labels = label_file(val_dir, "val")
+    if not labels.is_file():
+        raise TrafficRetrievalError(f"{labels}: val label file not found (--val takes the dataset root)")
+    return labels
+
+
 def _check_config(config: SoupConfig) -> None:
     if config.method not in METHODS:
         raise TrafficRetrievalError(f"--method must be one of {', '.join(METHODS)}, got {config.method!r}")
@@ -170,8 +179,8 @@ def _check_config(config: SoupConfig) -> None:
         raise TrafficRetrievalError("soup needs --out CKPT")
     if config.method == "greedy" and config.val is None:
         raise TrafficRetrievalError("a greedy soup needs --val DATA (its val split scores the ingredients); use --method uniform without it")
-    if config.val is not None and not Path(config.val).is_dir():
-        raise TrafficRetrievalError(f"{config.val}: val dataset directory not found")
+    if config.val is not None:
+        val_label_file(config.val)  # before reading gigabytes of checkpoints
     if config.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise TrafficRetrievalError(f"precision must be auto, fp32, bf16 or fp16, got {config.precision!r}")
 
