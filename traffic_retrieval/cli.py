@@ -103,6 +103,29 @@ def _evaluate(args) -> None:
     print(json.dumps(report.to_json_dict()) if args.json else format_report(report))
 
 
+def _augment(args) -> None:
+    from .train.attribute_augment import AugmentCaptionsConfig, augment_captions
+
+    report = augment_captions(AugmentCaptionsConfig(work=args.work, checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained,
+                                                    manifest=args.manifest, out_manifest=args.out_manifest, keep_original=args.keep_original,
+                                                    batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress))
+    print(json.dumps(report, indent=2))
+
+
+def _soup(args) -> None:
+    from .model.soup import SoupConfig, format_report, make_soup
+
+    report = make_soup(SoupConfig(checkpoints=args.checkpoints, val=args.val, out=args.out, method=args.method, device=args.device, workers=args.workers))
+    print(format_report(report))
+
+
+def _ablate(args) -> None:
+    from .ablation import AblationConfig, run_ablation
+
+    run_ablation(AblationConfig(data=args.data, out=args.out, work=args.work, seed=args.seed, epochs=args.epochs, preset=args.preset))
+    print(Path(args.out).read_text(encoding="utf-8"))
+
+
 def _demo(args) -> None:
     from .demo import DemoConfig, run_demo
 
@@ -172,6 +195,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
+
+    p = commands.add_parser("augment", help="attribute augmentation: complete vehicle captions with the best-scoring missing fields")
+    p.add_argument("--work", type=Path, required=True, help="prepare output directory")
+    p.add_argument("--checkpoint", type=Path, help="a traffic-retrieval checkpoint (self-enhancement)")
+    p.add_argument("--model", help="zero-shot: open_clip model name")
+    p.add_argument("--pretrained", help="zero-shot: open_clip pretrained tag or weights file")
+    p.add_argument("--manifest", default="train", help="input manifest name under WORK/manifests (default train)")
+    p.add_argument("--out-manifest", default="train_augmented", help="output manifest name (default train_augmented)")
+    p.add_argument("--keep-original", action="store_true", help="also keep the original caption as a training pair")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_augment)
+
+    p = commands.add_parser("soup", help="average checkpoints' weights (uniform or greedy on the val split)")
+    p.add_argument("--checkpoints", type=Path, nargs="+", required=True)
+    p.add_argument("--val", type=Path, help="dataset root whose val split scores the ingredients (needed for greedy)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--method", choices=("greedy", "uniform"), default="greedy")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_soup)
+
+    p = commands.add_parser("ablate", help="train and score the pipeline with each stage of the method added in turn")
+    p.add_argument("--data", type=Path, required=True, help="dataset with val labels and ground_truth/test_gt.txt")
+    p.add_argument("--out", type=Path, required=True, help="the Markdown report")
+    p.add_argument("--work", type=Path, help="working directory (default: next to the report)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=20, help="epochs of every training (same budget for every row)")
+    p.add_argument("--preset", default="cpu-tiny")
+    p.set_defaults(func=_ablate)
 
     p = commands.add_parser("demo", help="synth, prepare, train, predict and evaluate end to end on a CPU")
     p.add_argument("--out", type=Path, default=Path("demo_output"))

@@ -196,10 +196,19 @@ def make_soup(config: SoupConfig) -> dict:
     payloads = read_ingredients(paths)
     state_dicts = [payload["state_dict"] for payload in payloads]
 
-    score = val_scorer(paths[0], Path(config.val), config) if config.val is not None else None
-    ingredient_scores = None
-    if score is not None:
-        ingredient_scores = [score(state) for state in tqdm(state_dicts, desc="score ingredients", leave=False, disable=not config.progress)]
+    score, bar, ingredient_scores = None, None, None
+    if config.val is not None:
+        val_score = val_scorer(paths[0], Path(config.val), config)
+        # every ingredient, then (greedy) each candidate and the uniform soup
+        evaluations = len(paths) + (len(paths) if config.method == "greedy" else 1)
+        bar = tqdm(total=evaluations, desc="val scores", unit="model", leave=False, disable=not config.progress)
+
+        def score(state_dict: dict) -> float:
+            value = val_score(state_dict)
+            bar.update(1)
+            return value
+
+        ingredient_scores = [score(state) for state in state_dicts]
 
     history: list[float] = []
     uniform_score = None
@@ -213,6 +222,8 @@ def make_soup(config: SoupConfig) -> dict:
     else:
         soup, kept = average_state_dicts(state_dicts), list(range(len(state_dicts)))
         soup_score = uniform_score = score(soup) if score is not None else None
+    if bar is not None:
+        bar.close()
 
     scores = {
         "metric": "val official_mAP@10",
