@@ -5,7 +5,7 @@ import torch
 from traffic_retrieval.config import build_config
 from traffic_retrieval.data.vocabulary import VehicleVocabulary
 from traffic_retrieval.model.factory import create_model
-from traffic_retrieval.train.attribute_heads import IGNORE, attribute_loss, attribute_targets, make_attribute_heads
+from traffic_retrieval.train.attribute_heads import IGNORE, attribute_loss, attribute_targets, head_logits, make_attribute_heads
 from traffic_retrieval.train.trainer import TrainConfig, cosine_lr, lock_towers
 
 
@@ -43,7 +43,7 @@ def test_attribute_targets_and_loss():
     assert targets["type"].tolist() == [IGNORE, IGNORE, 1]
     heads = make_attribute_heads(8, vocabulary)
     features = torch.randn(3, 8, requires_grad=True)
-    loss = attribute_loss(heads, features, targets, torch.arange(3))
+    loss = attribute_loss(head_logits(heads, features), targets, torch.arange(3))
     loss.backward()
     assert torch.isfinite(loss) and heads["vehicle_brand"].weight.grad.abs().sum() > 0 and heads["flags"].weight.grad.abs().sum() > 0
 

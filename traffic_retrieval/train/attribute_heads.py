@@ -50,18 +50,22 @@ def make_attribute_heads(embed_dim: int, vocabulary: VehicleVocabulary):
     })
 
 
-def attribute_loss(heads, image_features, targets: dict, batch_index):
+def head_logits(heads, image_features) -> dict:
+    features = image_features.float()
+    return {name: head(features) for name, head in heads.items()}
+
+
+def attribute_loss(logits: dict, targets: dict, batch_index):
     """Mean of the flag BCE (pedestrian rows) and each vehicle field's CE (rows that state it)."""
     import torch
     import torch.nn.functional as F
 
-    features = image_features.float()
     losses = []
     pedestrian = targets["is_pedestrian"][batch_index]
     if pedestrian.any():
-        losses.append(F.binary_cross_entropy_with_logits(heads["flags"](features[pedestrian]), targets["flags"][batch_index][pedestrian]))
+        losses.append(F.binary_cross_entropy_with_logits(logits["flags"][pedestrian], targets["flags"][batch_index][pedestrian]))
     for name in ("color", "type", "brand"):
         labels = targets[name][batch_index]
         if (labels != IGNORE).any():
-            losses.append(F.cross_entropy(heads[f"vehicle_{name}"](features), labels, ignore_index=IGNORE))
-    return torch.stack(losses).mean() if losses else features.sum() * 0
+            losses.append(F.cross_entropy(logits[f"vehicle_{name}"], labels, ignore_index=IGNORE))
+    return torch.stack(losses).mean() if losses else sum(v.sum() for v in logits.values()) * 0

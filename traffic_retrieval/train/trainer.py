@@ -155,6 +155,29 @@ class RunLog:
         self.writer.close()
 
 
+def contrastive_module(model, heads=None):
+    """An nn.Module whose forward returns normalised image and text features (and the
+    attribute heads' logits), so DDP can wrap the whole step: open_clip's encode_*
+    methods bypass ``forward``."""
+    import torch.nn as nn
+
+    from ..model.factory import encode_text
+    from .attribute_heads import head_logits
+
+    class ContrastiveForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.heads = heads
+
+        def forward(self, images, tokens):
+            image_features = self.model.encode_image(images, normalize=True)
+            logits = head_logits(self.heads, image_features) if self.heads is not None else None
+            return image_features, encode_text(self.model, tokens), logits
+
+    return ContrastiveForward()
+
+
 def lock_towers(model, config: TrainConfig) -> None:
     """Freeze the image and/or text tower with open_clip's own locking (LiT-style)."""
     try:
@@ -189,20 +212,24 @@ def train(config: TrainConfig) -> dict:
     from tqdm import tqdm
 
     from ..data.images import PreprocessConfig
-    from ..model.factory import checkpoint_payload, create_model, encode_text, load_checkpoint
+    from ..model.factory import checkpoint_payload, create_model, load_checkpoint
     from .attribute_heads import attribute_loss
     from .augment import augment_batch
     from .data import build_training_set
+    from .distributed import barrier, cleanup, gather_features, init_distributed, local_device
     from .losses import LOSSES
 
     _check_config(config)
     run_dir = Path(config.out)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    device = resolve_device(config.device)
+    context = init_distributed(device)
+    device = local_device(device, context)
+    if context.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     dtype = autocast_dtype(config.precision, device)
 
     if config.checkpoint:
@@ -219,10 +246,14 @@ def train(config: TrainConfig) -> dict:
 
     work = Path(config.work)
     train_rows = read_jsonl(work / "manifests" / f"{config.train_manifest}.jsonl")
-    training_set = build_training_set(train_rows, preprocess, loaded.tokenizer, work / "cache", config.workers)
+    if context.is_main:  # rank 0 fills the decoded-image cache, the others read it
+        training_set = build_training_set(train_rows, preprocess, loaded.tokenizer, work / "cache", config.workers)
+    barrier(context)
+    if not context.is_main:
+        training_set = build_training_set(train_rows, preprocess, loaded.tokenizer, work / "cache", config.workers)
     val_path = work / "manifests" / "val.jsonl"
     val_set = None
-    if config.validate and val_path.is_file():
+    if config.validate and val_path.is_file() and context.is_main:
         val_rows = read_jsonl(val_path)
         if val_rows:
             val_set = build_training_set(val_rows, preprocess, loaded.tokenizer, work / "cache", config.workers)
@@ -239,15 +270,22 @@ def train(config: TrainConfig) -> dict:
         targets = attribute_targets(training_set.rows, vocabulary)
         heads = make_attribute_heads(int(model.visual.output_dim), vocabulary).to(device)
         groups += parameter_groups(heads, config.wd)
+    forward = contrastive_module(model, heads)
+    if context.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(forward, device_ids=[context.local_rank] if device.startswith("cuda") else None)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.startswith("cuda"))
     num_samples = len(training_set.rows)
-    batch_size = min(config.batch_size, num_samples)
+    batch_size = min(config.batch_size, num_samples)  # the global batch, split across ranks
+    if batch_size % context.world_size:
+        raise TrafficRetrievalError(f"batch_size {batch_size} must be divisible by the number of processes ({context.world_size})")
     steps_per_epoch = max(1, num_samples // batch_size // config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     augment_config = AugmentConfig()
 
-    log = RunLog(run_dir)
+    log = RunLog(run_dir) if context.is_main else None
     start_epoch, step, best = 0, 0, {"official_mAP@10": -1.0, "epoch": None}
     resume_path = run_dir / "checkpoints" / "last.pt"
     if config.resume and resume_path.is_file():
@@ -257,11 +295,13 @@ def train(config: TrainConfig) -> dict:
             heads.load_state_dict(state["attribute_heads"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
-        log.line(f"resumed from {resume_path} at epoch {start_epoch}")
-    log.line(f"training {loaded.model_name} on {num_samples} pairs ({len(training_set.unreadable)} unreadable images skipped), "
-             f"{config.epochs} epochs x {steps_per_epoch} steps, device {device}, autocast {dtype}")
-    for message in training_set.unreadable[:20]:
-        log.line(f"skipped: {message}")
+        if log:
+            log.line(f"resumed from {resume_path} at epoch {start_epoch}")
+    if log:
+        log.line(f"training {loaded.model_name} on {num_samples} pairs ({len(training_set.unreadable)} unreadable images skipped), "
+                 f"{config.epochs} epochs x {steps_per_epoch} steps of {batch_size} on {context.world_size} process(es), device {device}, autocast {dtype}")
+        for message in training_set.unreadable:
+            log.line(f"skipped: {message}")
 
     history = []
     model.train()
@@ -270,7 +310,7 @@ def train(config: TrainConfig) -> dict:
     for epoch in range(start_epoch, config.epochs):
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         order = torch.randperm(num_samples, generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not (config.progress and context.is_main))
         epoch_loss = 0.0
         for _ in bar:
             for group in optimizer.param_groups:
@@ -278,19 +318,25 @@ def train(config: TrainConfig) -> dict:
             optimizer.zero_grad(set_to_none=True)
             for micro in range(config.grad_accum):
                 position = ((step % steps_per_epoch) * config.grad_accum + micro) * batch_size
-                batch_index = order[position : position + batch_size]
-                images = training_set.images[batch_index]
+                global_index = order[position : position + batch_size]
+                # every rank augments the whole global batch with the shared generator (so the
+                # random stream matches one process) and keeps its own contiguous slice
+                images = training_set.images[global_index]
                 images = augment_batch(images, augment_config, generator) if config.augment else images.float() / 255
+                share = batch_size // context.world_size
+                local = slice(context.rank * share, (context.rank + 1) * share)
+                batch_index = global_index[local]
                 mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
                 std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
-                images = ((images - mean) / std).to(device).contiguous(memory_format=torch.channels_last)
+                images = ((images[local] - mean) / std).to(device).contiguous(memory_format=torch.channels_last)
                 tokens = training_set.tokens[batch_index].to(device)
                 with torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
-                    image_features = model.encode_image(images, normalize=True)
-                    text_features = encode_text(model, tokens)
-                    loss = loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp(), training_set.attr_ids[batch_index].to(device))
+                    image_features, text_features, logits = forward(images, tokens)
+                    all_image_features = gather_features(image_features.float(), context)
+                    all_text_features = gather_features(text_features.float(), context)
+                    loss = loss_fn(all_image_features, all_text_features, model.logit_scale.exp(), training_set.attr_ids[global_index].to(device))
                     if heads is not None:
-                        loss = loss + config.attribute_heads * attribute_loss(heads, image_features, targets, batch_index)
+                        loss = loss + config.attribute_heads * attribute_loss(logits, targets, batch_index)
                 scaler.scale(loss / config.grad_accum).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -300,7 +346,7 @@ def train(config: TrainConfig) -> dict:
             samples_seen += batch_size * config.grad_accum
             epoch_loss += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step % 10 == 0:
+            if log and step % 10 == 0:
                 log.scalars({"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"], "train/logit_scale": model.logit_scale.exp().item()}, step)
         elapsed = time.time() - started
         record = {"epoch": epoch + 1, "step": step, "loss": epoch_loss / steps_per_epoch, "samples_per_second": samples_seen / max(elapsed, 1e-9)}
@@ -308,18 +354,23 @@ def train(config: TrainConfig) -> dict:
             record["val"] = validate(model, val_set, preprocess, device, dtype)
             log.scalars({f"val/{k}": v for k, v in record["val"].items() if isinstance(v, float)}, step)
         history.append(record)
-        log.line(json.dumps(record))
-        save_epoch(model, heads, loaded, optimizer, record, best, config, run_dir, epoch + 1, step, texts_by_category)
-        if config.progress:
+        if context.is_main:
+            log.line(json.dumps(record))
+            save_epoch(model, heads, loaded, optimizer, record, best, config, run_dir, epoch + 1, step, texts_by_category)
+        barrier(context)
+        if config.progress and context.is_main:
             val_text = f", val official mAP@10 {record['val']['official_mAP@10']:.3f}" if "val" in record else ""
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.3f}{val_text}, {record['samples_per_second']:.0f} samples/s")
 
     model.eval()
-    extra = {"attribute_heads": heads.state_dict()} if heads is not None else {}
-    final = checkpoint_payload(loaded, {"epoch": config.epochs, "category_texts": texts_by_category, "train_config": config_to_dict(config), "history": history, **extra})
-    atomic_torch_save(final, run_dir / "checkpoints" / "final.pt")
-    log.line(f"done: {run_dir / 'checkpoints' / 'final.pt'}")
-    log.close()
+    if context.is_main:
+        extra = {"attribute_heads": heads.state_dict()} if heads is not None else {}
+        final = checkpoint_payload(loaded, {"epoch": config.epochs, "category_texts": texts_by_category, "train_config": config_to_dict(config), "history": history, **extra})
+        atomic_torch_save(final, run_dir / "checkpoints" / "final.pt")
+        log.line(f"done: {run_dir / 'checkpoints' / 'final.pt'}")
+        log.close()
+    barrier(context)
+    cleanup(context)
     return {"run_dir": str(run_dir), "final_checkpoint": str(run_dir / "checkpoints" / "final.pt"), "history": history, "best": best,
             "unreadable_images": len(training_set.unreadable)}
 
