@@ -74,3 +74,27 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1 and "missing" in error
     assert main(["predict", "--data", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt")]) == 2
+
+
+def test_predict_with_prompt_and_rerank(trained_run, tiny_dataset, tmp_path):
+    _, run = trained_run
+    submission = tmp_path / "reranked.json"
+    assert main(["predict", "--data", str(tiny_dataset), "--checkpoint", str(run / "checkpoints" / "final.pt"), "--out", str(submission),
+                 "--prompt", "--rerank", "--rerank-candidates", "20", "--rerank-neighbours", "5", "--no-progress"]) == 0
+    results = json.loads(submission.read_text())["results"]
+    assert all(len(r["image_names"]) == 10 and len(set(r["image_names"])) == 10 for r in results)
+    assert main(["predict", "--data", str(tiny_dataset), "--checkpoint", str(run / "checkpoints" / "final.pt"), "--out", str(submission),
+                 "--rerank", "--rerank-neighbours", "0", "--no-progress"]) == 2
+
+
+def test_augment_and_soup_commands(trained_run, tiny_dataset, tmp_path, capsys):
+    work, run = trained_run
+    assert main(["augment", "--work", str(work), "--checkpoint", str(run / "checkpoints" / "final.pt"), "--out-manifest", "train_aug", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (work / "manifests" / "train_aug.jsonl").read_text().splitlines()]
+    assert len(rows) == 100 and any("augmented_from" in r for r in rows)
+    epochs = sorted((run / "checkpoints").glob("epoch_*.pt"))
+    assert len(epochs) >= 2
+    soup = tmp_path / "soup.pt"
+    assert main(["soup", "--checkpoints", *map(str, epochs), "--val", str(tiny_dataset), "--out", str(soup)]) == 0
+    assert "greedy soup" in capsys.readouterr().out
+    assert main(["predict", "--data", str(tiny_dataset), "--checkpoint", str(soup), "--out", str(tmp_path / "s.json"), "--no-progress"]) == 0
