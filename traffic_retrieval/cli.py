@@ -90,6 +90,10 @@ def _predict(args) -> None:
     summary = predict(config)
     print(f"wrote {summary['submission']}: {summary['queries']} queries over {summary['gallery_images']} gallery images "
           f"({', '.join(f'{n} {c}' for c, n in summary['gallery_per_category'].items())})")
+    if summary["empty_queries"]:
+        print(f"{summary['empty_queries']} queries are empty or whitespace-only (answered like the others)")
+    if summary["truncated_queries"]:
+        print(f"{summary['truncated_queries']} queries exceed the model's {summary['context_length']}-token text context and were truncated")
     for message in summary["unreadable_images"][:10]:
         print(f"skipped unreadable image: {message}")
     if summary["unreadable_images"]:
@@ -249,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrafficRetrievalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the file system refused a path the user gave (not a directory, no space, ...)
+        path = exc.filename2 or exc.filename  # a failed rename names the destination second
+        reason = "exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror or exc
+        print(f"error: {path}: {reason}" if path else f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return TrafficRetrievalError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

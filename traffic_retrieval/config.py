@@ -73,7 +73,7 @@ def config_from_dict(cls: type[ConfigT], values: dict, source: str = "config") -
         raise TrafficRetrievalError(f"{source}: expected a mapping of keys to values")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)  # YAML keys may be numbers too
     if unknown:
         raise TrafficRetrievalError(f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(fields))})")
     kwargs = {key: _coerce(value, hints[key], key, source) for key, value in values.items()}
@@ -81,6 +81,25 @@ def config_from_dict(cls: type[ConfigT], values: dict, source: str = "config") -
     if missing:
         raise TrafficRetrievalError(f"{source}: missing required key {missing[0]!r}")
     return cls(**kwargs)
+
+
+def _unique_key_loader():
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            first_line: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in first_line:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key_node.value!r} (first on line {first_line[key_node.value]})", key_node.start_mark
+                        )
+                    first_line[key_node.value] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -91,8 +110,12 @@ def read_yaml(path: str | Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TrafficRetrievalError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise TrafficRetrievalError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise TrafficRetrievalError(f"{path}: cannot read config file ({exc.strerror})") from None
     try:
-        values = yaml.safe_load(text)
+        values = yaml.load(text, Loader=_unique_key_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

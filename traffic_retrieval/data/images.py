@@ -30,11 +30,21 @@ class PreprocessConfig:
 
 
 def load_image(path: str | Path):
-    """Open an image as RGB, honouring EXIF orientation; one-line error on failure."""
+    """Open an image as RGB, honouring EXIF orientation; one-line error on failure.
+
+    Images over PIL's ``Image.MAX_IMAGE_PIXELS`` are refused, not decoded: PIL
+    itself only warns below twice the limit, after which decoding would take
+    gigabytes (a decompression bomb).
+    """
+    import warnings
+
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 image = image.convert("RGBA")
@@ -45,8 +55,8 @@ def load_image(path: str | Path):
             return image.convert("RGB")
     except FileNotFoundError:
         raise TrafficRetrievalError(f"{path}: image not found") from None
-    except Image.DecompressionBombError:
-        raise TrafficRetrievalError(f"{path}: image is too large (decompression bomb protection)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TrafficRetrievalError(f"{path}: image is too large (over {Image.MAX_IMAGE_PIXELS} pixels; decompression bomb protection)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise TrafficRetrievalError(f"{path}: cannot read image ({exc})") from None
 

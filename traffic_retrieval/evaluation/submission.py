@@ -101,6 +101,8 @@ def load_submission(path: str | Path) -> list[SubmissionResult]:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise TrafficRetrievalError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep, a number too long to convert
+        raise TrafficRetrievalError(f"{path}: not a usable JSON submission ({type(exc).__name__}: {str(exc).split(';')[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise TrafficRetrievalError(f'{path}: expected a JSON object with a "results" list')
     results = []

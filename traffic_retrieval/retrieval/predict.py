@@ -45,6 +45,10 @@ def read_queries(path: Path) -> list[str]:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise TrafficRetrievalError(f"{path}: query file not found") from None
+    except IsADirectoryError:
+        raise TrafficRetrievalError(f"{path}: query file is a directory, expected a file") from None
+    except OSError as exc:
+        raise TrafficRetrievalError(f"{path}: cannot read query file ({exc.strerror})") from None
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
     lines = raw.split(b"\n")
@@ -59,6 +63,19 @@ def read_queries(path: Path) -> list[str]:
     if not queries:
         raise TrafficRetrievalError(f"{path}: no queries")
     return queries
+
+
+def count_truncated(tokenizer, texts: list[str]) -> int:
+    """How many of ``texts`` exceed the tokenizer's context (open_clip cuts them silently)."""
+    context_length = getattr(tokenizer, "context_length", None) or 77
+    is_long: dict[str, bool] = {}
+    for text in texts:
+        if text not in is_long:
+            if hasattr(tokenizer, "encode") and getattr(tokenizer, "reduction_fn", None) is None:
+                is_long[text] = len(tokenizer.encode(text)) + 2 > context_length  # + start and end tokens
+            else:  # other tokenizers: the text fills the whole context
+                is_long[text] = bool(tokenizer([text])[0, -1] != 0)
+    return sum(is_long[text] for text in texts)
 
 
 def list_gallery_images(gallery_dir: Path) -> list[Path]:
@@ -147,11 +164,16 @@ def predict(config: PredictConfig) -> dict:
     gallery_names = [gallery_paths[i].name for i in gallery.readable]
     category_of = gallery_categories(loaded, gallery.embeddings, device, dtype)
     query_config = QueryConfig(config.strip_vehicle_prefix, config.prompt, config.prompt_suffix)
+    category_of_query = {query: router(query) for query in dict.fromkeys(queries)}
+    truncated = count_truncated(loaded.tokenizer, [text_to_encode(query, category_of_query[query], query_config) for query in queries])
     ranked_names = rank_queries(loaded, queries, gallery, gallery_names, category_of, router, device, dtype, config.top_k, query_config, rerank_config)
     write_submission(config.out, [{"text": query, "image_names": names} for query, names in zip(queries, ranked_names)])
     return {
         "submission": str(config.out),
         "queries": len(queries),
+        "empty_queries": sum(1 for query in queries if not query.strip()),  # answered like any other line
+        "truncated_queries": truncated,  # longer than the model's text context, cut by the tokenizer
+        "context_length": int(getattr(loaded.tokenizer, "context_length", None) or 77),
         "gallery_images": len(gallery_paths),
         "unreadable_images": errors,
         "gallery_per_category": {c: category_of.count(c) for c in sorted(set(category_of))},

@@ -11,64 +11,93 @@ from pathlib import Path
 
 from ..data.images import ImageFileDataset, PreprocessConfig, collate_images
 from ..errors import TrafficRetrievalError
-from ..io import atomic_torch_save
+from ..io import atomic_path, atomic_write_json
 
 
 @dataclass
 class TrainingSet:
     rows: list[dict]  # manifest rows whose image could be read
-    images: object  # uint8 tensor N x 3 x S x S
+    images: "DecodedImages"  # images[row_index] -> uint8 tensor (rows x 3 x S x S)
     tokens: object  # int tensor N x context_length
     attr_ids: object  # int tensor N: equal id <=> equal ATTR
     category_ids: object  # int tensor N: 0 pedestrian, 1 vehicle
     unreadable: list[str]  # one-line errors of images that were skipped
 
 
-def decode_images(paths: list[str], preprocess: PreprocessConfig, workers: int = 2, batch_size: int = 64, description: str = "decode"):
-    """Decode images in DataLoader workers: returns (uint8 tensor of readable images, readable indices, errors)."""
-    import torch
+class DecodedImages:
+    """Decoded uint8 images (N x 3 x S x S) addressed by row, backed by RAM or by a
+    memory-mapped ``.npy`` file, so a 136k-image training set at 224 px (20 GB) lives
+    on disk and in the page cache rather than in the process's memory."""
+
+    def __init__(self, array, slots):
+        import torch
+
+        self.array = array  # numpy array or memmap, one slot per input path
+        self.slots = torch.as_tensor(slots, dtype=torch.long)  # row -> slot
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, index):
+        import numpy as np
+        import torch
+
+        slots = self.slots[index]
+        if slots.ndim == 0:
+            return torch.from_numpy(np.ascontiguousarray(self.array[int(slots)]))
+        return torch.from_numpy(np.ascontiguousarray(self.array[slots.numpy()]))
+
+
+def decode_images(paths: list[str], preprocess: PreprocessConfig, workers: int = 2, batch_size: int = 64, description: str = "decode", into=None):
+    """Decode images in DataLoader workers into ``into`` (an array N x 3 x S x S; a new
+    in-memory one by default). Returns (array, readable indices, one-line errors)."""
+    import numpy as np
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    loader = DataLoader(
-        ImageFileDataset(paths, preprocess),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate_images,
-    )
+    loader = DataLoader(ImageFileDataset(paths, preprocess), batch_size=batch_size, num_workers=workers, collate_fn=collate_images)
     size = preprocess.image_size
-    images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    readable = torch.zeros(len(paths), dtype=torch.bool)
+    images = into if into is not None else np.zeros((len(paths), 3, size, size), dtype=np.uint8)
+    readable: list[int] = []
     errors: list[str] = []
     with tqdm(total=len(paths), desc=description, unit="img", leave=False) as bar:
         for indices, batch, batch_errors in loader:
             if batch is not None:
-                images[indices] = batch
-                readable[indices] = True
+                images[indices] = batch.numpy()
+                readable += indices
             errors += [message for _, message in batch_errors]
             bar.update(len(indices) + len(batch_errors))
-    keep = readable.nonzero().flatten()
-    return images[keep], keep.tolist(), errors
+    return images, sorted(readable), errors
 
 
-def cached_images(rows: list[dict], preprocess: PreprocessConfig, cache_dir: Path | None, workers: int):
-    """Decoded images for manifest rows, cached on disk by (paths, sizes, mtimes, preprocessing)."""
-    import torch
+def cached_images(rows: list[dict], preprocess: PreprocessConfig, cache_dir: Path | None, workers: int) -> tuple[DecodedImages, list[int], list[str]]:
+    """Decoded images for manifest rows, cached on disk (a memory-mapped .npy plus a JSON
+    of readable indices and errors) keyed by (paths, sizes, mtimes, preprocessing)."""
+    import numpy as np
 
-    key_source = json.dumps(
-        [preprocess.to_dict(), [(r["image"], _stat(r["image"])) for r in rows]], sort_keys=True
-    )
-    cache_path = Path(cache_dir) / f"images-{hashlib.sha256(key_source.encode()).hexdigest()[:16]}.pt" if cache_dir else None
-    if cache_path is not None and cache_path.is_file():
+    paths = [r["image"] for r in rows]
+    if cache_dir is None:
+        images, readable, errors = decode_images(paths, preprocess, workers)
+        return DecodedImages(images, readable), readable, errors
+    key_source = json.dumps([preprocess.to_dict(), [(p, _stat(p)) for p in paths]], sort_keys=True)
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    array_path, meta_path = Path(cache_dir) / f"images-{key}.npy", Path(cache_dir) / f"images-{key}.json"
+    if array_path.is_file() and meta_path.is_file():
         try:
-            cached = torch.load(cache_path, weights_only=True)
-            return cached["images"], cached["readable"], cached["errors"]
-        except Exception:
-            cache_path.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
-    images, readable, errors = decode_images([r["image"] for r in rows], preprocess, workers)
-    if cache_path is not None:
-        atomic_torch_save({"images": images, "readable": readable, "errors": errors}, cache_path)
-    return images, readable, errors
+            meta = json.loads(meta_path.read_text())
+            array = np.load(array_path, mmap_mode="r")
+            if array.shape[0] == len(paths):
+                return DecodedImages(array, meta["readable"]), meta["readable"], meta["errors"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt, never trusted
+    size = preprocess.image_size
+    with atomic_path(array_path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+        _, readable, errors = decode_images(paths, preprocess, workers, into=array)
+        array.flush()
+        del array
+    atomic_write_json(meta_path, {"readable": readable, "errors": errors})
+    return DecodedImages(np.load(array_path, mmap_mode="r"), readable), readable, errors
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -93,7 +122,7 @@ def build_training_set(rows: list[dict], preprocess: PreprocessConfig, tokenizer
     if not rows:
         raise TrafficRetrievalError("no training rows: run `traffic-retrieval prepare` first, or check its report")
     images, readable, errors = cached_images(rows, preprocess, cache_dir, workers)
-    rows = [rows[i] for i in readable]
+    rows = [rows[i] for i in readable]  # images is addressed by these rows already
     if not rows:
         raise TrafficRetrievalError(f"none of the training images could be read (first error: {errors[0] if errors else 'unknown'})")
     attr_index: dict[str, int] = {}

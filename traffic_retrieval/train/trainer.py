@@ -289,11 +289,14 @@ def train(config: TrainConfig) -> dict:
     start_epoch, step, best = 0, 0, {"official_mAP@10": -1.0, "epoch": None}
     resume_path = run_dir / "checkpoints" / "last.pt"
     if config.resume and resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["state_dict"])
-        if heads is not None and "attribute_heads" in state:
-            heads.load_state_dict(state["attribute_heads"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            state = torch.load(resume_path, map_location="cpu", weights_only=False)
+            model.load_state_dict(state["state_dict"])
+            if heads is not None and "attribute_heads" in state:
+                heads.load_state_dict(state["attribute_heads"])
+            optimizer.load_state_dict(state["optimizer"])
+        except Exception as exc:  # torch raises many types for a damaged or foreign file
+            raise TrafficRetrievalError(f"{resume_path}: cannot resume from it ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]}); delete it to start over") from None
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
         if log:
             log.line(f"resumed from {resume_path} at epoch {start_epoch}")
@@ -309,6 +312,8 @@ def train(config: TrainConfig) -> dict:
     samples_seen = 0
     for epoch in range(start_epoch, config.epochs):
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        # the global RNG too (dropout, if a model has it), so a resumed run repeats an uninterrupted one
+        torch.manual_seed(config.seed * 100003 + epoch + 50021)
         order = torch.randperm(num_samples, generator=generator)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not (config.progress and context.is_main))
         epoch_loss = 0.0

@@ -1,0 +1,297 @@
+"""The persistent gallery index: build, search, incremental updates, resumption after
+SIGKILL, checkpoint identity, unreadable images, FAISS recall and torchrun (2 CPU ranks).
+
+A tiny randomly initialised TR-Tiny-RN and 40 synthetic test-split images keep it fast.
+"""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+from traffic_retrieval.errors import TrafficRetrievalError
+from traffic_retrieval.index import IndexConfig, Retriever, SearchResult, build_index, read_indexed_gallery
+from traffic_retrieval.index import faiss_index
+from traffic_retrieval.index.commands import build_parser
+from traffic_retrieval.index.store import IndexStore
+from traffic_retrieval.io import atomic_torch_save
+from traffic_retrieval.model.factory import checkpoint_payload, create_model, file_sha256
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """Synthetic gallery (24 pedestrians, 16 vehicles) with labels, and two different tiny checkpoints."""
+    root = tmp_path_factory.mktemp("index_source")
+    generate_dataset(SynthConfig(out=root / "data", seed=1, train_pedestrians=2, train_vehicles=2, val_pedestrians=0, val_vehicles=0,
+                                 test_pedestrians=24, test_vehicles=16, workers=1), progress=False)
+    checkpoints = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = root / f"tiny_{seed}.pt"
+        atomic_torch_save(checkpoint_payload(create_model("TR-Tiny-RN")), path)
+        checkpoints.append(path)
+    return {"root": root, "gallery": root / "data" / "test" / "test_images", "labels": root / "data" / "ground_truth" / "test_label.txt",
+            "checkpoint": checkpoints[0], "other_checkpoint": checkpoints[1]}
+
+
+def config(source, out, gallery=None, **overrides) -> IndexConfig:
+    values = dict(images=gallery or source["gallery"], checkpoint=source["checkpoint"], out=out, labels=source["labels"],
+                  shard_size=8, batch_size=8, workers=0, progress=False, device="cpu")
+    return IndexConfig(**{**values, **overrides})
+
+
+def snapshot(index_dir) -> dict:
+    """id -> (relative path, category, label, embedding) of an index."""
+    gallery = read_indexed_gallery(index_dir)
+    root = Path(gallery.info["images"])
+    return {i: (p.relative_to(root).as_posix(), c, e) for i, p, c, e in zip(gallery.ids, gallery.paths, gallery.categories, gallery.embeddings.numpy())}
+
+
+def assert_same_index(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert sorted(a) == sorted(b)
+    for image_id in a:
+        assert a[image_id][:2] == b[image_id][:2], image_id
+        np.testing.assert_allclose(a[image_id][2], b[image_id][2], atol=atol, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def built(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("index_built") / "INDEX"
+    report = build_index(config(source, out))
+    return out, report
+
+
+def test_build_writes_sqlite_shards_faiss_and_index_json(built, source):
+    out, report = built
+    assert report["count"] == 40 and report["encoded"] == 40 and report["new"] == 40 and report["unreadable"] == 0
+    assert report["categories"] == {"pedestrian": 24, "vehicle": 16} and report["labelled"] == 40
+    info = json.loads((out / "index.json").read_text())
+    store = IndexStore(out / "meta.sqlite", readonly=True)
+    assert info["identity"] == store.meta("identity") == file_sha256(source["checkpoint"])
+    store.close()
+    assert info["model"] == "TR-Tiny-RN" and info["dim"] == 128 and info["count"] == 40 and info["embedding_dtype"] == "float16"
+    assert info["kind"] == {"pedestrian": "flat", "vehicle": "flat"} and info["recall@10"] == 1.0
+    assert Path(info["checkpoint"]) == source["checkpoint"].resolve()
+    shards = sorted((out / "shards").glob("shard_*.npy"))
+    assert len(shards) == 5 and np.load(shards[0]).dtype == np.float16 and np.load(shards[0]).shape == (8, 128)
+    for entry in info["faiss"]["indexes"].values():
+        assert (out / entry["file"]).is_file()
+    with sqlite3.connect(out / "meta.sqlite") as db:
+        rows = db.execute("SELECT name, size, mtime_ns, sha256, category, label, shard, row FROM images ORDER BY id").fetchall()
+    assert len(rows) == 40 and all(len(row[3]) == 64 and row[4] in ("pedestrian", "vehicle") for row in rows)
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)  # ids follow path order
+
+
+def test_search_returns_typed_results_sorted_by_score(built):
+    out, _ = built
+    with Retriever.open(out, device="cpu") as retriever:
+        results = retriever.search("This is a white Audi.", k=10)
+        assert len(results) == 10 and all(isinstance(r, SearchResult) for r in results)
+        assert [r.rank for r in results] == list(range(1, 11))
+        assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+        assert {r.category for r in results} == {"vehicle"}  # routed by the vehicle vocabulary
+        first = results[0]
+        assert isinstance(first.id, int) and isinstance(first.score, float) and Path(first.path).is_file() and first.label.endswith(".")
+        assert retriever.image_path(first.id) == Path(first.path) and retriever.record(first.id).name == first.name
+        assert {r.category for r in retriever.search("A man with a backpack.", k=10)} == {"pedestrian"}
+
+        for category, size in (("pedestrian", 24), ("vehicle", 16)):
+            filtered = retriever.search("This is a white Audi.", k=20, category=category)
+            assert len(filtered) == min(20, size) and {r.category for r in filtered} == {category}
+        everything = retriever.search("a person", k=1000, category="all")
+        assert len(everything) == 40 and len({r.id for r in everything}) == 40
+        assert [r.score for r in everything] == sorted((r.score for r in everything), reverse=True)
+
+        queries = ["This is a white Audi.", "A woman in a long coat.", "A red Truck."]
+        batch = retriever.search_batch(queries, k=5)
+        assert batch == [retriever.search(q, k=5) for q in queries]
+        with ThreadPoolExecutor(4) as pool:  # concurrent searches give the sequential answers
+            assert list(pool.map(lambda q: retriever.search(q, k=5), queries * 4)) == batch * 4
+
+        info = retriever.info()
+        assert info["count"] == 40 and info["categories"] == {"pedestrian": 24, "vehicle": 16} and info["model"] == "TR-Tiny-RN"
+        for bad_k in (0, 1001, 2.5, True):
+            with pytest.raises(TrafficRetrievalError, match="k must be"):
+                retriever.search("a car", k=bad_k)
+        with pytest.raises(TrafficRetrievalError, match="category"):
+            retriever.search("a car", category="bicycle")
+        with pytest.raises(TrafficRetrievalError):
+            retriever.record(10_000)
+
+
+def test_search_and_index_commands(built, source, tmp_path, capsys):
+    out, _ = built
+    parser = build_parser()
+    args = parser.parse_args(["search", "--index", str(out), "This is a white Audi.", "-k", "3", "--json", "--device", "cpu"])
+    args.func(args)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["query"] == "This is a white Audi." and [r["rank"] for r in printed["results"]] == [1, 2, 3]
+    args = parser.parse_args(["search", "--index", str(out), "a man", "--category", "pedestrian", "--device", "cpu"])
+    args.func(args)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10 and all("pedestrian" in line and line.split()[3].endswith(".jpg") for line in lines)
+    args = parser.parse_args(["index", "--images", str(source["gallery"]), "--checkpoint", str(source["checkpoint"]), "--out", str(out),
+                              "--workers", "0", "--no-progress", "--device", "cpu"])
+    args.func(args)
+    assert "encoded 0" in capsys.readouterr().out
+
+
+def test_incremental_updates_encode_only_what_changed(built, source, tmp_path):
+    gallery, out = tmp_path / "gallery", tmp_path / "INDEX"
+    shutil.copytree(source["gallery"], gallery)  # keeps mtimes: the index below is up to date for it
+    shutil.copytree(built[0], out)
+    before = snapshot(out)
+    names = sorted(p.name for p in gallery.iterdir())
+
+    report = build_index(config(source, out, gallery))
+    assert (report["encoded"], report["unchanged"], report["faiss_rebuilt"]) == (0, 40, False)
+    assert snapshot(out).keys() == before.keys()
+
+    shutil.copy(gallery / names[0], gallery / "zzz_added.jpg")  # new file
+    report = build_index(config(source, out, gallery))
+    assert (report["encoded"], report["new"], report["count"]) == (1, 1, 41) and report["faiss_rebuilt"]
+    added = snapshot(out)
+    added_id = max(added)
+    assert added_id not in before and added[added_id][0] == "zzz_added.jpg"
+    np.testing.assert_allclose(added[added_id][2], before[min(before)][2], atol=2e-3)  # same bytes as names[0]
+
+    (gallery / names[1]).unlink()  # deleted file
+    modified = gallery / names[2]  # same path, other bytes: re-encoded under the same id
+    modified_id = next(i for i, v in added.items() if v[0] == names[2])
+    modified.write_bytes((gallery / names[3]).read_bytes())
+    os.utime(modified, ns=(time.time_ns(), time.time_ns() + 10**9))
+    touched = gallery / names[4]  # mtime changed, bytes unchanged: the checksum says unchanged
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    (gallery / "broken.jpg").write_bytes(b"not an image")  # unreadable: counted and listed, never fatal
+    report = build_index(config(source, out, gallery))
+    assert (report["encoded"], report["attempted"], report["changed"], report["dropped"], report["count"]) == (1, 2, 1, 1, 40)
+    assert report["unreadable"] == 1 and "broken.jpg" in report["unreadable_images"][0]
+    after = snapshot(out)
+    assert names[1] not in {v[0] for v in after.values()} and after[modified_id][0] == names[2]
+    third = next(v for v in after.values() if v[0] == names[3])
+    np.testing.assert_allclose(after[modified_id][2], third[2], atol=2e-3)
+    with Retriever.open(out, device="cpu") as retriever:
+        assert names[1] not in {r.name for r in retriever.search("a person", k=1000, category="all")}
+
+    report = build_index(config(source, out, gallery))  # the unreadable file is not retried while unchanged, still reported
+    assert (report["encoded"], report["attempted"], report["unreadable"]) == (0, 0, 1)
+
+
+def test_a_different_checkpoint_is_refused(built, source):
+    out, _ = built
+    with pytest.raises(TrafficRetrievalError, match="different model"):
+        build_index(config(source, out, checkpoint=source["other_checkpoint"]))
+    with pytest.raises(TrafficRetrievalError, match="not the checkpoint"):
+        Retriever.open(out, device="cpu", checkpoint=source["other_checkpoint"])
+    with pytest.raises(TrafficRetrievalError, match="another model"):
+        read_indexed_gallery(out, identity="0" * 64)
+
+
+def test_shards_written_but_not_committed_are_recovered(built, source, tmp_path, monkeypatch):
+    out = tmp_path / "INDEX"
+    original = IndexStore.commit_shard
+    calls = []
+
+    def commit_then_die(self, shard, rows):
+        calls.append(shard)
+        if len(calls) == 3:  # the third shard's files are on disk, its rows not recorded
+            raise KeyboardInterrupt
+        return original(self, shard, rows)
+
+    monkeypatch.setattr(IndexStore, "commit_shard", commit_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(config(source, out))
+    monkeypatch.setattr(IndexStore, "commit_shard", original)
+    report = build_index(config(source, out))
+    assert (report["recovered"], report["encoded"], report["resumed"]) == (8, 40 - 24, 40 - 24)
+    assert_same_index(snapshot(out), snapshot(built[0]))
+
+
+KILLABLE_BUILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from traffic_retrieval.index.build import IndexConfig, build_index
+    from traffic_retrieval.index.store import IndexStore
+
+    original = IndexStore.commit_shard
+    def slow_commit(self, shard, rows):  # time for the test to kill us between shards
+        committed = original(self, shard, rows)
+        time.sleep(0.4)
+        return committed
+    IndexStore.commit_shard = slow_commit
+    images, checkpoint, out, labels = map(Path, sys.argv[1:])
+    build_index(IndexConfig(images=images, checkpoint=checkpoint, out=out, labels=labels, shard_size=8, batch_size=8, workers=0, progress=False, device="cpu"))
+""")
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_build(built, source, tmp_path):
+    out = tmp_path / "INDEX"
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE_BUILD, str(source["gallery"]), str(source["checkpoint"]), str(out), str(source["labels"])],
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    committed = 0
+    while process.poll() is None and time.monotonic() < deadline:
+        if (out / "meta.sqlite").exists():
+            try:
+                with sqlite3.connect(f"{(out / 'meta.sqlite').as_uri()}?mode=ro", uri=True, timeout=5) as db:
+                    committed = db.execute("SELECT count(*) FROM images WHERE state != 'pending'").fetchone()[0]
+            except sqlite3.OperationalError:
+                committed = 0  # the schema is being created
+            if committed:
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
+    assert 0 < committed < 40 and not (out / "index.json").exists()
+
+    report = build_index(config(source, out))
+    assert report["resumed"] == report["attempted"] > 0 and report["encoded"] < 40 and report["count"] == 40
+    assert_same_index(snapshot(out), snapshot(built[0]))
+
+
+def test_torchrun_two_cpu_ranks_equal_one_process(built, source, tmp_path):
+    out = tmp_path / "INDEX"
+    script = tmp_path / "index_main.py"
+    script.write_text("import sys\nfrom traffic_retrieval.index.commands import build_parser\nargs = build_parser().parse_args(sys.argv[1:])\nargs.func(args)\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), "index",
+               "--images", str(source["gallery"]), "--checkpoint", str(source["checkpoint"]), "--out", str(out), "--labels", str(source["labels"]),
+               "--shard-size", "8", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--no-progress", "--json"]
+    finished = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(finished.stdout[finished.stdout.index("{"):])
+    assert report["world_size"] == 2 and report["encoded"] == 40 and report["count"] == 40
+    assert json.loads((out / "index.json").read_text())["world_size"] == 2
+    # same ids -> paths, categories; embeddings up to the float noise of a different thread count
+    assert_same_index(snapshot(out), snapshot(built[0]), atol=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_reaches_recall_against_exact(kind):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1000, 4000)
+    ann = faiss_index.build(vectors, ids, faiss_index.AnnConfig(kind=kind))
+    assert ann.kind == kind and ann.recall >= 0.95 and ann.search_param
+    queries = rng.standard_normal((200, 32)).astype(np.float32)  # independent of the tuning queries
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    _, found = faiss_index.search(ann, queries, 10)
+    _, exact = faiss_index.exact_topk(queries, vectors, 10)
+    recall = np.mean([len(set(f) & set(ids[e])) / 10 for f, e in zip(found, exact)])
+    assert recall >= 0.95, recall
+    assert faiss_index.choose_kind("auto", 3000, flat_max=100_000) == "flat" and faiss_index.choose_kind("auto", 200_001, 100_000) == "hnsw"

@@ -1,0 +1,32 @@
+"""The persistent gallery index: build it once, update it incrementally, search it.
+
+- ``build.py``: ``build_index(IndexConfig(...))``, the ``index`` command (single
+  process or torchrun);
+- ``scan.py``, ``plan.py``: what is in the gallery and what a run must encode;
+- ``shards.py``: encoding planned shards through the one image loader;
+- ``store.py``: SQLite metadata and ``.npy`` embedding shards (the on-disk layout);
+- ``faiss_index.py``: exact / HNSW / IVF indexes, tuned and measured for recall;
+- ``distributed.py``: torchrun ranks;
+- ``retriever.py``: ``Retriever.open(INDEX).search(text)``, the documented search API;
+- ``gallery.py``: an index read back as a gallery (embeddings, names, categories);
+- ``commands.py``: the ``index`` and ``search`` subcommands.
+
+``from traffic_retrieval.index import Retriever`` works without importing torch or
+FAISS until they are used.
+"""
+
+_EXPORTS = {
+    "IndexConfig": "build", "build_index": "build",
+    "Retriever": "retriever", "SearchResult": "retriever", "ImageRecord": "retriever",
+    "IndexedGallery": "gallery", "read_indexed_gallery": "gallery",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

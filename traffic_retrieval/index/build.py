@@ -1,0 +1,352 @@
+"""``index``: build or update the persistent gallery index.
+
+1. (rank 0) check the checkpoint's identity against the index, commit shards a
+   killed run wrote but did not record, scan the gallery, plan: new and changed
+   files go to new shards, deleted ones are dropped (``plan.py``);
+2. (every rank) encode its share of the pending shards (``shards.py``); rank 0
+   commits each of its shards as it is written;
+3. (rank 0) commit the other ranks' shards, apply labels, categorise new images
+   (``gallery_categories``), rebuild the per-category FAISS indexes when the
+   indexed set changed (``faiss_index.py``) and write ``index.json``, the commit
+   point of the build, then the report.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import TrafficRetrievalError
+from .distributed import Ranks, all_gather, finish, rank_device, ranks_from_env, scatter, start
+from .faiss_index import AnnConfig, check_kind
+from .store import EMBEDDING_DTYPE, INDEX_FORMAT, IndexLayout, IndexStore, ShardReader, index_lock, read_shard_rows, shard_files_on_disk
+
+CATEGORIZE_BLOCK = 65536
+
+
+@dataclass
+class IndexConfig:
+    images: Path | None = None  # the gallery folder (walked recursively)
+    checkpoint: Path | None = None  # a traffic-retrieval checkpoint
+    out: Path | None = None  # the index folder
+    kind: str = "auto"  # auto (flat up to flat_max images per category, else hnsw), flat, hnsw, ivf
+    labels: Path | None = None  # optional IMAGE$ATTR$TEXT file: labels and true categories
+    batch_size: int = 256
+    workers: int = 2  # image decoding processes
+    shard_size: int = 4096  # images per shard file (the unit of resumption)
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+    flat_max: int = 100_000
+    recall_target: float = 0.95
+
+
+def check_config(config: IndexConfig) -> None:
+    for key in ("images", "checkpoint", "out"):
+        if getattr(config, key) is None:
+            raise TrafficRetrievalError(f"index needs --{key}")
+    check_kind(config.kind)
+    for key, minimum in (("batch_size", 1), ("shard_size", 1), ("workers", 0), ("flat_max", 0)):
+        if getattr(config, key) < minimum:
+            raise TrafficRetrievalError(f"--{key.replace('_', '-')} must be at least {minimum}, got {getattr(config, key)}")
+    if not 0 < config.recall_target <= 1:
+        raise TrafficRetrievalError(f"recall_target must be in (0, 1], got {config.recall_target}")
+    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise TrafficRetrievalError(f"--precision must be auto, fp32, bf16 or fp16, got {config.precision!r}")
+
+
+def build_index(config: IndexConfig) -> dict:
+    """Build or update the index at ``config.out``; returns the build report (rank 0's
+    is complete; other ranks return their encoding counts)."""
+    from ..train.trainer import resolve_device
+
+    check_config(config)
+    started = time.perf_counter()
+    ranks = ranks_from_env()
+    device = rank_device(resolve_device(config.device), ranks)
+    ranks = start(ranks, device)
+    try:
+        return _build(config, ranks, device, started)
+    finally:
+        finish(ranks)
+
+
+def _build(config: IndexConfig, ranks: Ranks, device: str, started: float) -> dict:
+    from ..model.factory import load_checkpoint
+    from ..train.trainer import autocast_dtype
+    from .shards import encode_shards
+
+    loaded = load_checkpoint(config.checkpoint, device=device)
+    dtype = autocast_dtype(config.precision, device)
+    layout = IndexLayout(config.out)
+    root = Path(config.images)
+    with index_lock(layout) if ranks.is_main else nullcontext():
+        store = IndexStore(layout.meta_db) if ranks.is_main else None
+        try:
+            # 1. plan (rank 0), then every rank learns its shards or the planning error
+            per_rank = None
+            if ranks.is_main:
+                try:
+                    prepared = _prepare(config, layout, store, loaded)
+                    per_rank = [("ok", prepared["shards"][r :: ranks.world_size]) for r in range(ranks.world_size)]
+                except TrafficRetrievalError as exc:
+                    if not ranks.distributed:
+                        raise
+                    per_rank = [("error", str(exc))] * ranks.world_size
+            status, my_shards = scatter(per_rank, ranks)
+            if status == "error":
+                raise TrafficRetrievalError(my_shards)
+
+            # 2. encode this rank's shards; rank 0 records each of its shards at once
+            on_written = (lambda shard, rows: store.commit_shard(shard, rows)) if ranks.is_main else (lambda shard, rows: None)
+            error, stats = None, {"shards": 0, "images": 0, "encoded": 0, "unreadable": []}
+            try:
+                stats = encode_shards(loaded, root, my_shards, layout, loaded.identity, device, dtype, config.batch_size, config.workers,
+                                      config.progress and ranks.is_main, on_written, description=f"index {root.name}")
+            except Exception as exc:
+                if not ranks.distributed:
+                    raise
+                traceback.print_exc()
+                error = f"rank {ranks.rank}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            results = all_gather((error, stats), ranks)
+            failures = [e for e, _ in results if e]
+            if failures:
+                raise TrafficRetrievalError(f"encoding failed on {failures[0]}")
+            if not ranks.is_main:
+                return {"rank": ranks.rank, "shards": stats["shards"], "encoded": stats["encoded"]}
+
+            # 3. finish (rank 0)
+            return _finish(config, layout, store, loaded, device, dtype, prepared, [s for _, s in results], ranks, started)
+        finally:
+            if store is not None:
+                store.close()
+
+
+def _check_identity(config: IndexConfig, store: IndexStore, loaded) -> None:
+    identity = store.meta("identity")
+    if identity is None:
+        with store.transaction() as db:
+            store.set_meta("format", INDEX_FORMAT, db)
+            store.set_meta("identity", loaded.identity, db)
+            store.set_meta("model", loaded.model_name, db)
+    elif identity != loaded.identity:
+        raise TrafficRetrievalError(
+            f"{config.out}: this index was built with checkpoint {store.meta('checkpoint')} (sha256 {identity[:12]}), "
+            f"{config.checkpoint} is a different model (sha256 {loaded.identity[:12]}): use the same checkpoint or a new --out")
+    store.set_meta("checkpoint", str(Path(config.checkpoint).resolve()))
+
+
+def _recover_written_shards(layout: IndexLayout, store: IndexStore, identity: str) -> int:
+    """Commit shards whose files are complete but whose rows are still pending
+    (a run killed between writing and recording, or another rank's shards)."""
+    recovered = 0
+    for shard, _ in store.pending_shards():
+        document = read_shard_rows(layout, shard)
+        if document is not None and document.get("identity") == identity:
+            recovered += store.commit_shard(shard, document["rows"])
+    return recovered
+
+
+def _remove_stale_files(layout: IndexLayout, store: IndexStore) -> None:
+    """Temporary files of killed writes, shards no row refers to any more, and partial
+    files of shards still pending (they are encoded again)."""
+    by_shard, leftovers = shard_files_on_disk(layout)
+    referenced = store.referenced_shards()
+    pending = {shard for shard, _ in store.pending_shards()}
+    for path in leftovers + [p for shard, paths in by_shard.items() if shard not in referenced or shard in pending for p in paths]:
+        path.unlink(missing_ok=True)
+
+
+def _prepare(config: IndexConfig, layout: IndexLayout, store: IndexStore, loaded) -> dict:
+    from ..model.factory import file_sha256
+    from .plan import plan_update
+    from .scan import scan_gallery
+
+    _check_identity(config, store, loaded)
+    recovered = _recover_written_shards(layout, store, loaded.identity)
+    _remove_stale_files(layout, store)
+    root = Path(config.images)
+    files = scan_gallery(root)
+    if not files:
+        raise TrafficRetrievalError(f"{root}: no images (.jpg, .jpeg, .png, .bmp, .webp) found")
+    plan = plan_update(files, store.rows_by_path(), root, file_sha256)
+    store.apply_plan(plan, config.shard_size)
+    store.set_meta("images", str(root.resolve()))
+    return {"plan": plan, "files": len(files), "recovered": recovered, "shards": store.pending_shards()}
+
+
+def _apply_labels(config: IndexConfig, store: IndexStore) -> dict | None:
+    from ..model.factory import file_sha256
+    from .scan import label_for, read_labels
+
+    if config.labels is None:
+        return store.meta("labels")
+    labels, skipped = read_labels(config.labels)
+    by_id = {}
+    for image_id, name in store.db.execute("SELECT id, name FROM images"):
+        label = label_for(name, labels)
+        if label is not None:
+            by_id[image_id] = label
+    store.set_labels(by_id)
+    info = {"file": str(Path(config.labels).resolve()), "sha256": file_sha256(config.labels), "labelled": len(by_id), "skipped_lines": skipped[:100]}
+    store.set_meta("labels", info)
+    return info
+
+
+def _categorize(store: IndexStore, reader: ShardReader, loaded, device: str, dtype) -> int:
+    """The model's category vote for images that have none yet (new or re-encoded)."""
+    import torch
+
+    from ..retrieval.encode import gallery_categories
+
+    locations = store.indexed_locations("AND predicted_category IS NULL")
+    for start in range(0, len(locations), CATEGORIZE_BLOCK):
+        block = locations[start : start + CATEGORIZE_BLOCK]
+        embeddings = torch.from_numpy(reader.gather([(shard, row) for _, shard, row in block]))
+        categories = gallery_categories(loaded, embeddings, device, dtype)
+        store.set_predicted_categories([(image_id, category) for (image_id, _, _), category in zip(block, categories)])
+    return len(locations)
+
+
+def category_file_stem(category: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", category) or "_"
+
+
+def _fingerprint(store: IndexStore, ann_config: AnnConfig) -> str:
+    """Changes when the indexed set, a category or an embedding location, or the ANN settings change."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(sorted(vars(ann_config).items())).encode())
+    for row in store.db.execute("SELECT id, category, shard, row FROM images WHERE state = 'indexed' ORDER BY id"):
+        digest.update(repr(row).encode())
+    return digest.hexdigest()
+
+
+def _category_text_queries(loaded, category: str, device: str, dtype):
+    """The checkpoint's stored captions of a category, encoded: realistic queries for measuring recall."""
+    from ..retrieval.encode import ZERO_SHOT_CATEGORY_TEXTS, encode_texts
+
+    texts = ((loaded.checkpoint or {}).get("category_texts") or {}).get(category) or ZERO_SHOT_CATEGORY_TEXTS.get(category, [])
+    return encode_texts(loaded, list(texts), device, dtype).numpy() if texts else None
+
+
+def _build_faiss(config: IndexConfig, layout: IndexLayout, store: IndexStore, reader: ShardReader, loaded, device, dtype, previous: dict | None) -> tuple[dict, bool]:
+    import numpy as np
+
+    from . import faiss_index
+
+    ann_config = AnnConfig(kind=config.kind, flat_max=config.flat_max, recall_target=config.recall_target)
+    fingerprint = _fingerprint(store, ann_config)
+    old = (previous or {}).get("faiss") or {}
+    if old.get("fingerprint") == fingerprint and all((layout.root / entry["file"]).is_file() for entry in old.get("indexes", {}).values()):
+        return old, False
+    indexes = {}
+    for category in sorted(c for c in store.category_counts() if c != "?"):
+        locations = store.indexed_locations("AND category = ?", (category,))
+        vectors = reader.gather([(shard, row) for _, shard, row in locations])
+        ids = np.array([image_id for image_id, _, _ in locations], dtype=np.int64)
+        ann = faiss_index.build(vectors, ids, ann_config, _category_text_queries(loaded, category, device, dtype))
+        relative = f"faiss/{category_file_stem(category)}.{fingerprint[:12]}.index"
+        faiss_index.save(ann, layout.root / relative)
+        indexes[category] = {"file": relative, **ann.describe()}
+    return {"kind": config.kind, "fingerprint": fingerprint, "indexes": indexes}, True
+
+
+def _finish(config: IndexConfig, layout: IndexLayout, store: IndexStore, loaded, device, dtype, prepared: dict, rank_stats: list[dict], ranks: Ranks, started: float) -> dict:
+    from ..config import config_to_dict
+    from ..io import atomic_write_json
+    from .shards import embedding_dim
+
+    recovered = prepared["recovered"] + _recover_written_shards(layout, store, loaded.identity)
+    labels = _apply_labels(config, store)
+    dim = embedding_dim(loaded)
+    reader = ShardReader(layout, dim)
+    categorized = _categorize(store, reader, loaded, device, dtype)
+    _remove_stale_files(layout, store)
+    try:
+        previous = layout.read_index_json()
+    except TrafficRetrievalError:
+        previous = None
+    faiss_info, rebuilt = _build_faiss(config, layout, store, reader, loaded, device, dtype, previous)
+
+    states = store.state_counts()
+    categories = {c: n for c, n in store.category_counts().items() if c != "?"}
+    indexes = faiss_info["indexes"]
+    recall = sum(entry["recall@10"] * entry["count"] for entry in indexes.values()) / max(1, sum(entry["count"] for entry in indexes.values()))
+    seconds = round(time.perf_counter() - started, 3)
+    info = {
+        "format": INDEX_FORMAT,
+        "images": store.meta("images"),
+        "checkpoint": store.meta("checkpoint"),
+        "identity": loaded.identity,
+        "model": loaded.model_name,
+        "dim": dim,
+        "embedding_dtype": EMBEDDING_DTYPE,
+        "count": states["indexed"],
+        "categories": categories,
+        "unreadable": states["unreadable"],
+        "pending": states["pending"],
+        "kind": {c: entry["kind"] for c, entry in indexes.items()},
+        "recall@10": round(recall, 4),
+        "faiss": faiss_info,
+        "labels": labels,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": seconds,
+        "world_size": ranks.world_size,
+        "config": config_to_dict(config),
+    }
+    atomic_write_json(layout.index_json, info)
+    referenced = {layout.root / entry["file"] for entry in indexes.values()}
+    for path in layout.faiss.glob("*.index") if layout.faiss.is_dir() else []:
+        if path not in referenced:
+            path.unlink(missing_ok=True)
+
+    plan = prepared["plan"]
+    unreadable = [f"{row.path}: {row.error}" if row.error and row.path not in row.error else row.error or row.path for row in store.unreadable()]
+    report = {
+        "index": str(layout.root),
+        "images": info["images"],
+        "files": prepared["files"],
+        "count": states["indexed"],
+        "encoded": sum(s["encoded"] for s in rank_stats),  # images that went through the image tower in this run
+        "attempted": sum(s["images"] for s in rank_stats),  # files read in this run, readable or not
+        **plan.summary(),
+        "dropped": len(plan.deleted),
+        "recovered": recovered,  # rows committed from shard files a killed run had written
+        "categorized": categorized,
+        "pending": states["pending"],
+        "unreadable": len(unreadable),
+        "unreadable_images": unreadable,
+        "categories": categories,
+        "kind": info["kind"],
+        "recall@10": info["recall@10"],
+        "faiss_rebuilt": rebuilt,
+        "labelled": (labels or {}).get("labelled", 0),
+        "world_size": ranks.world_size,
+        "seconds": seconds,
+    }
+    atomic_write_json(layout.report, report)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The few lines ``index`` prints."""
+    lines = [
+        f"indexed {report['count']} images ({', '.join(f'{n} {c}' for c, n in report['categories'].items()) or 'none'}) in {report['index']}",
+        f"this run: encoded {report['encoded']} (new {report['new']}, changed {report['changed']}, resumed {report['resumed']}), "
+        f"unchanged {report['unchanged']}, dropped {report['dropped']}, {report['seconds']:.1f} s",
+        "faiss: " + (", ".join(f"{c} {k}" for c, k in report["kind"].items()) or "empty") + f", recall@10 {report['recall@10']:.3f}"
+        + (" (rebuilt)" if report["faiss_rebuilt"] else " (unchanged)"),
+    ]
+    if report["pending"]:
+        lines.append(f"{report['pending']} images are still pending: run index again to finish")
+    for message in report["unreadable_images"][:10]:
+        lines.append(f"unreadable image: {message}")
+    if report["unreadable"] > 10:
+        lines.append(f"... {report['unreadable'] - 10} more unreadable images (see {Path(report['index']) / 'build_report.json'})")
+    return "\n".join(lines)

@@ -1,0 +1,233 @@
+"""The FAISS layer: inner-product indexes over L2-normalised embeddings (numpy in,
+numpy out), exact for small galleries and approximate for large ones, with the
+search-time setting tuned to a recall target and recall@k measured against exact
+search on held-out queries.
+
+- ``flat``: ``IndexFlatIP``, exact; the default up to ``flat_max`` vectors, where a
+  brute-force scan takes milliseconds.
+- ``hnsw``: ``IndexHNSWFlat`` (M=32), no training, the best recall per millisecond;
+  ``auto`` picks it above ``flat_max``. ``efSearch`` is tuned.
+- ``ivf``: ``IndexIVFFlat`` with about 4 sqrt(n) lists trained by k-means on a sample;
+  smaller and faster to build than HNSW. ``nprobe`` is tuned.
+
+Every index is wrapped in ``IndexIDMap2`` so FAISS returns image ids directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import TrafficRetrievalError
+
+KINDS = ("auto", "flat", "hnsw", "ivf")
+HNSW_EF_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass
+class AnnConfig:
+    kind: str = "auto"
+    flat_max: int = 100_000  # auto: exact search up to this many vectors per index
+    recall_target: float = 0.95  # recall@k the search setting is tuned to reach (on held-out queries, with a margin)
+    recall_k: int = 10
+    recall_queries: int = 1000  # sampled gallery vectors used as queries (plus any text queries given)
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 128
+    ivf_lists: int = 0  # 0: about 4 sqrt(n)
+    seed: int = 0
+
+
+@dataclass
+class AnnIndex:
+    index: object  # faiss.IndexIDMap2
+    kind: str
+    count: int
+    search_param: dict = field(default_factory=dict)  # {"efSearch": n} / {"nprobe": n} / {}
+    recall: float = 1.0  # recall@k against exact search (1.0 for flat)
+    recall_queries: int = 0
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "count": self.count, "search_param": self.search_param, "recall@10": round(self.recall, 4), "recall_queries": self.recall_queries}
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise TrafficRetrievalError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return kind
+
+
+def choose_kind(kind: str, count: int, flat_max: int) -> str:
+    check_kind(kind)
+    if kind != "auto":
+        return kind
+    return "flat" if count <= flat_max else "hnsw"
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise TrafficRetrievalError("the index needs FAISS: pip install faiss-cpu") from None
+    return faiss
+
+
+def exact_topk(queries, vectors, k: int, block: int = 65536):
+    """Exact top-``k`` inner products ``(scores [Q, k'], positions [Q, k'])``, in gallery blocks."""
+    import numpy as np
+
+    k = min(k, len(vectors))
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_positions = np.zeros((len(queries), k), dtype=np.int64)
+    for start in range(0, len(vectors), block):
+        scores = queries @ vectors[start : start + block].T
+        scores = np.concatenate([best_scores, scores], axis=1)
+        positions = np.concatenate([best_positions, np.arange(start, start + scores.shape[1] - k)[None].repeat(len(queries), 0)], axis=1)
+        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.arange(k)[None].repeat(len(queries), 0)
+        best_scores, best_positions = np.take_along_axis(scores, keep, 1), np.take_along_axis(positions, keep, 1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_positions, order, 1)
+
+
+def recall_at_k(found_scores, exact_scores, k: int, tolerance: float = 1e-4) -> float:
+    """Fraction of the exact top-k recovered, counting ties: a found result whose score
+    reaches the exact k-th score is a hit (identical images make the ids ambiguous)."""
+    import numpy as np
+
+    k = min(k, exact_scores.shape[1])
+    if len(exact_scores) == 0 or k == 0:
+        return 1.0
+    threshold = exact_scores[:, k - 1 : k] - tolerance
+    hits = (found_scores[:, :k] >= threshold) & np.isfinite(found_scores[:, :k])
+    return float(np.minimum(hits.sum(axis=1), k).mean() / k)
+
+
+def _search_parameters(kind: str, param: dict, k: int):
+    faiss = _faiss()
+    if kind == "hnsw":
+        return faiss.SearchParametersHNSW(efSearch=max(int(param.get("efSearch", 64)), k))
+    if kind == "ivf":
+        return faiss.SearchParametersIVF(nprobe=int(param.get("nprobe", 1)))
+    return None
+
+
+def search(ann: AnnIndex, queries, k: int, param: dict | None = None):
+    """``(scores [Q, k], ids [Q, k])``; missing results (fewer than k vectors reachable) have id -1.
+
+    Search settings are passed per call, never set on the shared index, so concurrent
+    searches are safe. An approximate search that comes back short of
+    ``min(k, count)`` results is retried with a wider search (up to exhaustive).
+    """
+    import numpy as np
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = max(1, int(k))
+    param = dict(ann.search_param if param is None else param)
+    while True:
+        scores, ids = ann.index.search(queries, k, params=_search_parameters(ann.kind, param, k))
+        wanted = min(k, ann.count)
+        if ann.kind == "flat" or bool(((ids >= 0).sum(axis=1) >= wanted).all()):
+            return scores, ids
+        if ann.kind == "hnsw" and param.get("efSearch", 64) < ann.count:
+            param["efSearch"] = max(int(param.get("efSearch", 64)), k) * 4
+        elif ann.kind == "ivf" and param.get("nprobe", 1) < _inner(ann).nlist:
+            param["nprobe"] = min(_inner(ann).nlist, int(param.get("nprobe", 1)) * 4)
+        else:
+            return scores, ids
+
+
+def _inner(ann: AnnIndex):
+    return _faiss().downcast_index(ann.index.index)
+
+
+def build(vectors, ids, config: AnnConfig, text_queries=None) -> AnnIndex:
+    """Build an index of ``vectors`` (float32, L2-normalised) with FAISS ids ``ids``;
+    tune and measure the approximate kinds on a sample of the vectors as queries
+    (plus ``text_queries``, the realistic workload), half to tune, half to measure."""
+    import numpy as np
+
+    faiss = _faiss()
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    count, dim = vectors.shape
+    kind = choose_kind(config.kind, count, config.flat_max)
+    if count == 0:
+        kind = "flat"
+    if kind == "flat":
+        inner = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        inner = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = config.hnsw_ef_construction
+    else:
+        nlist = config.ivf_lists or max(1, min(int(4 * math.sqrt(count)), count // 39))
+        inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(config.seed)
+        training = vectors if count <= 256 * nlist else vectors[np.sort(rng.choice(count, 256 * nlist, replace=False))]
+        inner.cp.seed = config.seed
+        inner.train(training)
+    index = faiss.IndexIDMap2(inner)
+    for start in range(0, count, 65536):
+        index.add_with_ids(vectors[start : start + 65536], ids[start : start + 65536])
+    ann = AnnIndex(index, kind, count)
+    if kind != "flat":
+        _tune_and_measure(ann, vectors, config, text_queries)
+    return ann
+
+
+def probe_queries(vectors, count: int, seed: int = 0, similarity: float = 0.3):
+    """Queries for measuring recall: gallery vectors pulled off the image manifold,
+    ``normalize(similarity * g + sqrt(1 - similarity**2) * r)`` for a sampled vector g
+    and a random unit direction r. A text query sits about that far from its best
+    images (CLIP's modality gap, cosine about 0.3), which is the hard case for graph
+    search; gallery vectors as queries would find themselves and overstate recall."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    anchors = vectors[rng.choice(len(vectors), min(count, len(vectors)), replace=False)]
+    noise = rng.standard_normal(anchors.shape).astype(np.float32)
+    noise -= (noise * anchors).sum(axis=1, keepdims=True) * anchors  # orthogonal to the anchor
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True) + 1e-12
+    queries = similarity * anchors + math.sqrt(1 - similarity**2) * noise
+    return (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _tune_and_measure(ann: AnnIndex, vectors, config: AnnConfig, text_queries) -> None:
+    import numpy as np
+
+    queries = probe_queries(vectors, config.recall_queries, config.seed)
+    if text_queries is not None and len(text_queries):
+        queries = np.concatenate([queries, np.asarray(text_queries, dtype=np.float32)])
+    queries = queries[np.random.default_rng(config.seed).permutation(len(queries))]
+    tune, held_out = (queries[0::2], queries[1::2]) if len(queries) > 1 else (queries, queries)
+    k = config.recall_k
+    exact_tune = exact_topk(tune, vectors, k)[0]
+    target = min(1.0, config.recall_target + 0.02)  # margin: tuned on one half, reported on the other
+    if ann.kind == "hnsw":
+        candidates = [{"efSearch": ef} for ef in HNSW_EF_CANDIDATES if ef < 2 * ann.count] or [{"efSearch": HNSW_EF_CANDIDATES[0]}]
+    else:
+        nlist = _inner(ann).nlist
+        candidates = [{"nprobe": p} for p in (2 ** i for i in range(0, 32)) if p < nlist] + [{"nprobe": nlist}]
+    chosen = candidates[-1]
+    for param in candidates:
+        if recall_at_k(search(ann, tune, k, param)[0], exact_tune, k) >= target:
+            chosen = param
+            break
+    ann.search_param = chosen
+    ann.recall = recall_at_k(search(ann, held_out, k, chosen)[0], exact_topk(held_out, vectors, k)[0], k)
+    ann.recall_queries = len(held_out)
+
+
+def save(ann: AnnIndex, path: str | Path) -> None:
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        _faiss().write_index(ann.index, str(tmp))
+
+
+def load(path: str | Path, kind: str, search_param: dict, recall: float = 1.0, recall_queries: int = 0) -> AnnIndex:
+    faiss = _faiss()
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise TrafficRetrievalError(f"{path}: cannot read FAISS index ({str(exc).splitlines()[0][:200]})") from None
+    return AnnIndex(index, kind, int(index.ntotal), dict(search_param), recall, recall_queries)

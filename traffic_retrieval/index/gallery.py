@@ -1,0 +1,51 @@
+"""An index read back as a gallery: embeddings, names and categories in id order,
+for code that ranks the whole gallery itself (``predict --index``, benchmarks)
+instead of encoding the images again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TrafficRetrievalError
+
+
+@dataclass
+class IndexedGallery:
+    ids: list[int]
+    names: list[str]  # file names (what a submission lists)
+    paths: list[Path]  # absolute image paths
+    categories: list[str]  # pedestrian / vehicle: the label's when the index had labels, else the model's vote
+    embeddings: object  # torch.FloatTensor [n, dim], L2-normalised (stored as float16)
+    unreadable: list[str]  # one-line errors of the gallery files that could not be read
+    info: dict  # index.json
+
+    def as_image_encoding(self):
+        """The gallery as ``retrieval.encode.ImageEncoding`` (no flipped embeddings)."""
+        from ..retrieval.encode import ImageEncoding
+
+        return ImageEncoding(self.embeddings, list(range(len(self.ids))), list(self.unreadable))
+
+
+def read_indexed_gallery(index: str | Path, identity: str | None = None) -> IndexedGallery:
+    """Every indexed image of ``index``; ``identity`` (``LoadedModel.identity``) must be
+    the index's, since query and gallery embeddings must come from one model."""
+    import torch
+
+    from .store import IndexLayout, IndexStore, ShardReader
+
+    layout = IndexLayout(index)
+    info = layout.read_index_json()
+    if identity is not None and identity != info["identity"]:
+        raise TrafficRetrievalError(f"{layout.root}: index built with another model (sha256 {info['identity'][:12]}, "
+                                    f"this checkpoint {identity[:12]}): use the index's checkpoint {info['checkpoint']}")
+    store = IndexStore(layout.meta_db, readonly=True)
+    try:
+        rows = list(store.db.execute("SELECT id, name, path, category, shard, row FROM images WHERE state = 'indexed' ORDER BY id"))
+        unreadable = [row.error or row.path for row in store.unreadable()]
+    finally:
+        store.close()
+    root = Path(info["images"])
+    embeddings = ShardReader(layout, info["dim"]).gather([(shard, row) for *_, shard, row in rows])
+    return IndexedGallery([r[0] for r in rows], [r[1] for r in rows], [root / r[2] for r in rows], [r[3] for r in rows],
+                          torch.from_numpy(embeddings), unreadable, info)
