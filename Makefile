@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv browser bench clean
 
 venv: $(STAMP)
 
@@ -15,11 +16,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian's chromium for the browser tests (Playwright drives it; no browser download).
+browser:
+	@test -x $(CHROMIUM) || (command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+		|| echo "chromium could not be installed: the browser tests will be skipped")
+
 demo: $(STAMP)
 	$(VENV)/bin/traffic-retrieval demo --out demo_output
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	bash benchmarks/run_all.sh
 
 clean:
 	rm -rf demo_output .pytest_cache

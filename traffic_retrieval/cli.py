@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu-tiny")
     p.set_defaults(func=_ablate)
 
+    from .index.commands import add_parsers as add_index_parsers
+
+    add_index_parsers(commands)  # index, search
+
     p = commands.add_parser("demo", help="synth, prepare, train, predict and evaluate end to end on a CPU")
     p.add_argument("--out", type=Path, default=Path("demo_output"))
     p.add_argument("--seed", type=int, default=0)

@@ -174,26 +174,32 @@ def _prepare(config: IndexConfig, layout: IndexLayout, store: IndexStore, loaded
     files = scan_gallery(root)
     if not files:
         raise TrafficRetrievalError(f"{root}: no images (.jpg, .jpeg, .png, .bmp, .webp) found")
-    plan = plan_update(files, store.rows_by_path(), root, file_sha256)
+    plan = plan_update(files, store.stats_by_path(), root, file_sha256)
     store.apply_plan(plan, config.shard_size)
     store.set_meta("images", str(root.resolve()))
     return {"plan": plan, "files": len(files), "recovered": recovered, "shards": store.pending_shards()}
 
 
 def _apply_labels(config: IndexConfig, store: IndexStore) -> dict | None:
+    """Labels from ``--labels``, or else from the labels file an earlier run was given
+    (so files added later get their labels too); none: the stored labels stay."""
     from ..model.factory import file_sha256
     from .scan import label_for, read_labels
 
-    if config.labels is None:
-        return store.meta("labels")
-    labels, skipped = read_labels(config.labels)
+    recorded = store.meta("labels")
+    path = config.labels
+    if path is None and recorded and Path(recorded["file"]).is_file():
+        path = Path(recorded["file"])
+    if path is None:
+        return recorded
+    labels, skipped = read_labels(path)
     by_id = {}
     for image_id, name in store.db.execute("SELECT id, name FROM images"):
         label = label_for(name, labels)
         if label is not None:
             by_id[image_id] = label
     store.set_labels(by_id)
-    info = {"file": str(Path(config.labels).resolve()), "sha256": file_sha256(config.labels), "labelled": len(by_id), "skipped_lines": skipped[:100]}
+    info = {"file": str(Path(path).resolve()), "sha256": file_sha256(path), "labelled": len(by_id), "skipped_lines": skipped[:100]}
     store.set_meta("labels", info)
     return info
 

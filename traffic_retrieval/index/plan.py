@@ -29,7 +29,7 @@ class GalleryPlan:
 
 
 def plan_update(files: list[GalleryFile], stored: dict, root: Path, checksum: Callable[[Path], str]) -> GalleryPlan:
-    """``stored`` maps relative path -> ``StoredImage``; ``checksum`` hashes a file."""
+    """``stored`` maps relative path -> ``StoredStat``; ``checksum`` hashes a file."""
     plan = GalleryPlan()
     present = set()
     for gallery_file in files:

@@ -32,7 +32,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from ..errors import TrafficRetrievalError
 from ..io import atomic_path
@@ -86,6 +86,14 @@ class StoredImage:
     caption: str | None
     label_category: str | None
     error: str | None
+
+
+class StoredStat(NamedTuple):
+    id: int
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    state: str
 
 
 class IndexLayout:
@@ -183,8 +191,9 @@ class IndexStore:
         for values in self.db.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM images {where}", params):
             yield StoredImage(*values)
 
-    def rows_by_path(self) -> dict[str, StoredImage]:
-        return {row.path: row for row in self._rows()}
+    def stats_by_path(self) -> dict[str, "StoredStat"]:
+        """What planning needs of every row (lighter than ``StoredImage`` for millions of rows)."""
+        return {values[0]: StoredStat(*values[1:]) for values in self.db.execute("SELECT path, id, size, mtime_ns, sha256, state FROM images")}
 
     def record(self, image_id: int) -> StoredImage | None:
         return next(self._rows("WHERE id = ?", (int(image_id),)), None)
