@@ -184,5 +184,11 @@ def interleave(sides: dict, repetitions: int, warmup: int = 1) -> dict:
     return results
 
 
+def paired_speedup(ours: list[dict], peer: list[dict], key: str, higher_is_better: bool = True) -> float | None:
+    """Median over repetitions of ours/peer from the same round (robust to load that drifts between rounds)."""
+    ratios = [(a[key] / b[key]) if higher_is_better else (b[key] / a[key]) for a, b in zip(ours, peer) if a.get(key) and b.get(key)]
+    return median(ratios)
+
+
 def timer():
     return time.perf_counter()

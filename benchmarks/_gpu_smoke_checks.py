@@ -4,6 +4,7 @@ line (its detail for the summary); a non-zero exit marks the check failed.
     env      --device cuda|cpu                 torch, CUDA and bf16 availability
     train-summary RUN                          samples/s, loss and val score from RUN/train.log
     encode   --checkpoint CKPT --gallery DIR --device D   gallery encoding throughput
+    evaluation EVALUATION_JSON                 the scores of ``evaluate --json``
     report   --results JSONL --out JSON [--copy-to DIR]   the result file
 """
 
@@ -78,6 +79,12 @@ def encode(args) -> int:
     return 0 if ok else 1
 
 
+def evaluation(args) -> int:
+    scores = json.loads(Path(args.evaluation).read_text())
+    print(f"{scores['num_queries']} queries, official mAP@10 {scores['official_mAP@10']:.3f}, strict {scores['strict_mAP@10']:.3f}, recall@10 {scores['recall@10']:.3f}")
+    return 0
+
+
 def report(args) -> int:
     checks = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     from traffic_retrieval.io import atomic_write_json
@@ -111,13 +118,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--repetitions", type=int, default=3)
+    p = sub.add_parser("evaluation")
+    p.add_argument("evaluation")
     p = sub.add_parser("report")
     p.add_argument("--results", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--mode", default="gpu")
     p.add_argument("--copy-to")
     args = parser.parse_args(argv)
-    return {"env": check_env, "train-summary": train_summary, "encode": encode, "report": report}[args.command](args)
+    return {"env": check_env, "train-summary": train_summary, "encode": encode, "evaluation": evaluation, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":

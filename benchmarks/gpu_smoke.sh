@@ -14,7 +14,8 @@
 #             (N=1 on the GPU machine; with one process the trainer does not wrap the model in DDP,
 #              so this checks the launcher path; the dry run uses N=2 on CPU/gloo, which does run DDP)
 # Results: benchmarks/results/gpu_smoke.json (gpu_smoke_dry_run.json for --dry-run), copied into $OUT when set.
-# Environment: GPU_SMOKE_MODEL (default ViT-B-32), GPU_SMOKE_WORK (scratch folder, default a new temp dir).
+# Environment: GPU_SMOKE_MODEL (default ViT-B-32), GPU_SMOKE_WORK (scratch folder, default a new temp dir),
+#              GPU_SMOKE_BUDGET (seconds for all checks, default 285, 900 for --dry-run; each step also has its own limit).
 set -uo pipefail
 
 DRY_RUN=0
@@ -59,22 +60,24 @@ fi
 export PYTHONUNBUFFERED=1
 
 FAILED=0
+TOTAL_BUDGET="${GPU_SMOKE_BUDGET:-$([[ $DRY_RUN == 1 ]] && echo 900 || echo 285)}"  # seconds for all checks together (the install above not counted)
+DEADLINE=$(( SECONDS + TOTAL_BUDGET ))
 # check NAME DETAIL_SOURCE COMMAND...: run COMMAND with a timeout, log it, record and print one line.
 # DETAIL_SOURCE "last" takes the command's last output line as the detail, anything else is literal.
 check() {
     local name="$1" detail_source="$2"; shift 2
     local log="$WORK/$name.log" started ended rc detail status
+    local limit=$(( DEADLINE - SECONDS < STEP_TIMEOUT ? DEADLINE - SECONDS : STEP_TIMEOUT ))
     started=$(date +%s.%N)
-    timeout "$STEP_TIMEOUT" "$@" >"$log" 2>&1
-    rc=$?
+    if (( limit >= 5 )); then timeout "$limit" "$@" >"$log" 2>&1; rc=$?; else echo "the ${TOTAL_BUDGET}s budget is spent" >"$log"; rc=124; fi
     ended=$(date +%s.%N)
     if [[ $detail_source == last ]]; then detail="$(grep -v '^\s*$' "$log" | tail -1)"; else detail="$detail_source"; fi
     if [[ $rc == 0 ]]; then status=PASS; else
         status=FAIL; FAILED=1
-        [[ $rc == 124 ]] && detail="timed out after ${STEP_TIMEOUT}s" || detail="exit $rc: $(grep -v '^\s*$' "$log" | tail -1)"
+        [[ $rc == 124 ]] && detail="timed out after ${limit}s (step limit ${STEP_TIMEOUT}s, total ${TOTAL_BUDGET}s)" || detail="exit $rc: $(grep -v '^\s*$' "$log" | tail -1)"
     fi
     local seconds; seconds=$(awk -v a="$started" -v b="$ended" 'BEGIN{printf "%.1f", b-a}')
-    printf '%-5s %-9s %6ss  %s\n' "$status" "$name" "$seconds" "$detail"
+    printf '%-5s %-13s %6ss  %s\n' "$status" "$name" "$seconds" "$detail"
     "$PY" -c 'import json,sys; print(json.dumps(dict(zip(["name","status","seconds","detail","log"], [sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]]))))' \
         "$name" "$status" "$seconds" "$detail" "$log" >>"$RESULTS"
     return $rc
@@ -90,8 +93,8 @@ if check train-run "trained" "$PY" -m traffic_retrieval train --out "$WORK/run" 
     check train last "$PY" benchmarks/_gpu_smoke_checks.py train-summary "$WORK/run"
     check encode last "$PY" benchmarks/_gpu_smoke_checks.py encode --checkpoint "$WORK/run/checkpoints/final.pt" --gallery "$DATA/test/test_images" \
         --device "$DEVICE" --batch-size "$ENCODE_BATCH" --workers "$WORKERS"
-    check predict last bash -c '"$0" -m traffic_retrieval predict --data "$1" --checkpoint "$2" --out "$3" --device "$4" --no-progress >/dev/null && "$0" -m traffic_retrieval evaluate --submission "$3" --ground-truth "$1/ground_truth/test_gt.txt" --json' \
-        "$PY" "$DATA" "$WORK/run/checkpoints/final.pt" "$WORK/submission.json" "$DEVICE"
+    check predict last bash -c '"$0" -m traffic_retrieval predict --data "$1" --checkpoint "$2" --out "$3/submission.json" --device "$4" --no-progress >/dev/null && "$0" -m traffic_retrieval evaluate --submission "$3/submission.json" --ground-truth "$1/ground_truth/test_gt.txt" --json >"$3/evaluation.json" && "$0" benchmarks/_gpu_smoke_checks.py evaluation "$3/evaluation.json"' \
+        "$PY" "$DATA" "$WORK/run/checkpoints/final.pt" "$WORK" "$DEVICE"
 fi
 if check torchrun-run "launched" "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m traffic_retrieval train --out "$WORK/run-torchrun" "${TRAIN_FLAGS[@]}"; then
     check torchrun last "$PY" benchmarks/_gpu_smoke_checks.py train-summary "$WORK/run-torchrun"

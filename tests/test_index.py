@@ -295,3 +295,15 @@ def test_approximate_index_reaches_recall_against_exact(kind):
     recall = np.mean([len(set(f) & set(ids[e])) / 10 for f, e in zip(found, exact)])
     assert recall >= 0.95, recall
     assert faiss_index.choose_kind("auto", 3000, flat_max=100_000) == "flat" and faiss_index.choose_kind("auto", 200_001, 100_000) == "hnsw"
+
+
+def test_config_errors_are_one_line(source, tmp_path):
+    for overrides, message in ((dict(images=tmp_path / "missing"), "gallery directory not found"), (dict(kind="annoy"), "--kind"),
+                               (dict(shard_size=0), "--shard-size"), (dict(labels=tmp_path / "missing.txt"), "label file not found")):
+        with pytest.raises(TrafficRetrievalError, match=message):
+            build_index(config(source, tmp_path / "INDEX", **overrides))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrafficRetrievalError, match="no images"):
+        build_index(config(source, tmp_path / "INDEX", tmp_path / "empty"))
+    with pytest.raises(TrafficRetrievalError, match="not an index"):
+        Retriever.open(tmp_path / "INDEX", device="cpu")  # created, never finished

@@ -151,3 +151,11 @@ def random_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("robust-ckpt") / "random.pt"
     atomic_torch_save(checkpoint_payload(create_model("TR-Tiny-RN")), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def make():
+    """The image makers above, for test modules (``from conftest import`` is ambiguous with two conftest.py)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(jpeg_bytes=jpeg_bytes, png_header_only=png_header_only, unreadable_images=unreadable_images)

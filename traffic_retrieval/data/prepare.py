@@ -105,6 +105,7 @@ def prepare(config: PrepareConfig) -> dict:
             "distinct_attrs": {c: len({r["attr"] for r in rows if r["category"] == c}) for c in CATEGORIES},
         }
     if not report["splits"]["train"]["manifest_rows"]:
+        atomic_write_json(work_dir / "prepare_report.json", report)  # the error points the user to it
         raise TrafficRetrievalError(f"{label_file(data_dir, 'train')}: no usable training records (see {work_dir / 'prepare_report.json'})")
 
     vocabulary = extract_vocabulary(vehicle_attrs, config.vehicle_types)

@@ -51,6 +51,10 @@ def check_config(config: IndexConfig) -> None:
         if getattr(config, key) is None:
             raise TrafficRetrievalError(f"index needs --{key}")
     check_kind(config.kind)
+    if not Path(config.images).is_dir():
+        raise TrafficRetrievalError(f"{config.images}: gallery directory not found")
+    if config.labels is not None and not Path(config.labels).is_file():
+        raise TrafficRetrievalError(f"{config.labels}: label file not found")
     for key, minimum in (("batch_size", 1), ("shard_size", 1), ("workers", 0), ("flat_max", 0)):
         if getattr(config, key) < minimum:
             raise TrafficRetrievalError(f"--{key.replace('_', '-')} must be at least {minimum}, got {getattr(config, key)}")

@@ -85,7 +85,7 @@ class Retriever:
         """Open ``index``; the model is the checkpoint recorded in index.json, or ``checkpoint``
         (refused unless it is the same model: identical sha256)."""
         from ..data.vocabulary import QueryRouter, VehicleVocabulary
-        from ..model.factory import file_sha256, load_checkpoint
+        from ..model.factory import load_checkpoint
         from ..retrieval.queries import QueryConfig
         from ..train.trainer import autocast_dtype, resolve_device
         from . import faiss_index
@@ -96,14 +96,21 @@ class Retriever:
         checkpoint_path = Path(checkpoint or info["checkpoint"])
         if not checkpoint_path.is_file():
             raise TrafficRetrievalError(f"{checkpoint_path}: checkpoint of index {layout.root} not found (give checkpoint=... / --checkpoint with the same model)")
-        if file_sha256(checkpoint_path) != info["identity"]:
+        device = resolve_device(device)
+        loaded = load_checkpoint(checkpoint_path, device=device)  # its identity is the file's sha256
+        if loaded.identity != info["identity"]:
             raise TrafficRetrievalError(f"{checkpoint_path}: not the checkpoint index {layout.root} was built with (sha256 {info['identity'][:12]}): "
                                         "queries must be encoded by the model that encoded the gallery")
-        indexes = {category: faiss_index.load(layout.root / entry["file"], entry["kind"], entry["search_param"], entry["recall@10"], entry["recall_queries"])
-                   for category, entry in info["faiss"]["indexes"].items()}
+        for attempt in range(2):
+            try:
+                indexes = {category: faiss_index.load(layout.root / entry["file"], entry["kind"], entry["search_param"], entry["recall@10"], entry["recall_queries"])
+                           for category, entry in info["faiss"]["indexes"].items()}
+                break
+            except TrafficRetrievalError:
+                if attempt:  # a build finishing meanwhile replaces the FAISS files: read its index.json once more
+                    raise
+                info = layout.read_index_json()
         store = IndexStore(layout.meta_db, readonly=True)
-        device = resolve_device(device)
-        loaded = load_checkpoint(checkpoint_path, device=device)
         router = QueryRouter(VehicleVocabulary.load(vocabulary) if vocabulary else None)
         return cls(layout, info, store, indexes, loaded, device, autocast_dtype(precision, device), router, query_config or QueryConfig())
 

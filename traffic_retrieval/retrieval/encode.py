@@ -97,7 +97,9 @@ def gallery_categories(loaded, gallery_embeddings, device: str, dtype, votes: in
     if len(gallery_embeddings) == 0:
         return []
     text_embeddings = encode_texts(loaded, texts, device, dtype)
-    votes = min(votes, len(texts))
+    # an odd number of voters, no more than the smallest category has, so there are no ties
+    votes = max(1, min(votes, min(len(category_texts[name]) for name in names)))
+    votes -= 1 - votes % 2
     choices = []
     for start in range(0, len(gallery_embeddings), block):
         nearest = (gallery_embeddings[start : start + block] @ text_embeddings.T).topk(votes, dim=1).indices

@@ -71,9 +71,11 @@ def count_truncated(tokenizer, texts: list[str]) -> int:
     is_long: dict[str, bool] = {}
     for text in texts:
         if text not in is_long:
-            if hasattr(tokenizer, "encode") and getattr(tokenizer, "reduction_fn", None) is None:
+            if hasattr(tokenizer, "encode") and getattr(tokenizer, "reduction_fn", None) is None:  # open_clip's CLIP BPE
                 is_long[text] = len(tokenizer.encode(text)) + 2 > context_length  # + start and end tokens
-            else:  # other tokenizers: the text fills the whole context
+            elif hasattr(tokenizer, "tokenizer"):  # open_clip's HFTokenizer: the wrapped tokenizer, untruncated
+                is_long[text] = len(tokenizer.tokenizer(text)["input_ids"]) > context_length
+            else:  # anything else: the text fills the whole context
                 is_long[text] = bool(tokenizer([text])[0, -1] != 0)
     return sum(is_long[text] for text in texts)
 

@@ -1,0 +1,208 @@
+"""The search page in a real headless Chromium (Playwright, sync API) against a real
+uvicorn server on 127.0.0.1: search with Enter, thumbnails load, category filter,
+the enlarged view with its label, Escape, keyboard moves, error and empty messages,
+the offline API docs, and no request leaves the server.
+
+Screenshots go to tests/artifacts/ (not committed). Skips cleanly without
+/usr/bin/chromium or the playwright package; never downloads a browser.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+pytest.importorskip("fastapi", reason="fastapi is not installed (pip install -e .)")
+
+from traffic_retrieval.data.synth import SynthConfig, generate_dataset  # noqa: E402
+from traffic_retrieval.index import IndexConfig, Retriever, build_index  # noqa: E402
+from traffic_retrieval.io import atomic_torch_save  # noqa: E402
+from traffic_retrieval.model.factory import checkpoint_payload, create_model  # noqa: E402
+from traffic_retrieval.serve.app import ServeSettings, create_app  # noqa: E402
+from traffic_retrieval.serve.server import running_server  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+MAN = "A walking man between 18 and 60 years old with a backpack."
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    generate_dataset(SynthConfig(out=root / "data", seed=1, train_pedestrians=4, train_vehicles=4, val_pedestrians=2, val_vehicles=2,
+                                 test_pedestrians=30, test_vehicles=20, workers=1), progress=False)
+    torch.manual_seed(0)
+    atomic_torch_save(checkpoint_payload(create_model("TR-Tiny-RN")), root / "tiny.pt")
+    build_index(IndexConfig(images=root / "data" / "test" / "test_images", checkpoint=root / "tiny.pt", out=root / "INDEX",
+                            labels=root / "data" / "ground_truth" / "test_label.txt", workers=0, progress=False, device="cpu"))
+    with Retriever.open(root / "INDEX", device="cpu") as retriever:
+        with running_server(create_app(retriever, ServeSettings())) as base_url:
+            yield base_url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        with sync_api.sync_playwright() as playwright:
+            launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            yield launched
+            launched.close()
+    except sync_api.Error as exc:
+        if "Executable doesn't exist" in str(exc) or "Failed to launch" in str(exc):
+            pytest.skip(f"cannot start {CHROMIUM}: {str(exc).splitlines()[0]}")
+        raise
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page that records every request and JavaScript error; after the test, none may have gone elsewhere."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=server)
+    opened = context.new_page()
+    opened.set_default_timeout(TIMEOUT_MS)
+    requests, errors = [], []
+    opened.on("request", lambda request: requests.append(request.url))
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" and "422" not in message.text else None)
+    opened.goto("/")
+    opened.wait_for_selector("#examples .example")  # /api/info answered
+    yield opened
+    context.close()
+    assert not errors, errors
+    assert requests and all(url.startswith(server + "/") for url in requests), [u for u in requests if not u.startswith(server + "/")]
+
+
+def search(page, query: str) -> None:
+    page.fill("#query", query)
+    page.press("#query", "Enter")
+    wait_for_results(page)
+
+
+def wait_for_results(page) -> None:
+    page.wait_for_function("() => !document.querySelector('form[aria-busy]') && /result|No results|Error/.test(document.querySelector('#status').textContent)")
+
+
+def all_thumbnails_loaded(page) -> bool:
+    page.wait_for_function("() => [...document.querySelectorAll('#results img')].every(img => img.complete)")
+    return page.evaluate("() => [...document.querySelectorAll('#results img')].every(img => img.naturalWidth > 0)")
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_enter_searches_and_thumbnails_load(page):
+    page.select_option("#category", "all")
+    search(page, MAN)
+    assert page.locator("#results .hit").count() == 10
+    assert all_thumbnails_loaded(page)
+    status = page.text_content("#status")
+    assert re.search(r"10 results in all categories · search \d+\.\d ms", status), status
+    assert page.locator("#results .rank").all_text_contents() == [str(rank) for rank in range(1, 11)]
+    scores = [float(s) for s in page.locator("#results .score").all_text_contents()]
+    assert scores == sorted(scores, reverse=True)
+    assert all(name.endswith(".jpg") for name in page.locator("#results .name").all_text_contents())
+    assert "q=" in page.url and "category=all" in page.url  # the search is a link
+    screenshot(page, "browser_search.png")
+
+
+def test_category_filter_shows_only_that_category(page):
+    page.fill("#query", MAN)
+    for category, expected_count in (("pedestrian", 20), ("vehicle", 20)):
+        page.select_option("#k", "20")
+        page.select_option("#category", category)  # changing the filter searches again
+        wait_for_results(page)
+        page.wait_for_function(f"() => [...document.querySelectorAll('#results .hit')].every(h => h.dataset.category === '{category}')")
+        categories = page.locator("#results .hit").evaluate_all("hits => hits.map(h => h.dataset.category)")
+        assert len(categories) == expected_count and set(categories) == {category}
+        assert all_thumbnails_loaded(page)
+    screenshot(page, "browser_vehicles.png")
+
+
+def test_click_enlarges_with_label_and_escape_closes(page):
+    page.select_option("#category", "pedestrian")
+    search(page, MAN)
+    first = page.locator("#results .hit").first
+    first.click()
+    dialog = page.locator("#viewer")
+    dialog.wait_for(state="visible")
+    assert page.locator("#viewer-title").text_content() == first.locator(".name").text_content()
+    label = page.text_content("#viewer-label")
+    assert label and "unknown" not in label and "," in label + "," and not label[0].isdigit()  # attribute names, not 0/1 flags
+    page.wait_for_function("() => document.querySelector('#viewer-image').complete && document.querySelector('#viewer-image').naturalWidth > 0")
+    assert page.evaluate("() => document.activeElement.id") == "viewer-close"
+    screenshot(page, "browser_viewer.png")
+    page.keyboard.press("ArrowRight")  # the next result in the viewer
+    assert page.text_content("#viewer-rank").startswith("2 of")
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    assert page.evaluate("() => document.activeElement.dataset.index") == "1"  # focus back on the result last shown
+
+
+def test_keyboard_only_use(page):
+    page.focus("#query")
+    page.keyboard.type("This is a white Audi.")
+    page.keyboard.press("Enter")
+    wait_for_results(page)
+    order = []
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("() => document.activeElement.id || document.activeElement.className"))
+    assert order == ["category", "k", "search-button", "example"]
+    page.locator("#results .hit").first.focus()
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("() => document.activeElement.dataset.index") == "1"
+    page.keyboard.press("End")
+    assert page.evaluate("() => document.activeElement.dataset.index") == "9"
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("Enter")  # a result is a button: Enter enlarges it
+    page.locator("#viewer").wait_for(state="visible")
+    assert page.text_content("#viewer-rank").startswith("9 of")
+    page.keyboard.press("Escape")
+    page.locator("#viewer").wait_for(state="hidden")
+    outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"  # the focus is visible
+
+
+def test_examples_errors_and_empty_results(page):
+    page.locator("#examples .example").nth(2).click()  # "This is a white Audi."
+    wait_for_results(page)
+    assert page.input_value("#query") == page.locator("#examples .example").nth(2).text_content()
+    assert page.locator("#results .hit").count() == 10
+
+    search(page, "x" * 1001)  # over the limit: the server's 422 reason is shown
+    status = page.locator("#status")
+    assert status.get_attribute("class") == "status error" and status.get_attribute("role") == "alert"
+    assert "Error 422: q: String should have at most 1000 characters" in status.text_content()
+    assert page.locator("#results .hit").count() == 0
+    screenshot(page, "browser_error.png")
+
+    page.fill("#query", "   ")
+    page.press("#query", "Enter")
+    assert "Type a query first" in page.text_content("#status")
+
+    page.route("**/api/search?*", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                             body='{"query": "q", "k": 10, "category": "vehicle", "count": 0, "took_ms": 0.5, "results": []}'))
+    search(page, "a query the index has nothing for")
+    assert page.text_content("#status").startswith("No results in vehicles")
+
+
+def test_link_restores_the_search_and_docs_work_offline(page, server):
+    page.goto("/?q=This%20is%20a%20red%20Truck.&k=5&category=vehicle")
+    wait_for_results(page)
+    assert page.input_value("#query") == "This is a red Truck." and page.input_value("#k") == "5" and page.input_value("#category") == "vehicle"
+    assert page.locator("#results .hit").count() == 5
+    page.goto("/docs")
+    page.wait_for_selector("text=GET /api/search")
+    headings = page.locator("main h2").all_text_contents()
+    assert {"GET /api/search", "POST /api/search", "GET /api/images/{image_id}", "GET /api/thumbnails/{image_id}", "GET /api/info"} <= set(headings)
+    assert "k (query): integer (minimum 1, maximum 100)" in page.text_content("main")

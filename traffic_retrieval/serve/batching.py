@@ -1,0 +1,152 @@
+"""Micro-batching of search requests: queries that arrive within a few milliseconds
+of each other are encoded by the text tower in one ``search_batch`` call.
+
+One worker thread owns the calls into the retriever, so under load the model sees
+a few batched calls instead of many single ones fighting for the model lock, and
+at low load a lone request waits at most ``max_wait_s``. Requests are grouped by
+(k, category) because ``search_batch`` takes one of each; results are the same
+as ``Retriever.search`` would give for each request alone.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from ..errors import TrafficRetrievalError
+
+
+@dataclass
+class _Request:
+    query: str
+    k: int
+    category: str | None
+    future: Future = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+    """``submit(query, k, category)`` returns a Future of ``list[SearchResult]``.
+
+    ``search_batch(queries, k, category)`` is the retriever's method; ``max_batch``
+    bounds one encoding call; ``max_wait_s`` is how long the worker waits for more
+    requests after the first one of a batch.
+    """
+
+    def __init__(self, search_batch, max_batch: int = 32, max_wait_s: float = 0.002):
+        if max_batch < 1:
+            raise TrafficRetrievalError(f"max_batch must be at least 1, got {max_batch}")
+        if max_wait_s < 0:
+            raise TrafficRetrievalError(f"max_wait_s must be at least 0, got {max_wait_s}")
+        self._search_batch = search_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._queue: queue.Queue = queue.Queue()
+        self._closed = False
+        self._lock = threading.Lock()
+        self.batches = 0  # search_batch calls made
+        self.batched_queries = 0  # queries they answered
+        self.largest_batch = 0
+        self.recent_batch_sizes: deque[int] = deque(maxlen=1000)
+        self._worker = threading.Thread(target=self._run, name="search-batcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, query: str, k: int, category: str | None) -> Future:
+        request = _Request(query, k, category)
+        with self._lock:
+            if self._closed:
+                raise TrafficRetrievalError("the search service is shutting down")
+            self._queue.put(request)
+        return request.future
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish the queued requests, then stop the worker."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._worker.join(timeout)
+
+    def _collect(self, first: _Request) -> tuple[list[_Request], bool]:
+        batch, stop = [first], False
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch, stop = self._collect(item)
+            self._answer(batch)
+        # requests that were queued behind the stop marker still get an answer
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                self._answer([item])
+
+    def _answer(self, batch: list[_Request]) -> None:
+        groups: dict[tuple[int, str | None], list[_Request]] = {}
+        for request in batch:
+            if request.future.set_running_or_notify_cancel():
+                groups.setdefault((request.k, request.category), []).append(request)
+        for (k, category), requests in groups.items():
+            try:
+                results = self._search_batch([r.query for r in requests], k, category)
+            except Exception as exc:
+                if len(requests) == 1:
+                    requests[0].future.set_exception(exc)
+                    continue
+                # one bad request must not fail the others: answer each alone
+                for request in requests:
+                    self._answer_one(request, k, category)
+                continue
+            self._record(len(requests))
+            for request, result in zip(requests, results):
+                request.future.set_result(result)
+
+    def _answer_one(self, request: _Request, k: int, category: str | None) -> None:
+        try:
+            result = self._search_batch([request.query], k, category)[0]
+        except Exception as exc:
+            request.future.set_exception(exc)
+            return
+        self._record(1)
+        request.future.set_result(result)
+
+    def _record(self, size: int) -> None:
+        self.batches += 1
+        self.batched_queries += size
+        self.largest_batch = max(self.largest_batch, size)
+        self.recent_batch_sizes.append(size)
+
+    def stats(self) -> dict:
+        return {"batches": self.batches, "queries": self.batched_queries, "largest_batch": self.largest_batch,
+                "mean_batch": round(self.batched_queries / self.batches, 2) if self.batches else None,
+                "max_batch": self.max_batch, "max_wait_ms": self.max_wait_s * 1000}
