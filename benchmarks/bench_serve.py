@@ -50,7 +50,9 @@ def parse_args(argv=None):
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=40, help="searches before timing (not counted)")
-    parser.add_argument("--repetitions", type=int, default=1, help="rounds of (batched, unbatched)")
+    parser.add_argument("--repetitions", type=int, default=1, help="rounds of all variants, interleaved")
+    parser.add_argument("--variant", action="append", metavar="NAME=BATCH_SIZE/WAIT_MS",
+                        help="a server setting to measure (repeatable; default: batched=32/default wait, unbatched=1/0)")
     parser.add_argument("--cache-dir", type=Path, default=_common.DEFAULT_CACHE_DIR)
     parser.add_argument("--results-dir", type=Path, default=_common.RESULTS_DIR)
     parser.add_argument("--name", default=None, help="result file name (default serve_load, serve_load_quick with --quick)")
@@ -60,6 +62,11 @@ def parse_args(argv=None):
     if args.quick:
         args.images, args.requests, args.warmup, args.wait_quiet = 1_000, 200, 10, 0
     args.name = args.name or ("serve_load_quick" if args.quick else "serve_load")
+    args.variants = {}
+    for text in args.variant or ["batched=32/", "unbatched=1/0"]:
+        name, _, setting = text.partition("=")
+        size, _, wait = setting.partition("/")
+        args.variants[name] = (int(size), float(wait) if wait else None)
     return args
 
 
@@ -109,8 +116,9 @@ def build_gallery_index(args) -> tuple[Path, Path, dict]:
 
 
 # -- one load run ----------------------------------------------------------------------------
-def start_server(index: Path, batch_size: int) -> tuple[subprocess.Popen, str]:
+def start_server(index: Path, batch_size: int, wait_ms: float | None) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-c", SERVE, "serve", "--index", str(index), "--port", "0", "--log-level", "warning", "--batch-size", str(batch_size)]
+    command += ["--batch-wait-ms", str(wait_ms)] if wait_ms is not None else []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_common.REPO_ROOT)
     line = process.stdout.readline()
     match = re.search(r"on (http://127\.0\.0\.1:\d+)/", line)
@@ -182,10 +190,10 @@ def load(base_url: str, queries: list[str], requests: int, clients: int, k: int)
     }
 
 
-def run(index: Path, queries: list[str], args, batch_size: int) -> dict:
+def run(index: Path, queries: list[str], args, batch_size: int, wait_ms: float | None) -> dict:
     import httpx
 
-    process, base_url = start_server(index, batch_size)
+    process, base_url = start_server(index, batch_size, wait_ms)
     try:
         load(base_url, queries, args.warmup, args.clients, args.k)
         before = httpx.get(base_url + "/api/info", timeout=30).json()["batching"]
@@ -194,8 +202,8 @@ def run(index: Path, queries: list[str], args, batch_size: int) -> dict:
     finally:
         stop_server(process)
     batches, answered = after["batches"] - before["batches"], after["queries"] - before["queries"]
-    return result | {"server_batching": {"max_batch": batch_size, "encoding_calls": batches, "mean_batch": round(answered / batches, 2) if batches else None,
-                                         "largest_batch_so_far": after["largest_batch"]}}
+    return result | {"server_batching": {"max_batch": batch_size, "max_wait_ms": after["max_wait_ms"], "encoding_calls": batches,
+                                         "mean_batch": round(answered / batches, 2) if batches else None, "largest_batch_so_far": after["largest_batch"]}}
 
 
 def main(argv=None) -> None:
@@ -204,10 +212,10 @@ def main(argv=None) -> None:
     index, data, build = build_gallery_index(args)
     queries = list(dict.fromkeys(line for line in (data / "test" / "test_text.txt").read_text(encoding="utf-8").splitlines() if line.strip()))
     load_before = _common.loadavg()
-    rounds = {"batched": [], "unbatched": []}
+    rounds = {name: [] for name in args.variants}
     for _ in range(args.repetitions):
-        rounds["batched"].append(run(index, queries, args, batch_size=32))
-        rounds["unbatched"].append(run(index, queries, args, batch_size=1))
+        for name, (batch_size, wait_ms) in args.variants.items():
+            rounds[name].append(run(index, queries, args, batch_size, wait_ms))
     summary = {name: {"errors": sum(r["errors"] for r in runs), "throughput_rps": _common.median([r["throughput_rps"] for r in runs]),
                       "p50_ms": _common.median([r["latency_ms"]["p50"] for r in runs]), "p99_ms": _common.median([r["latency_ms"]["p99"] for r in runs])}
                for name, runs in rounds.items()}

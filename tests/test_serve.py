@@ -180,6 +180,8 @@ def test_post_search_refuses_bad_json_and_huge_bodies(client):
     assert response.status_code == 422 and "JSON" in response.json()["detail"]
     response = client.post("/api/search", content=b"x" * 1_000_001, headers={"Content-Type": "application/json"})
     assert response.status_code == 413 and "larger than" in response.json()["detail"]
+    response = client.post("/api/search", content=iter([b'{"queries": ["a"]}']), headers={"Content-Type": "application/json"})  # chunked
+    assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
 
 
 # -- images ---------------------------------------------------------------------------------

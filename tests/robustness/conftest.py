@@ -47,12 +47,13 @@ class Cli:
         """Run, expect exit 2 and exactly one line ``error: ...`` containing every fragment."""
         result = self.run(*argv)
         assert result.code == 2, (result.code, result.err)
-        error_lines = [line for line in result.err.splitlines() if line.strip()]
-        assert len(error_lines) == 1, result.err
-        assert error_lines[0].startswith("error: ") and "Traceback" not in result.err, result.err
+        # stderr may also hold progress bars (``\r``-overwritten); the error is its one last line
+        line = result.err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+        assert line.startswith("error: ") and result.err.count("error: ") == 1 and result.err.endswith(line + "\n"), result.err
+        assert "Traceback" not in result.err, result.err
         for fragment in fragments:
-            assert str(fragment) in error_lines[0], (fragment, error_lines[0])
-        return error_lines[0]
+            assert str(fragment) in line, (fragment, line)
+        return line
 
 
 @pytest.fixture

@@ -92,3 +92,21 @@ def test_predict_out_that_is_a_directory_or_inside_a_file(synth_data, random_che
     (tmp_path / "file").write_text("x")
     cli.error([*base, "--out", tmp_path / "file" / "s.json"], f"{tmp_path / 'file'}: exists and is not a directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "-1"], "lr must be a positive number"),
+        (["--lr", "nan"], "lr must be a positive number"),
+        (["--wd", "-0.1"], "wd must be zero or more"),
+        (["--device", "gpu"], "--device must be auto, cpu, cuda"),
+    ],
+)
+def test_bad_training_numbers_and_devices_are_one_line_errors(prepared, tmp_path, cli, flags, message):
+    cli.error(["train", "--work", prepared, "--out", tmp_path / "run", "--epochs", "1", "--no-progress", *flags], message)
+
+
+def test_bad_predict_batch_size_is_a_one_line_error(synth_data, random_checkpoint, tmp_path, cli):
+    cli.error(["predict", "--data", synth_data, "--checkpoint", random_checkpoint, "--out", tmp_path / "s.json", "--batch-size", "0"],
+              "--batch-size must be at least 1")

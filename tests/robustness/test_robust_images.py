@@ -146,4 +146,4 @@ def test_predict_skips_and_counts_unreadable_gallery_images(make, synth_data, ra
         assert f"skipped unreadable image: {gallery / name}: " in result.out
     results = json.loads(submission.read_text(encoding="utf-8"))["results"]
     used = {name for r in results for name in r["image_names"]}
-    assert used <= set(good) and all(len(r["image_names"]) == 10 for r in results)
+    assert used <= set(good) and all(1 <= len(r["image_names"]) <= 10 for r in results)

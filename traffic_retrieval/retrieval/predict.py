@@ -141,6 +141,8 @@ def predict(config: PredictConfig) -> dict:
 
     if config.data is None and (config.queries is None or config.gallery is None):
         raise TrafficRetrievalError("predict needs --data DIR (or both --queries and --gallery)")
+    if config.batch_size < 1 or config.workers < 0:
+        raise TrafficRetrievalError(f"--batch-size must be at least 1 and --workers zero or more, got {config.batch_size} and {config.workers}")
     if not 1 <= config.top_k <= 1000:
         raise TrafficRetrievalError(f"--top-k must be between 1 and 1000, got {config.top_k}")
     queries_path = Path(config.queries or Path(config.data) / "test" / "test_text.txt")

@@ -105,6 +105,47 @@ def read_static_files(directory: Path = STATIC_DIR) -> dict[str, tuple[bytes, st
     return files
 
 
+class GuardMiddleware:
+    """Refuses request bodies over ``max_body_bytes`` (413) or of unknown length (411)
+    before they are read, and adds security headers (the CSP on HTML pages). Plain
+    ASGI: ``@app.middleware("http")`` costs a task and a stream per request."""
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        refusal = None
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            refusal = 413, f"request body larger than {self.max_body_bytes} bytes"
+        elif length is None and b"transfer-encoding" in headers:
+            refusal = 411, "a request body needs a Content-Length header"
+        if refusal is not None:
+            from starlette.responses import JSONResponse
+
+            return await JSONResponse({"detail": refusal[1]}, status_code=refusal[0])(scope, receive, self._with_headers(send))
+        await self.app(scope, receive, self._with_headers(send))
+
+    @staticmethod
+    def _with_headers(send):
+        from starlette.datastructures import MutableHeaders
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                if headers.get("content-type", "").startswith("text/html"):
+                    headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+            await send(message)
+
+        return send_with_headers
+
+
 def _is_inside(path: Path, root: Path) -> bool:
     """``path`` lies under ``root`` by its normalised text (symlinks in the gallery are the gallery's business)."""
     path, root = os.path.normpath(path), os.path.normpath(root)
@@ -148,6 +189,7 @@ def create_app(retriever, settings: ServeSettings | None = None):
     images_root = Path(info["images"])
     categories = [ROUTED, "all", *sorted({"pedestrian", "vehicle", *retriever.categories})]
     max_k, max_chars = settings.max_k, settings.max_query_chars
+    default_k = min(10, max_k)
 
     from contextlib import asynccontextmanager
 
@@ -166,18 +208,7 @@ def create_app(retriever, settings: ServeSettings | None = None):
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origin), allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
 
-    @app.middleware("http")
-    async def limits_and_headers(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            response = JSONResponse({"detail": f"request body larger than {settings.max_body_bytes} bytes"}, status_code=413)
-        else:
-            response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if response.headers.get("content-type", "").startswith("text/html"):
-            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        return response
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -217,7 +248,7 @@ def create_app(retriever, settings: ServeSettings | None = None):
     class BatchSearchRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         queries: list[Annotated[str, StringConstraints(min_length=1, max_length=max_chars)]] = Field(min_length=1, max_length=settings.max_batch_queries)
-        k: int = Field(10, ge=1, le=max_k, strict=True)
+        k: int = Field(default_k, ge=1, le=max_k, strict=True)
         category: str = ROUTED
 
     class BatchSearchResponse(BaseModel):
@@ -252,7 +283,7 @@ def create_app(retriever, settings: ServeSettings | None = None):
     @app.get("/api/search", response_model=SearchResponse, tags=["search"], summary="Search the index with one text query")
     async def search(request: Request,
                      q: Annotated[str, Query(min_length=1, max_length=max_chars, description="the query text")],
-                     k: Annotated[int, Query(ge=1, le=max_k, description="number of results")] = 10,
+                     k: Annotated[int, Query(ge=1, le=max_k, description="number of results")] = default_k,
                      category: Annotated[str, Query(description=f"one of {', '.join(categories)}")] = ROUTED):
         started = time.perf_counter()
         check_query(q, "q")

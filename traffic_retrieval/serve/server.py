@@ -59,8 +59,10 @@ def serve(settings: ServeSettings) -> None:
     from .app import create_app
 
     check_settings(settings)
+    if settings.index is None:
+        raise TrafficRetrievalError("serve needs --index")
     sock = bind_socket(settings.host, settings.port)  # before loading the model: a busy port fails fast
-    with open_retriever(settings) as retriever:
+    with sock, open_retriever(settings) as retriever:
         warm_up(retriever)
         app = create_app(retriever, settings)
         host, port = sock.getsockname()[:2]

@@ -54,10 +54,22 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu; anything else is checked, one-line error if unusable."""
+    import re
+
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if not match:
+        raise TrafficRetrievalError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise TrafficRetrievalError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise TrafficRetrievalError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
     return name
 
 
@@ -203,6 +215,12 @@ def _check_config(config: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "grad_accum"):
         if getattr(config, key) < 1:
             raise TrafficRetrievalError(f"{key} must be at least 1, got {getattr(config, key)}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise TrafficRetrievalError(f"lr must be a positive number, got {config.lr}")
+    for key in ("wd", "warmup", "workers", "threads", "attribute_heads", "keep_checkpoints"):
+        value = getattr(config, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise TrafficRetrievalError(f"{key} must be zero or more, got {value}")
 
 
 def train(config: TrainConfig) -> dict:
