@@ -98,3 +98,19 @@ def test_augment_and_soup_commands(trained_run, tiny_dataset, tmp_path, capsys):
     assert main(["soup", "--checkpoints", *map(str, epochs), "--val", str(tiny_dataset), "--out", str(soup)]) == 0
     assert "greedy soup" in capsys.readouterr().out
     assert main(["predict", "--data", str(tiny_dataset), "--checkpoint", str(soup), "--out", str(tmp_path / "s.json"), "--no-progress"]) == 0
+
+
+def test_predict_from_an_index_equals_predict_from_images(trained_run, tiny_dataset, tmp_path):
+    _, run = trained_run
+    checkpoint = str(run / "checkpoints" / "final.pt")
+    index = tmp_path / "gallery.index"
+    assert main(["index", "--images", str(tiny_dataset / "test" / "test_images"), "--checkpoint", checkpoint, "--out", str(index), "--no-progress"]) == 0
+    direct, indexed = tmp_path / "direct.json", tmp_path / "indexed.json"
+    assert main(["predict", "--data", str(tiny_dataset), "--checkpoint", checkpoint, "--out", str(direct), "--no-progress"]) == 0
+    assert main(["predict", "--data", str(tiny_dataset), "--checkpoint", checkpoint, "--index", str(index), "--out", str(indexed), "--no-progress"]) == 0
+    direct_results = json.loads(direct.read_text())["results"]
+    indexed_results = json.loads(indexed.read_text())["results"]
+    assert [r["text"] for r in direct_results] == [r["text"] for r in indexed_results]
+    # float16 storage in the index may swap near-ties; the top result sets agree
+    overlap = sum(len(set(a["image_names"]) & set(b["image_names"])) for a, b in zip(direct_results, indexed_results))
+    assert overlap >= 0.9 * 10 * len(direct_results)

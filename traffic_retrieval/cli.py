@@ -82,7 +82,7 @@ def _predict(args) -> None:
     from .retrieval.predict import PredictConfig, predict
 
     config = PredictConfig(data=args.data, checkpoint=args.checkpoint, out=args.out, top_k=args.top_k, model=args.model,
-                           pretrained=args.pretrained, vocabulary=args.vocabulary, queries=args.queries, gallery=args.gallery,
+                           pretrained=args.pretrained, vocabulary=args.vocabulary, queries=args.queries, gallery=args.gallery, index=args.index,
                            batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress,
                            strip_vehicle_prefix=args.strip_vehicle_prefix, prompt=args.prompt, prompt_suffix=args.prompt_suffix,
                            rerank=args.rerank, rerank_candidates=args.rerank_candidates, rerank_neighbours=args.rerank_neighbours,
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocabulary", type=Path, help="vehicle_vocabulary.json from prepare, for query routing")
     p.add_argument("--queries", type=Path, help="query file (default DATA/test/test_text.txt)")
     p.add_argument("--gallery", type=Path, help="gallery directory (default DATA/test/test_images)")
+    p.add_argument("--index", type=Path, help="a built index of the gallery (traffic-retrieval index): reuse it instead of re-encoding")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")

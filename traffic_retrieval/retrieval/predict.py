@@ -32,6 +32,7 @@ class PredictConfig:
     rerank_reciprocal_weight: float = 0.5
     queries: Path | None = None  # default DATA/test/test_text.txt
     gallery: Path | None = None  # default DATA/test/test_images
+    index: Path | None = None  # a built index of the gallery (traffic-retrieval index), reused instead of re-encoding
     batch_size: int = 256
     workers: int = 2
     device: str = "auto"
@@ -139,8 +140,8 @@ def predict(config: PredictConfig) -> dict:
     from ..train.trainer import autocast_dtype, resolve_device
     from .encode import encode_image_files, gallery_categories
 
-    if config.data is None and (config.queries is None or config.gallery is None):
-        raise TrafficRetrievalError("predict needs --data DIR (or both --queries and --gallery)")
+    if config.data is None and (config.queries is None or (config.gallery is None and config.index is None)):
+        raise TrafficRetrievalError("predict needs --data DIR (or --queries with --gallery or --index)")
     if config.batch_size < 1 or config.workers < 0:
         raise TrafficRetrievalError(f"--batch-size must be at least 1 and --workers zero or more, got {config.batch_size} and {config.workers}")
     if not 1 <= config.top_k <= 1000:
@@ -148,7 +149,6 @@ def predict(config: PredictConfig) -> dict:
     queries_path = Path(config.queries or Path(config.data) / "test" / "test_text.txt")
     gallery_dir = Path(config.gallery or Path(config.data) / "test" / "test_images")
     queries = read_queries(queries_path)
-    gallery_paths = list_gallery_images(gallery_dir)
 
     device = resolve_device(config.device)
     dtype = autocast_dtype(config.precision, device)
@@ -161,12 +161,24 @@ def predict(config: PredictConfig) -> dict:
 
         rerank_config = RerankConfig(config.rerank_candidates, config.rerank_neighbours, config.rerank_adapted_weight, config.rerank_reciprocal_weight)
         check_rerank_config(rerank_config)
-    gallery = encode_image_files(loaded, [str(p) for p in gallery_paths], device, dtype, config.batch_size, config.workers, config.progress, with_flipped=config.rerank)
-    if not gallery.readable:
-        raise TrafficRetrievalError(f"{gallery_dir}: none of the gallery images could be read (first error: {gallery.errors[0]})")
+    if config.index:
+        # a built index: its embeddings and categories, no re-encoding (re-ranking then works without flips)
+        from ..index.gallery import read_indexed_gallery
+
+        indexed = read_indexed_gallery(config.index, identity=loaded.identity)
+        gallery, gallery_names, category_of = indexed.as_image_encoding(), indexed.names, indexed.categories
+        gallery_size = len(indexed.names) + len(indexed.unreadable)
+        if not gallery_names:
+            raise TrafficRetrievalError(f"{config.index}: the index holds no images")
+    else:
+        gallery_paths = list_gallery_images(gallery_dir)
+        gallery_size = len(gallery_paths)
+        gallery = encode_image_files(loaded, [str(p) for p in gallery_paths], device, dtype, config.batch_size, config.workers, config.progress, with_flipped=config.rerank)
+        if not gallery.readable:
+            raise TrafficRetrievalError(f"{gallery_dir}: none of the gallery images could be read (first error: {gallery.errors[0]})")
+        gallery_names = [gallery_paths[i].name for i in gallery.readable]
+        category_of = gallery_categories(loaded, gallery.embeddings, device, dtype)
     errors = gallery.errors
-    gallery_names = [gallery_paths[i].name for i in gallery.readable]
-    category_of = gallery_categories(loaded, gallery.embeddings, device, dtype)
     query_config = QueryConfig(config.strip_vehicle_prefix, config.prompt, config.prompt_suffix)
     category_of_query = {query: router(query) for query in dict.fromkeys(queries)}
     truncated = count_truncated(loaded.tokenizer, [text_to_encode(query, category_of_query[query], query_config) for query in queries])
@@ -178,7 +190,7 @@ def predict(config: PredictConfig) -> dict:
         "empty_queries": sum(1 for query in queries if not query.strip()),  # answered like any other line
         "truncated_queries": truncated,  # longer than the model's text context, cut by the tokenizer
         "context_length": int(getattr(loaded.tokenizer, "context_length", None) or 77),
-        "gallery_images": len(gallery_paths),
+        "gallery_images": gallery_size,
         "unreadable_images": errors,
         "gallery_per_category": {c: category_of.count(c) for c in sorted(set(category_of))},
     }
