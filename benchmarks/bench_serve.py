@@ -14,8 +14,9 @@ threads, each with its own keep-alive ``httpx.Client``, take the next search fro
 a shared counter until 1000 are done; queries cycle through the dataset's
 test_text.txt, k=10, categories routed. Reported: errors (must be 0), latency
 p50/p90/p99/max measured by the clients, throughput, and the server's
-micro-batching counters. Runs twice: micro-batching on (the default) and off
-(``--batch-size 1``), alternating when repeated.
+micro-batching counters. Three server settings, alternating when repeated:
+micro-batching as by default (up to 32 queries, no waiting window), with a 2 ms
+window (``--batch-wait-ms 2``), and off (``--batch-size 1``).
 
     python benchmarks/bench_serve.py            # writes benchmarks/results/serve_load.json
     python benchmarks/bench_serve.py --quick    # smoke run: 1,000-image index, 200 searches
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -52,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=40, help="searches before timing (not counted)")
     parser.add_argument("--repetitions", type=int, default=1, help="rounds of all variants, interleaved")
     parser.add_argument("--variant", action="append", metavar="NAME=BATCH_SIZE/WAIT_MS",
-                        help="a server setting to measure (repeatable; default: batched=32/default wait, unbatched=1/0)")
+                        help="a server setting to measure (repeatable; default: batched=32/ (the default wait), batched_wait_2ms=32/2, unbatched=1/0)")
     parser.add_argument("--cache-dir", type=Path, default=_common.DEFAULT_CACHE_DIR)
     parser.add_argument("--results-dir", type=Path, default=_common.RESULTS_DIR)
     parser.add_argument("--name", default=None, help="result file name (default serve_load, serve_load_quick with --quick)")
@@ -63,7 +63,7 @@ def parse_args(argv=None):
         args.images, args.requests, args.warmup, args.wait_quiet = 1_000, 200, 10, 0
     args.name = args.name or ("serve_load_quick" if args.quick else "serve_load")
     args.variants = {}
-    for text in args.variant or ["batched=32/", "unbatched=1/0"]:
+    for text in args.variant or ["batched=32/", "batched_wait_2ms=32/2", "unbatched=1/0"]:
         name, _, setting = text.partition("=")
         size, _, wait = setting.partition("/")
         args.variants[name] = (int(size), float(wait) if wait else None)

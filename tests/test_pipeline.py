@@ -38,7 +38,7 @@ def test_prepare_writes_manifests_vocabulary_and_report(trained_run):
 
 def test_train_writes_config_log_tensorboard_and_checkpoints(trained_run):
     _, run = trained_run
-    assert (run / "config.yaml").is_file() and (run / "train.log").is_file()
+    assert (run / "config.yaml").is_file() and (run / "train.log").is_file() and (run / "training_curves.png").is_file()
     assert any((run / "tensorboard").iterdir())
     for name in ("epoch_1.pt", "epoch_2.pt", "final.pt", "last.pt"):
         assert (run / "checkpoints" / name).is_file(), name
@@ -49,8 +49,10 @@ def test_train_writes_config_log_tensorboard_and_checkpoints(trained_run):
 def test_predict_and_evaluate(trained_run, tiny_dataset, tmp_path, capsys):
     _, run = trained_run
     submission = tmp_path / "submission.json"
+    sheet = tmp_path / "sheet.png"
     assert main(["predict", "--data", str(tiny_dataset), "--checkpoint", str(run / "checkpoints" / "final.pt"),
-                 "--out", str(submission), "--no-progress"]) == 0
+                 "--out", str(submission), "--contact-sheet", str(sheet), "--no-progress"]) == 0
+    assert sheet.stat().st_size > 1000
     results = json.loads(submission.read_text())["results"]
     queries = (tiny_dataset / "test" / "test_text.txt").read_text(encoding="utf-8").splitlines()
     assert [r["text"] for r in results] == queries

@@ -8,7 +8,6 @@ pedestrians, 20 vehicles) keeps it fast; the scores mean nothing, the plumbing d
 
 import io
 import json
-import os
 import re
 import signal
 import socket

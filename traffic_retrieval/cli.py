@@ -82,7 +82,7 @@ def _predict(args) -> None:
     from .retrieval.predict import PredictConfig, predict
 
     config = PredictConfig(data=args.data, checkpoint=args.checkpoint, out=args.out, top_k=args.top_k, model=args.model,
-                           pretrained=args.pretrained, vocabulary=args.vocabulary, queries=args.queries, gallery=args.gallery, index=args.index,
+                           pretrained=args.pretrained, vocabulary=args.vocabulary, queries=args.queries, gallery=args.gallery, index=args.index, contact_sheet=args.contact_sheet,
                            batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress,
                            strip_vehicle_prefix=args.strip_vehicle_prefix, prompt=args.prompt, prompt_suffix=args.prompt_suffix,
                            rerank=args.rerank, rerank_candidates=args.rerank_candidates, rerank_neighbours=args.rerank_neighbours,
@@ -94,6 +94,8 @@ def _predict(args) -> None:
         print(f"{summary['empty_queries']} queries are empty or whitespace-only (answered like the others)")
     if summary["truncated_queries"]:
         print(f"{summary['truncated_queries']} queries exceed the model's {summary['context_length']}-token text context and were truncated")
+    if summary.get("contact_sheet"):
+        print(f"wrote {summary['contact_sheet']}")
     for message in summary["unreadable_images"][:10]:
         print(f"skipped unreadable image: {message}")
     if summary["unreadable_images"]:
@@ -179,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=Path, help="query file (default DATA/test/test_text.txt)")
     p.add_argument("--gallery", type=Path, help="gallery directory (default DATA/test/test_images)")
     p.add_argument("--index", type=Path, help="a built index of the gallery (traffic-retrieval index): reuse it instead of re-encoding")
+    p.add_argument("--contact-sheet", type=Path, metavar="OUT.png", help="also draw the first 20 queries' top results (relevant ones outlined when DATA/ground_truth/test_gt.txt exists)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -236,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .index.commands import add_parsers as add_index_parsers
 
     add_index_parsers(commands)  # index, search
+    from .serve.commands import add_parsers as add_serve_parsers
+
+    add_serve_parsers(commands)  # serve
 
     p = commands.add_parser("demo", help="synth, prepare, train, predict and evaluate end to end on a CPU")
     p.add_argument("--out", type=Path, default=Path("demo_output"))

@@ -33,6 +33,7 @@ class PredictConfig:
     queries: Path | None = None  # default DATA/test/test_text.txt
     gallery: Path | None = None  # default DATA/test/test_images
     index: Path | None = None  # a built index of the gallery (traffic-retrieval index), reused instead of re-encoding
+    contact_sheet: Path | None = None  # PNG of the first queries' top results
     batch_size: int = 256
     workers: int = 2
     device: str = "auto"
@@ -184,6 +185,19 @@ def predict(config: PredictConfig) -> dict:
     truncated = count_truncated(loaded.tokenizer, [text_to_encode(query, category_of_query[query], query_config) for query in queries])
     ranked_names = rank_queries(loaded, queries, gallery, gallery_names, category_of, router, device, dtype, config.top_k, query_config, rerank_config)
     write_submission(config.out, [{"text": query, "image_names": names} for query, names in zip(queries, ranked_names)])
+    contact_sheet = None
+    if config.contact_sheet:
+        from ..evaluation.submission import load_ground_truth
+        from .contact_sheet import make_contact_sheet
+
+        relevant = None
+        truth_file = Path(config.data) / "ground_truth" / "test_gt.txt" if config.data else None
+        if truth_file is not None and truth_file.is_file():
+            truth = load_ground_truth(truth_file)
+            if [q.text for q in truth] == queries:  # test_gt.txt is in query order
+                relevant = [q.relevant_names for q in truth]
+        image_dir = Path(indexed.info["images"]) if config.index else gallery_dir
+        contact_sheet = str(make_contact_sheet(queries, ranked_names, image_dir, config.contact_sheet, relevant=relevant))
     return {
         "submission": str(config.out),
         "queries": len(queries),
@@ -191,6 +205,7 @@ def predict(config: PredictConfig) -> dict:
         "truncated_queries": truncated,  # longer than the model's text context, cut by the tokenizer
         "context_length": int(getattr(loaded.tokenizer, "context_length", None) or 77),
         "gallery_images": gallery_size,
+        "contact_sheet": contact_sheet,
         "unreadable_images": errors,
         "gallery_per_category": {c: category_of.count(c) for c in sorted(set(category_of))},
     }

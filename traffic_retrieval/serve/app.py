@@ -22,6 +22,7 @@ import logging
 import mimetypes
 import os
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -59,7 +60,10 @@ class ServeSettings:
     max_query_chars: int = 1000
     max_batch_queries: int = 64  # queries in one POST /api/search
     batch_size: int = 32  # queries encoded together at most (micro-batching)
-    batch_wait_ms: float = 2.0  # how long the first query of a batch waits for others
+    # how long the first query of a batch waits for others; 0: batch only what queued up while the
+    # model was busy (no added latency; on a 2-core CPU with the tiny model a 2 ms window cost ~8%
+    # throughput, see benchmarks/results/serve_load.json); a few ms can pay off with a large text tower
+    batch_wait_ms: float = 0.0
     search_timeout_s: float = 30.0
     thumbnail_size: int = 256
     thumbnail_cache: int = 2048  # thumbnails kept in memory
@@ -191,8 +195,6 @@ def create_app(retriever, settings: ServeSettings | None = None):
     max_k, max_chars = settings.max_k, settings.max_query_chars
     default_k = min(10, max_k)
 
-    from contextlib import asynccontextmanager
-
     @asynccontextmanager
     async def lifespan(app):
         yield
@@ -280,7 +282,9 @@ def create_app(retriever, settings: ServeSettings | None = None):
             raise HTTPException(503, f"search timed out after {settings.search_timeout_s:g} s") from None
 
     # -- search --------------------------------------------------------------------------
-    @app.get("/api/search", response_model=SearchResponse, tags=["search"], summary="Search the index with one text query")
+    busy = {503: {"description": f"the search did not finish within {settings.search_timeout_s:g} s"}}
+
+    @app.get("/api/search", response_model=SearchResponse, tags=["search"], summary="Search the index with one text query", responses=busy)
     async def search(request: Request,
                      q: Annotated[str, Query(min_length=1, max_length=max_chars, description="the query text")],
                      k: Annotated[int, Query(ge=1, le=max_k, description="number of results")] = default_k,
@@ -291,7 +295,7 @@ def create_app(retriever, settings: ServeSettings | None = None):
         return {"query": q, "k": k, "category": category, "count": len(results), "took_ms": round((time.perf_counter() - started) * 1000, 2),
                 "results": hits(request, results)}
 
-    @app.post("/api/search", response_model=BatchSearchResponse, tags=["search"], summary="Search with a batch of queries")
+    @app.post("/api/search", response_model=BatchSearchResponse, tags=["search"], summary="Search with a batch of queries", responses=busy)
     async def search_many(request: Request, body: Annotated[BatchSearchRequest, Body()]):
         started = time.perf_counter()
         for position, query in enumerate(body.queries):
@@ -319,14 +323,16 @@ def create_app(retriever, settings: ServeSettings | None = None):
             raise HTTPException(404, f"image {image_id}: file missing from the gallery")
         return path
 
-    @app.get("/api/images/{image_id}", tags=["images"], summary="The full image", response_class=FileResponse)
+    not_found = {404: {"description": "no indexed image with this id, or its file is gone"}}
+
+    @app.get("/api/images/{image_id}", tags=["images"], summary="The full image", response_class=FileResponse, responses=not_found)
     def image(image_id: ImageId):
         path = image_file(image_id)
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/thumbnails/{image_id}", tags=["images"], summary=f"A JPEG thumbnail (at most {settings.thumbnail_size} px a side)",
-             response_class=Response)
+             response_class=Response, responses=not_found)
     def thumbnail(image_id: ImageId):
         path = image_file(image_id)
         try:

@@ -2,8 +2,10 @@
 of each other are encoded by the text tower in one ``search_batch`` call.
 
 One worker thread owns the calls into the retriever, so under load the model sees
-a few batched calls instead of many single ones fighting for the model lock, and
-at low load a lone request waits at most ``max_wait_s``. Requests are grouped by
+a few batched calls instead of many single ones fighting for the model lock: every
+request that arrived while the previous batch was being encoded goes into the next
+one, plus those arriving within ``max_wait_s`` (0: none, so a lone request never
+waits). Requests are grouped by
 (k, category) because ``search_batch`` takes one of each; results are the same
 as ``Retriever.search`` would give for each request alone.
 """
@@ -39,7 +41,7 @@ class MicroBatcher:
     requests after the first one of a batch.
     """
 
-    def __init__(self, search_batch, max_batch: int = 32, max_wait_s: float = 0.002):
+    def __init__(self, search_batch, max_batch: int = 32, max_wait_s: float = 0.0):
         if max_batch < 1:
             raise TrafficRetrievalError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_s < 0:

@@ -16,7 +16,7 @@ SERVE_FLAGS = {
     "precision": (str, "text encoding: auto (bf16 autocast where supported), fp32, bf16 or fp16"),
     "max_k": (int, "largest k a client may ask for (default 100)"),
     "batch_size": (int, "queries encoded together at most (default 32)"),
-    "batch_wait_ms": (float, "how long a query waits for others to share its encoding batch (default 2)"),
+    "batch_wait_ms": (float, "how long a query waits for others to share its encoding batch (default 0: only those queued meanwhile)"),
     "thumbnail_size": (int, "thumbnail side in pixels (default 256)"),
     "thumbnail_cache": (int, "thumbnails kept in memory (default 2048)"),
     "log_level": (str, "uvicorn log level: critical, error, warning, info (default), debug"),

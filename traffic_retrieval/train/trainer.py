@@ -392,6 +392,9 @@ def train(config: TrainConfig) -> dict:
         atomic_torch_save(final, run_dir / "checkpoints" / "final.pt")
         log.line(f"done: {run_dir / 'checkpoints' / 'final.pt'}")
         log.close()
+        from .curves import write_training_curves
+
+        write_training_curves(run_dir)  # RUN/training_curves.png beside the TensorBoard events
     barrier(context)
     cleanup(context)
     return {"run_dir": str(run_dir), "final_checkpoint": str(run_dir / "checkpoints" / "final.pt"), "history": history, "best": best,

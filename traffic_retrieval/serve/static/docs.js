@@ -14,10 +14,10 @@
     if (!schema) return "";
     if (schema.$ref) return refName(schema);
     if (schema.anyOf) return schema.anyOf.map(describe).join(" | ");
-    if (schema.type === "array") return `array of ${describe(schema.items)}`;
     const limits = ["minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems"]
       .filter((key) => key in schema).map((key) => `${key} ${schema[key]}`);
-    return [schema.type || "any", limits.length ? `(${limits.join(", ")})` : "", "default" in schema ? `default ${JSON.stringify(schema.default)}` : ""]
+    const type = schema.type === "array" ? `array of ${describe(schema.items)}` : schema.type || "any";
+    return [type, limits.length ? `(${limits.join(", ")})` : "", "default" in schema ? `default ${JSON.stringify(schema.default)}` : ""]
       .filter(Boolean).join(" ");
   };
   let spec;
