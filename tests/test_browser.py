@@ -145,7 +145,8 @@ def test_click_enlarges_with_label_and_escape_closes(page):
     assert page.text_content("#viewer-rank").startswith("2 of")
     page.keyboard.press("Escape")
     dialog.wait_for(state="hidden")
-    assert page.evaluate("() => document.activeElement.dataset.index") == "1"  # focus back on the result last shown
+    # focus goes back to the result last shown (the dialog's close event runs after it is hidden)
+    page.wait_for_function("() => document.activeElement && document.activeElement.dataset.index === '1'", timeout=5000)
 
 
 def test_keyboard_only_use(page):
