@@ -51,11 +51,18 @@ if [[ -x .venv/bin/python ]] && .venv/bin/python -c "import torch, open_clip, tr
 else
     VENV="$WORK/venv"
     python3 -m venv --system-site-packages "$VENV"
-    # offline GPU machines: reuse what the system python has; fall back to no dependency resolution
-    "$VENV/bin/python" -m pip install --quiet -e . >"$WORK/pip.log" 2>&1 \
-        || "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e . >>"$WORK/pip.log" 2>&1 \
-        || { echo "FAIL install: pip install -e . failed, see $WORK/pip.log: $(tail -1 "$WORK/pip.log")"; exit 1; }
-    PY="$VENV/bin/python"
+    # GPU machines may be offline: first use what the machine's python has (its CUDA torch),
+    # then pip without dependency resolution, then plain pip (a machine with a registry)
+    PIP=(timeout 240 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    if "${PIP[@]}" --no-index --no-build-isolation -e . >"$WORK/pip.log" 2>&1 \
+        || "${PIP[@]}" --no-index --no-build-isolation --no-deps -e . >>"$WORK/pip.log" 2>&1 \
+        || "${PIP[@]}" -e . >>"$WORK/pip.log" 2>&1; then
+        PY="$VENV/bin/python"
+    else  # the package is pure python: run it from the source tree with the machine's python
+        echo "note: pip install -e . failed ($(tail -1 "$WORK/pip.log")); using python3 with PYTHONPATH=$ROOT"
+        PY="$(command -v python3)"
+        export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    fi
 fi
 export PYTHONUNBUFFERED=1
 
@@ -74,7 +81,7 @@ check() {
     if [[ $detail_source == last ]]; then detail="$(grep -v '^\s*$' "$log" | tail -1)"; else detail="$detail_source"; fi
     if [[ $rc == 0 ]]; then status=PASS; else
         status=FAIL; FAILED=1
-        [[ $rc == 124 ]] && detail="timed out after ${limit}s (step limit ${STEP_TIMEOUT}s, total ${TOTAL_BUDGET}s)" || detail="exit $rc: $(grep -v '^\s*$' "$log" | tail -1)"
+        [[ $rc == 124 ]] && detail="timed out after ${limit}s (step limit ${STEP_TIMEOUT}s, total ${TOTAL_BUDGET}s)" || detail="exit $rc: $( { grep -m1 -E '^(error|[A-Za-z.]*Error):' "$log" || grep -v '^\s*$' "$log" | tail -1; } | cut -c1-300)"
     fi
     local seconds; seconds=$(awk -v a="$started" -v b="$ended" 'BEGIN{printf "%.1f", b-a}')
     printf '%-5s %-13s %6ss  %s\n' "$status" "$name" "$seconds" "$detail"

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_prepare)
 
     p = commands.add_parser("train", help="contrastive training of an open_clip model")
-    p.add_argument("--config", help="YAML config file or preset name (cpu-tiny, a3r-vit-bigg)")
+    p.add_argument("--config", default="cpu-tiny", help="YAML config file or preset name: cpu-tiny (default), a3r-vit-bigg")
     for key, (kind, text) in TRAIN_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=text)
     for flag, text in (("augment", "surveillance-look training augmentations"), ("validate", "validation each epoch"),
