@@ -27,7 +27,7 @@ GOAL_SPEEDUP = 1.5
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="gallery images for TR-Tiny-RN")
-    parser.add_argument("--vit-images", type=int, default=64, help="gallery images for ViT-B-32 (0: skip ViT-B-32)")
+    parser.add_argument("--vit-images", type=int, default=256, help="gallery images for ViT-B-32 (0: skip ViT-B-32)")
     parser.add_argument("--models", default="TR-Tiny-RN,ViT-B-32", help="comma-separated open_clip model names (random init)")
     parser.add_argument("--repetitions", type=int, default=5, help="timed repetitions per side (interleaved), TR-Tiny-RN")
     parser.add_argument("--vit-repetitions", type=int, default=3, help="timed repetitions per side for the other models")
