@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: the three CPU benchmarks at full size, one after the other (about 12-15 minutes
+# `make bench`: the three CPU benchmarks at full size, one after the other (about 9 minutes
 # on a quiet 2-core machine). Each writes benchmarks/results/<name>.json and prints one summary line.
 #   bash benchmarks/run_all.sh            # full size
 #   bash benchmarks/run_all.sh --quick    # smoke run of each (< 1 minute each)
