@@ -110,12 +110,12 @@ def _evaluate(args) -> None:
 
 
 def _augment(args) -> None:
-    from .train.attribute_augment import AugmentCaptionsConfig, augment_captions
+    from .train.attribute_augment import AugmentCaptionsConfig, augment_captions, format_report
 
     report = augment_captions(AugmentCaptionsConfig(work=args.work, checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained,
                                                     manifest=args.manifest, out_manifest=args.out_manifest, keep_original=args.keep_original,
                                                     batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress))
-    print(json.dumps(report, indent=2))
+    print(format_report(report))
 
 
 def _soup(args) -> None:
