@@ -41,5 +41,32 @@ def test_two_process_ddp_matches_one_process(prepared):
     assert len(single) == len(distributed) == 2
     for one, two in zip(single, distributed):
         assert abs(one - two) <= TOLERANCE * abs(one), (single, distributed)
-    assert "on 2 process(es)" in (prepared / "ddp" / "train.log").read_text()
+    assert "on 2 process(es) (DDP)" in (prepared / "ddp" / "train.log").read_text()
     assert (prepared / "ddp" / "checkpoints" / "final.pt").is_file()
+
+
+def test_one_process_under_torchrun_still_uses_ddp(prepared, monkeypatch):
+    """``torchrun --nproc_per_node 1`` (one GPU) must run the DDP wrapper and the
+    all-gather, not fall back to the plain loop: the environment torchrun sets is enough."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["train", "--work", str(prepared / "work"), "--out", str(prepared / "ddp1"), *TRAIN_ARGS]) == 0
+    assert "on 1 process(es) (DDP)" in (prepared / "ddp1" / "train.log").read_text()
+    single = prepared / "single"
+    if single.exists():  # the 2-process test ran first: one DDP process follows the plain loop too
+        for one, ddp in zip(epoch_losses(single), epoch_losses(prepared / "ddp1")):
+            assert abs(one - ddp) <= TOLERANCE * abs(one)
+
+
+def test_plain_process_is_not_distributed(monkeypatch):
+    from traffic_retrieval.train.distributed import init_distributed
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    context = init_distributed("cpu")
+    assert not context.enabled and context.world_size == 1

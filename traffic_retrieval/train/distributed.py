@@ -18,20 +18,23 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    enabled: bool = False  # in a process group (launched by torchrun), even with one process
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
+def launched_by_torchrun() -> bool:
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK for every process it starts."""
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
 def init_distributed(device: str) -> DistributedContext:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, nccl on CUDA."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """Join the process group when launched by torchrun, whatever the number of
+    processes (``--nproc_per_node 1`` runs the same DDP code path as 8 GPUs); gloo on
+    CPU, nccl on CUDA. A plain ``python -m traffic_retrieval train`` runs without one."""
+    if not launched_by_torchrun():
         return DistributedContext()
     import torch
     import torch.distributed as dist
@@ -41,7 +44,7 @@ def init_distributed(device: str) -> DistributedContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank)
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, enabled=True)
 
 
 def local_device(device: str, context: DistributedContext) -> str:

@@ -319,8 +319,9 @@ def train(config: TrainConfig) -> dict:
         if log:
             log.line(f"resumed from {resume_path} at epoch {start_epoch}")
     if log:
+        ddp_note = " (DDP)" if context.enabled else ""
         log.line(f"training {loaded.model_name} on {num_samples} pairs ({len(training_set.unreadable)} unreadable images skipped), "
-                 f"{config.epochs} epochs x {steps_per_epoch} steps of {batch_size} on {context.world_size} process(es), device {device}, autocast {dtype}")
+                 f"{config.epochs} epochs x {steps_per_epoch} steps of {batch_size} on {context.world_size} process(es){ddp_note}, device {device}, autocast {dtype}")
         for message in training_set.unreadable:
             log.line(f"skipped: {message}")
 
