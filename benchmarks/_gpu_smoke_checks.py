@@ -2,7 +2,7 @@
 line (its detail for the summary); a non-zero exit marks the check failed.
 
     env      --device cuda|cpu                 torch, CUDA and bf16 availability
-    train-summary RUN                          samples/s, loss and val score from RUN/train.log
+    train-summary RUN [--expect-ddp]           samples/s, loss and val score from RUN/train.log (and that it ran under DDP)
     encode   --checkpoint CKPT --gallery DIR --device D   gallery encoding throughput
     evaluation EVALUATION_JSON                 the scores of ``evaluate --json``
     report   --results JSONL --out JSON [--copy-to DIR]   the result file
@@ -38,7 +38,11 @@ def check_env(args) -> int:
 
 def train_summary(args) -> int:
     records = []
-    for line in (Path(args.run) / "train.log").read_text(encoding="utf-8").splitlines():
+    log_text = (Path(args.run) / "train.log").read_text(encoding="utf-8")
+    if args.expect_ddp and "(DDP)" not in log_text:
+        print("train.log shows no DDP process group (expected under torchrun)")
+        return 1
+    for line in log_text.splitlines():
         text = line.split(" ", 2)[-1] if line[:2].isdigit() else line  # "YYYY-mm-dd HH:MM:SS {json}"
         if text.startswith("{"):
             records.append(json.loads(text))
@@ -111,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p = sub.add_parser("train-summary")
     p.add_argument("run")
+    p.add_argument("--expect-ddp", action="store_true", help="fail unless the run trained inside a DDP process group")
     p = sub.add_parser("encode")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--gallery", required=True)

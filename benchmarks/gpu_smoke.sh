@@ -11,8 +11,8 @@
 #   encode    gallery encoding throughput on CUDA (encode_image_files, bf16 autocast)
 #   predict   predict + evaluate end to end on CUDA
 #   torchrun  python -m torch.distributed.run --standalone --nproc_per_node N -m traffic_retrieval train ... --device cuda
-#             (N=1 on the GPU machine; with one process the trainer does not wrap the model in DDP,
-#              so this checks the launcher path; the dry run uses N=2 on CPU/gloo, which does run DDP)
+#             (N=1 on the GPU machine, N=2 on CPU/gloo for the dry run; under torchrun the trainer always
+#              joins a process group and wraps the model in DDP, and the check fails if train.log says otherwise)
 # Results: benchmarks/results/gpu_smoke.json (gpu_smoke_dry_run.json for --dry-run), copied into $OUT when set.
 # Environment: GPU_SMOKE_MODEL (default ViT-B-32), GPU_SMOKE_WORK (scratch folder, default a new temp dir),
 #              GPU_SMOKE_BUDGET (seconds for all checks, default 285, 900 for --dry-run; each step also has its own limit).
@@ -104,7 +104,7 @@ if check train-run "trained" "$PY" -m traffic_retrieval train --out "$WORK/run" 
         "$PY" "$DATA" "$WORK/run/checkpoints/final.pt" "$WORK" "$DEVICE"
 fi
 if check torchrun-run "launched" "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m traffic_retrieval train --out "$WORK/run-torchrun" "${TRAIN_FLAGS[@]}"; then
-    check torchrun last "$PY" benchmarks/_gpu_smoke_checks.py train-summary "$WORK/run-torchrun"
+    check torchrun last "$PY" benchmarks/_gpu_smoke_checks.py train-summary --expect-ddp "$WORK/run-torchrun"
 fi
 
 "$PY" benchmarks/_gpu_smoke_checks.py report --results "$RESULTS" --out "$OUT_JSON" --mode "$MODE" ${OUT:+--copy-to "$OUT"}

@@ -54,6 +54,15 @@ def rows(results_dir: Path) -> list[str]:
         out.append(f"| rank {p['queries']:,} x {p['gallery']:,}, peak RSS | {m['ours']['peak_rss_mb']:.0f} MB peak, {m['ours']['seconds']:.1f} s | {naive_peak} "
                    f"| {rank.get('memory_ratio_naive_over_ours') or 0:.1f}x less memory; results {verdict} | <= 2,000 MB | {'yes' if rank['goal_met'] else 'no'} "
                    f"| {_others(rank['repetitions'].get('ours', []) + rank['repetitions'].get('naive', []))} | {rank['written'][:16]} |")
+    for name in ("bench_search", "bench_search_full_dim"):
+        search = _load(results_dir, name)
+        for r in (search or {}).get("results", []):
+            goal = "p50 <= 5 ms, recall >= 0.95" if r["data"] == "clip-like" and r["size"] >= 1_000_000 else ""
+            met = ("yes" if r["p50_ms"] <= 5 and r["recall@10"] >= 0.95 else "no") if goal else ""
+            load = (r.get("cpu_load") or {}).get("others_busy_fraction")
+            out.append(f"| search {r['size']:,} {r['data']} {r['dim']}-d, top-10, one query per call | p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.1f} ms, "
+                       f"recall@10 {r['recall@10']:.3f} ({r['index']}, {r['search_param']}) | exact scan | | {goal} | {met} "
+                       f"| {'?' if load is None else f'{load:.2f}'} | {search['written'][:16]} |")
     return out
 
 

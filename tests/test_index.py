@@ -96,6 +96,12 @@ def test_build_writes_sqlite_shards_faiss_and_index_json(built, source):
     assert [r[0] for r in rows] == sorted(r[0] for r in rows)  # ids follow path order
 
 
+def assert_same_results(found, expected, atol=1e-5):
+    """Same images in the same order; scores equal up to the float noise of a different batch size."""
+    assert [[r.id for r in results] for results in found] == [[r.id for r in results] for results in expected]
+    np.testing.assert_allclose([[r.score for r in results] for results in found], [[r.score for r in results] for results in expected], atol=atol)
+
+
 def test_search_returns_typed_results_sorted_by_score(built):
     out, _ = built
     with Retriever.open(out, device="cpu") as retriever:
@@ -118,9 +124,9 @@ def test_search_returns_typed_results_sorted_by_score(built):
 
         queries = ["This is a white Audi.", "A woman in a long coat.", "A red Truck."]
         batch = retriever.search_batch(queries, k=5)
-        assert batch == [retriever.search(q, k=5) for q in queries]
+        assert_same_results(batch, [retriever.search(q, k=5) for q in queries])  # a batch encodes up to float noise
         with ThreadPoolExecutor(4) as pool:  # concurrent searches give the sequential answers
-            assert list(pool.map(lambda q: retriever.search(q, k=5), queries * 4)) == batch * 4
+            assert_same_results(list(pool.map(lambda q: retriever.search(q, k=5), queries * 4)), batch * 4)
 
         info = retriever.info()
         assert info["count"] == 40 and info["categories"] == {"pedestrian": 24, "vehicle": 16} and info["model"] == "TR-Tiny-RN"
@@ -295,6 +301,47 @@ def test_approximate_index_reaches_recall_against_exact(kind):
     recall = np.mean([len(set(f) & set(ids[e])) / 10 for f, e in zip(found, exact)])
     assert recall >= 0.95, recall
     assert faiss_index.choose_kind("auto", 3000, flat_max=100_000) == "flat" and faiss_index.choose_kind("auto", 200_001, 100_000) == "hnsw"
+
+
+def _power_law_vectors(count, dim, seed=0):
+    """Most variance in a few directions, as in image embeddings (variance of direction i ~ 1/i)."""
+    rng = np.random.default_rng(seed)
+    rotation = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+    vectors = ((rng.standard_normal((count, dim)) * np.arange(1, dim + 1) ** -0.5) @ rotation).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_hnsw_on_principal_directions_rescores_exactly_and_survives_a_reload(tmp_path):
+    import faiss
+
+    drawn = _power_law_vectors(4400, 256)
+    vectors, tuning, queries = drawn[:4000], drawn[4000:4200], drawn[4200:]
+    ids = np.arange(4000) + 50
+    ann = faiss_index.build(vectors, ids, faiss_index.AnnConfig(kind="hnsw", reduce_dim=32, recall_queries=0), text_queries=tuning)
+    assert isinstance(faiss.downcast_index(ann.index.index), faiss.IndexRefine)
+    assert ann.search_param["k_factor"] == 8 and ann.recall >= 0.95
+    faiss_index.save(ann, tmp_path / "reduced.index")
+    reloaded = faiss_index.load(tmp_path / "reduced.index", "hnsw", ann.search_param)
+    exact_scores, exact_positions = faiss_index.exact_topk(queries, vectors, 10)
+    for index in (ann, reloaded):
+        scores, found = faiss_index.search(index, queries, 10)
+        assert faiss_index.recall_at_k(scores, exact_scores, 10) >= 0.95
+        # returned scores are the full-dimension inner products, not the reduced ones
+        np.testing.assert_allclose(scores[:, 0], np.einsum("qd,qd->q", queries, vectors[found[:, 0] - 50]), atol=1e-5)
+    assert (faiss_index.search(reloaded, queries, 10)[1] == faiss_index.search(ann, queries, 10)[1]).all()
+    narrow = faiss_index.search(ann, queries, 10, {"efSearch": 10, "k_factor": 1})[0]  # the per-call setting reaches the graph
+    assert faiss_index.recall_at_k(narrow, exact_scores, 10) < faiss_index.recall_at_k(faiss_index.search(ann, queries, 10)[0], exact_scores, 10)
+
+
+def test_reduced_graph_that_misses_the_target_is_rebuilt_on_full_vectors():
+    import faiss
+
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((3000, 128)).astype(np.float32)  # isotropic: 16 directions hold 1/8 of the variance
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ann = faiss_index.build(vectors, np.arange(3000), faiss_index.AnnConfig(kind="hnsw", reduce_dim=16))
+    assert isinstance(faiss.downcast_index(ann.index.index), faiss.IndexHNSWFlat)
+    assert ann.recall >= 0.95 and "k_factor" not in ann.search_param
 
 
 def test_config_errors_are_one_line(source, tmp_path):

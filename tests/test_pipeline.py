@@ -69,6 +69,11 @@ def test_resume_continues_from_the_last_epoch(trained_run, tmp_path):
     assert main(["train", "--work", str(work), "--out", str(run), "--epochs", "3", "--batch-size", "32", "--warmup", "2", "--resume", "--no-progress"]) == 0
     assert "resumed from" in (run / "train.log").read_text()
     assert (run / "checkpoints" / "epoch_3.pt").is_file()
+    import torch
+
+    final = torch.load(run / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)
+    assert [record["epoch"] for record in final["history"]] == [1, 2, 3]  # the epochs before the resume too
+    assert "scaler" in torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

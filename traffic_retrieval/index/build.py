@@ -44,6 +44,7 @@ class IndexConfig:
     progress: bool = True
     flat_max: int = 100_000
     recall_target: float = 0.95
+    reduce_dim: int = 128  # hnsw: graph on this many principal directions, exact re-scoring (0: full vectors)
 
 
 def check_config(config: IndexConfig) -> None:
@@ -55,7 +56,7 @@ def check_config(config: IndexConfig) -> None:
         raise TrafficRetrievalError(f"{config.images}: gallery directory not found")
     if config.labels is not None and not Path(config.labels).is_file():
         raise TrafficRetrievalError(f"{config.labels}: label file not found")
-    for key, minimum in (("batch_size", 1), ("shard_size", 1), ("workers", 0), ("flat_max", 0)):
+    for key, minimum in (("batch_size", 1), ("shard_size", 1), ("workers", 0), ("flat_max", 0), ("reduce_dim", 0)):
         if getattr(config, key) < minimum:
             raise TrafficRetrievalError(f"--{key.replace('_', '-')} must be at least {minimum}, got {getattr(config, key)}")
     if not 0 < config.recall_target <= 1:
@@ -231,7 +232,8 @@ def _fingerprint(store: IndexStore, ann_config: AnnConfig) -> str:
     """Changes when the indexed set, a category or an embedding location, or the ANN settings change."""
     import hashlib
 
-    digest = hashlib.sha256(repr(sorted(vars(ann_config).items())).encode())
+    settings = {key: value for key, value in vars(ann_config).items() if key != "progress"}
+    digest = hashlib.sha256(repr(sorted(settings.items())).encode())
     for row in store.db.execute("SELECT id, category, shard, row FROM images WHERE state = 'indexed' ORDER BY id"):
         digest.update(repr(row).encode())
     return digest.hexdigest()
@@ -250,7 +252,8 @@ def _build_faiss(config: IndexConfig, layout: IndexLayout, store: IndexStore, re
 
     from . import faiss_index
 
-    ann_config = AnnConfig(kind=config.kind, flat_max=config.flat_max, recall_target=config.recall_target)
+    ann_config = AnnConfig(kind=config.kind, flat_max=config.flat_max, recall_target=config.recall_target, reduce_dim=config.reduce_dim,
+                           progress=config.progress)
     fingerprint = _fingerprint(store, ann_config)
     old = (previous or {}).get("faiss") or {}
     if old.get("fingerprint") == fingerprint and all((layout.root / entry["file"]).is_file() for entry in old.get("indexes", {}).values()):

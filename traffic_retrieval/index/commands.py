@@ -20,6 +20,8 @@ INDEX_FLAGS = {
     "precision": (str, "auto, fp32, bf16 or fp16"),
     "flat_max": (int, "--kind auto: exact search up to this many images per category (default 100000), HNSW above"),
     "recall_target": (float, "recall@10 the approximate search is tuned to (default 0.95)"),
+    "reduce_dim": (int, "hnsw: build the graph on this many principal directions and re-score candidates exactly "
+                        "(default 128; 0: full vectors; falls back to full vectors when the recall target is missed)"),
 }
 
 

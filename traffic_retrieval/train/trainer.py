@@ -305,6 +305,7 @@ def train(config: TrainConfig) -> dict:
 
     log = RunLog(run_dir) if context.is_main else None
     start_epoch, step, best = 0, 0, {"official_mAP@10": -1.0, "epoch": None}
+    history = []
     resume_path = run_dir / "checkpoints" / "last.pt"
     if config.resume and resume_path.is_file():
         try:
@@ -313,9 +314,12 @@ def train(config: TrainConfig) -> dict:
             if heads is not None and "attribute_heads" in state:
                 heads.load_state_dict(state["attribute_heads"])
             optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])  # fp16 loss scale, so a resumed run repeats an uninterrupted one
         except Exception as exc:  # torch raises many types for a damaged or foreign file
             raise TrafficRetrievalError(f"{resume_path}: cannot resume from it ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]}); delete it to start over") from None
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
+        history = list(state.get("history", []))  # the epochs before the interruption, for final.pt
         if log:
             log.line(f"resumed from {resume_path} at epoch {start_epoch}")
     if log:
@@ -325,7 +329,6 @@ def train(config: TrainConfig) -> dict:
         for message in training_set.unreadable:
             log.line(f"skipped: {message}")
 
-    history = []
     model.train()
     started = time.time()
     samples_seen = 0
@@ -380,7 +383,7 @@ def train(config: TrainConfig) -> dict:
         history.append(record)
         if context.is_main:
             log.line(json.dumps(record))
-            save_epoch(model, heads, loaded, optimizer, record, best, config, run_dir, epoch + 1, step, texts_by_category)
+            save_epoch(model, heads, loaded, optimizer, scaler, record, history, best, config, run_dir, epoch + 1, step, texts_by_category)
         barrier(context)
         if config.progress and context.is_main:
             val_text = f", val official mAP@10 {record['val']['official_mAP@10']:.3f}" if "val" in record else ""
@@ -402,8 +405,10 @@ def train(config: TrainConfig) -> dict:
             "unreadable_images": len(training_set.unreadable)}
 
 
-def save_epoch(model, heads, loaded, optimizer, record, best, config, run_dir: Path, epoch: int, step: int, texts_by_category: dict) -> None:
-    """epoch_N.pt (weights), best.pt by val official mAP, and last.pt (with optimizer, for --resume)."""
+def save_epoch(model, heads, loaded, optimizer, scaler, record, history, best, config, run_dir: Path, epoch: int, step: int,
+               texts_by_category: dict) -> None:
+    """epoch_N.pt (weights), best.pt by val official mAP, and last.pt (with the optimizer, the
+    fp16 loss scaler and the history so far, for --resume)."""
     from ..model.factory import checkpoint_payload
 
     checkpoints = run_dir / "checkpoints"
@@ -418,4 +423,5 @@ def save_epoch(model, heads, loaded, optimizer, record, best, config, run_dir: P
     if score is not None and score > best["official_mAP@10"]:
         best.update({"official_mAP@10": score, "epoch": epoch})
         atomic_torch_save(payload, checkpoints / "best.pt")
-    atomic_torch_save({"state_dict": payload["state_dict"], "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "best": best, **extra}, checkpoints / "last.pt")
+    atomic_torch_save({"state_dict": payload["state_dict"], "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": history,
+                       "epoch": epoch, "step": step, "best": best, **extra}, checkpoints / "last.pt")
