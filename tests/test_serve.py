@@ -390,7 +390,9 @@ def test_serve_flags_default_to_loopback():
 
 
 def test_serve_command_runs_uvicorn_on_loopback(index):
-    code = ("import sys; from traffic_retrieval.serve.commands import build_parser; a = build_parser().parse_args(sys.argv[1:])\n"
+    # a shell starts background jobs with SIGINT ignored; give the server a terminal's Ctrl-C handler
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "from traffic_retrieval.serve.commands import build_parser; a = build_parser().parse_args(sys.argv[1:])\n"
             "try:\n    a.func(a)\nexcept KeyboardInterrupt:\n    sys.exit(130)")  # as cli.main does
     process = subprocess.Popen([sys.executable, "-c", code, "serve", "--index", str(index), "--port", "0", "--device", "cpu", "--log-level", "warning"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
