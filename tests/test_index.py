@@ -333,6 +333,18 @@ def test_hnsw_on_principal_directions_rescores_exactly_and_survives_a_reload(tmp
     assert faiss_index.recall_at_k(narrow, exact_scores, 10) < faiss_index.recall_at_k(faiss_index.search(ann, queries, 10)[0], exact_scores, 10)
 
 
+def test_switching_to_a_reduced_hnsw_rebuilds_faiss_only_and_searches_the_same(built, source, tmp_path):
+    out = tmp_path / "INDEX"
+    shutil.copytree(built[0], out)
+    report = build_index(config(source, out, kind="hnsw", reduce_dim=32))
+    assert report["encoded"] == 0 and report["kind"] == {"pedestrian": "hnsw", "vehicle": "hnsw"}
+    entries = json.loads((out / "index.json").read_text())["faiss"]["indexes"]
+    assert {entry["structure"] for entry in entries.values()} == {"HNSW32 on 32 principal directions + exact re-scoring"}
+    with Retriever.open(built[0]) as flat, Retriever.open(out) as reduced:
+        for query in ("This is a white Audi.", "A man with a backpack."):
+            assert_same_results([reduced.search(query, k=10)], [flat.search(query, k=10)])  # 40 images: every candidate re-scored exactly
+
+
 def test_reduced_graph_that_misses_the_target_is_rebuilt_on_full_vectors():
     import faiss
 
