@@ -19,7 +19,8 @@ Two kinds of random vectors, each row labelled with its kind:
 
 Queries are held-out draws from the same distribution (the ann-benchmarks protocol):
 one set is handed to the index build as its tuning queries (as ``index`` hands it the
-checkpoint's encoded captions), another is timed, one query per call. The headline row
+checkpoint's encoded captions), another is timed, one query per call. Recall scores the
+returned ids exactly (a compressed index's own scores are approximate). The headline row
 per size is the setting the index chose itself (``recall_target`` 0.95 plus a 0.02
 margin); ``sweep`` lists the neighbouring settings. Writes benchmarks/results/bench_search.json.
 """
@@ -72,9 +73,9 @@ def timed_search(ann, queries, k: int, param: dict):
     latencies, found = [], []
     for query in queries:
         started = time.perf_counter()
-        scores, _ = search(ann, query[None, :], k, param)
+        _, ids = search(ann, query[None, :], k, param)
         latencies.append((time.perf_counter() - started) * 1000)
-        found.append(scores[0])
+        found.append(ids[0])
     return sorted(latencies), np.stack(found)
 
 
@@ -86,14 +87,15 @@ def neighbouring_params(ann) -> list[dict]:
         chosen = min(range(len(HNSW_EF_CANDIDATES)), key=lambda i: abs(HNSW_EF_CANDIDATES[i] - ann.search_param["efSearch"]))
         return [{**ann.search_param, "efSearch": ef} if i == chosen else {"efSearch": ef, **extra}
                 for i, ef in enumerate(HNSW_EF_CANDIDATES) if chosen - 2 <= i <= chosen + 1 and (i == chosen or ef >= 10 * extra.get("k_factor", 1))]
+    extra = {key: value for key, value in ann.search_param.items() if key != "nprobe"}
     nprobe = ann.search_param["nprobe"]
-    return [{"nprobe": max(1, p)} for p in (nprobe // 4, nprobe // 2, nprobe, nprobe * 2)]
+    return [{"nprobe": p, **extra} for p in sorted({max(1, nprobe // 4), max(1, nprobe // 2), nprobe, nprobe * 2})]
 
 
 def measure(size: int, dim: int, data: str, queries: int, kind: str, seed: int, reduce_dim: int = 128, progress: bool = True) -> dict:
     """Build, let the index tune its own search setting on ``queries`` held-out vectors,
     then time ``queries`` other held-out vectors one at a time at that setting and its neighbours."""
-    from traffic_retrieval.index.faiss_index import AnnConfig, build, exact_topk, recall_at_k
+    from traffic_retrieval.index.faiss_index import AnnConfig, build, exact_topk, recall_of_ids
 
     drawn = random_vectors(size + 2 * queries, dim, data, seed)
     vectors, tuning, measured = drawn[:size], drawn[size : size + queries], drawn[size + queries :]
@@ -103,9 +105,9 @@ def measure(size: int, dim: int, data: str, queries: int, kind: str, seed: int, 
     exact = exact_topk(measured, vectors, 10)[0]
     sweep = []
     for param in neighbouring_params(ann):
-        latencies, found = timed_search(ann, measured, 10, param)
+        latencies, found_ids = timed_search(ann, measured, 10, param)
         sweep.append({"search_param": param, "p50_ms": round(latencies[len(latencies) // 2], 3),
-                      "p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3), "recall@10": round(recall_at_k(found, exact, 10), 4)})
+                      "p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3), "recall@10": round(recall_of_ids(measured, found_ids, vectors, range_ids(size), exact, 10), 4)})
     chosen = next(row for row in sweep if row["search_param"] == ann.search_param)
     return {"data": data, "size": size, "dim": dim, "reduce_dim": reduce_dim, "participation_ratio": round(participation_ratio(vectors), 1), "kind": ann.kind,
             "index": ann.structure(), "build_seconds": round(build_seconds, 1), **chosen, "tuned_recall@10": round(ann.recall, 4),
@@ -132,7 +134,7 @@ def main() -> None:
                         help="clip-like sizes also indexed with a full-dimension HNSW graph (--reduce-dim 0), for comparison")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--kind", default="hnsw", choices=("hnsw", "ivf"))
+    parser.add_argument("--kind", default="hnsw", choices=("hnsw", "ivf", "ivfpq"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wait-quiet", type=float, default=180, help="first wait up to this many seconds for other processes to leave the CPUs (0: do not wait)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20k vectors of each kind, 200 queries (< 1 minute)")

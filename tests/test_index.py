@@ -345,6 +345,34 @@ def test_switching_to_a_reduced_hnsw_rebuilds_faiss_only_and_searches_the_same(b
             assert_same_results([reduced.search(query, k=10)], [flat.search(query, k=10)])  # 40 images: every candidate re-scored exactly
 
 
+def test_ivfpq_is_compressed_and_reaches_recall_measured_by_exact_rescoring(tmp_path):
+    drawn = _power_law_vectors(12_400, 64, seed=2)
+    vectors, tuning, queries = drawn[:12_000], drawn[12_000:12_200], drawn[12_200:]
+    ids = np.arange(12_000) * 3
+    ann = faiss_index.build(vectors, ids, faiss_index.AnnConfig(kind="ivfpq", recall_queries=0), text_queries=tuning)
+    assert ann.kind == "ivfpq" and ann.structure().startswith("IVF") and "PQ8 codes" in ann.structure()
+    assert ann.recall >= 0.95 and ann.search_param["k_factor"] == 32
+    _, found = faiss_index.search(ann, queries, 10)
+    exact_scores, exact_positions = faiss_index.exact_topk(queries, vectors, 10)
+    assert np.mean([len(set(f) & set(ids[e])) / 10 for f, e in zip(found, exact_positions)]) >= 0.93  # independent queries
+    flat = faiss_index.build(vectors, ids, faiss_index.AnnConfig(kind="flat"))
+    faiss_index.save(ann, tmp_path / "pq.index")
+    faiss_index.save(flat, tmp_path / "flat.index")
+    assert (tmp_path / "pq.index").stat().st_size < 0.5 * (tmp_path / "flat.index").stat().st_size
+    reloaded = faiss_index.load(tmp_path / "pq.index", "ivfpq", ann.search_param)
+    assert (faiss_index.search(reloaded, queries, 10)[1] == found).all()
+    assert faiss_index.build(vectors[:500], ids[:500], faiss_index.AnnConfig(kind="ivfpq")).kind == "flat"  # too few to train codebooks
+    assert [faiss_index.pq_code_bytes(d) for d in (512, 1280, 100, 4)] == [64, 160, 10, 1]
+
+
+def test_report_warns_when_recall_is_under_the_target(built):
+    from traffic_retrieval.index.build import format_report
+
+    _, report = built
+    assert "warning" not in format_report(report)
+    assert "warning: recall@10 0.800 is under the target 0.95" in format_report({**report, "recall@10": 0.8})
+
+
 def test_reduced_graph_that_misses_the_target_is_rebuilt_on_full_vectors():
     import faiss
 

@@ -34,7 +34,7 @@ class IndexConfig:
     images: Path | None = None  # the gallery folder (walked recursively)
     checkpoint: Path | None = None  # a traffic-retrieval checkpoint
     out: Path | None = None  # the index folder
-    kind: str = "auto"  # auto (flat up to flat_max images per category, else hnsw), flat, hnsw, ivf
+    kind: str = "auto"  # auto (flat up to flat_max images per category, else hnsw), flat, hnsw, ivf, ivfpq
     labels: Path | None = None  # optional IMAGE$ATTR$TEXT file: labels and true categories
     batch_size: int = 256
     workers: int = 2  # image decoding processes
@@ -338,6 +338,7 @@ def _finish(config: IndexConfig, layout: IndexLayout, store: IndexStore, loaded,
         "categories": categories,
         "kind": info["kind"],
         "recall@10": info["recall@10"],
+        "recall_target": config.recall_target,
         "faiss_rebuilt": rebuilt,
         "labelled": (labels or {}).get("labelled", 0),
         "world_size": ranks.world_size,
@@ -356,6 +357,9 @@ def format_report(report: dict) -> str:
         "faiss: " + (", ".join(f"{c} {k}" for c, k in report["kind"].items()) or "empty") + f", recall@10 {report['recall@10']:.3f}"
         + (" (rebuilt)" if report["faiss_rebuilt"] else " (unchanged)"),
     ]
+    if report["recall@10"] < report.get("recall_target", 0):
+        lines.append(f"warning: recall@10 {report['recall@10']:.3f} is under the target {report['recall_target']}: "
+                     "the widest search of this kind cannot reach it; try --kind hnsw or --kind flat")
     if report["pending"]:
         lines.append(f"{report['pending']} images are still pending: run index again to finish")
     for message in report["unreadable_images"][:10]:

@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .faiss_index import KINDS
+
 INDEX_FLAGS = {
     # flag: (type, help); None = not given, so --config YAML values and the defaults apply
     "images": (Path, "gallery folder, walked recursively (.jpg .jpeg .png .bmp .webp)"),
@@ -66,7 +68,8 @@ def add_parsers(commands) -> None:
     p.add_argument("--config", help="YAML file with IndexConfig keys (flags win)")
     for key, (kind, text) in INDEX_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=text)
-    p.add_argument("--kind", choices=("auto", "flat", "hnsw", "ivf"), help="FAISS index: auto (flat when small, else hnsw), flat (exact), hnsw, ivf")
+    p.add_argument("--kind", choices=KINDS, help="FAISS index: auto (flat when small, else hnsw), flat (exact), hnsw, ivf, "
+                                                  "ivfpq (compressed: about a quarter of the memory)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(func=_index)

@@ -14,6 +14,11 @@ search on held-out queries.
   cheaper graph to build and walk, the same exact scores returned.
 - ``ivf``: ``IndexIVFFlat`` with about 4 sqrt(n) lists trained by k-means on a sample;
   smaller and faster to build than HNSW. ``nprobe`` is tuned.
+- ``ivfpq``: the same lists holding product-quantised codes (``dim / 8`` bytes a vector,
+  32x smaller than float32), the best ``pq_refine_factor`` x k candidates re-scored with
+  8-bit scalar-quantised vectors (``IndexRefine``): about a quarter of the memory of the
+  other kinds, for galleries that do not fit in RAM as float32. ``nprobe`` is tuned.
+  Below ``PQ_MIN_VECTORS`` (too few to train 256 codewords per sub-space) it is exact.
 
 Every index is wrapped in ``IndexIDMap2`` so FAISS returns image ids directly.
 """
@@ -26,7 +31,8 @@ from pathlib import Path
 
 from ..errors import TrafficRetrievalError
 
-KINDS = ("auto", "flat", "hnsw", "ivf")
+KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+PQ_MIN_VECTORS = 10_000
 HNSW_EF_CANDIDATES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 
 
@@ -41,8 +47,10 @@ class AnnConfig:
     hnsw_ef_construction: int = 128
     reduce_dim: int = 128  # hnsw: graph on this many principal directions, exact re-scoring (0: full vectors)
     refine_factor: int = 8  # hnsw with reduce_dim: candidates re-scored exactly, per result
+    pq_refine_factor: int = 32  # ivfpq: candidates re-scored with 8-bit vectors, per result
     progress: bool = False  # a progress bar while vectors are added (HNSW on 1M vectors takes minutes here)
     ivf_lists: int = 0  # 0: about 4 sqrt(n)
+    pq_bytes: int = 0  # ivfpq: code bytes per vector (0: dim / 8)
     seed: int = 0
 
 
@@ -64,7 +72,10 @@ class AnnIndex:
         faiss = _faiss()
         inner = faiss.downcast_index(self.index.index)
         if isinstance(inner, faiss.IndexRefine):
-            graph = faiss.downcast_index(faiss.downcast_index(inner.base_index).index)
+            base = faiss.downcast_index(inner.base_index)
+            if isinstance(base, faiss.IndexIVFPQ):
+                return f"IVF{base.nlist} with PQ{base.pq.M} codes + 8-bit re-scoring"
+            graph = faiss.downcast_index(base.index)
             return f"HNSW{graph.hnsw.nb_neighbors(1)} on {graph.d} principal directions + exact re-scoring"
         return type(inner).__name__
 
@@ -122,19 +133,21 @@ def recall_at_k(found_scores, exact_scores, k: int, tolerance: float = 1e-4) -> 
 
 def _search_parameters(ann: "AnnIndex", param: dict, k: int):
     """Per-call FAISS parameters, nested to match the index: ``IndexRefine`` ->
-    ``IndexPreTransform`` -> HNSW for a reduced graph, the bare HNSW / IVF otherwise."""
+    (``IndexPreTransform`` ->) HNSW or IVF for a re-scored index, the bare HNSW / IVF otherwise."""
     faiss = _faiss()
+    if ann.kind == "flat":
+        return None
+    factor = int(param.get("k_factor", 1))
     if ann.kind == "hnsw":
-        refine = faiss.downcast_index(ann.index.index)
-        if isinstance(refine, faiss.IndexRefine):
-            factor = int(param.get("k_factor", 1))
-            graph = faiss.SearchParametersHNSW(efSearch=max(int(param.get("efSearch", 64)), k * factor))
-            base = graph if not isinstance(faiss.downcast_index(refine.base_index), faiss.IndexPreTransform) else faiss.SearchParametersPreTransform(index_params=graph)
-            return faiss.IndexRefineSearchParameters(k_factor=factor, base_index_params=base)
-        return faiss.SearchParametersHNSW(efSearch=max(int(param.get("efSearch", 64)), k))
-    if ann.kind == "ivf":
-        return faiss.SearchParametersIVF(nprobe=int(param.get("nprobe", 1)))
-    return None
+        core = faiss.SearchParametersHNSW(efSearch=max(int(param.get("efSearch", 64)), k * factor))
+    else:
+        core = faiss.SearchParametersIVF(nprobe=int(param.get("nprobe", 1)))
+    refine = _inner(ann)
+    if not isinstance(refine, faiss.IndexRefine):
+        return core
+    if isinstance(faiss.downcast_index(refine.base_index), faiss.IndexPreTransform):
+        core = faiss.SearchParametersPreTransform(index_params=core)
+    return faiss.IndexRefineSearchParameters(k_factor=factor, base_index_params=core)
 
 
 def search(ann: AnnIndex, queries, k: int, param: dict | None = None):
@@ -156,14 +169,21 @@ def search(ann: AnnIndex, queries, k: int, param: dict | None = None):
             return scores, ids
         if ann.kind == "hnsw" and param.get("efSearch", 64) < ann.count:
             param["efSearch"] = max(int(param.get("efSearch", 64)), k) * 4
-        elif ann.kind == "ivf" and param.get("nprobe", 1) < _inner(ann).nlist:
-            param["nprobe"] = min(_inner(ann).nlist, int(param.get("nprobe", 1)) * 4)
+        elif ann.kind in ("ivf", "ivfpq") and param.get("nprobe", 1) < _ivf(ann).nlist:
+            param["nprobe"] = min(_ivf(ann).nlist, int(param.get("nprobe", 1)) * 4)
         else:
             return scores, ids
 
 
 def _inner(ann: AnnIndex):
     return _faiss().downcast_index(ann.index.index)
+
+
+def _ivf(ann: AnnIndex):
+    """The inverted-file part of an ``ivf`` or ``ivfpq`` index."""
+    faiss = _faiss()
+    inner = _inner(ann)
+    return faiss.extract_index_ivf(inner.base_index if isinstance(inner, faiss.IndexRefine) else inner)
 
 
 def build(vectors, ids, config: AnnConfig, text_queries=None) -> AnnIndex:
@@ -178,13 +198,15 @@ def build(vectors, ids, config: AnnConfig, text_queries=None) -> AnnIndex:
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     count, dim = vectors.shape
     kind = "flat" if count == 0 else choose_kind(config.kind, count, config.flat_max)
+    if kind == "ivfpq" and count < PQ_MIN_VECTORS:
+        kind = "flat"  # too few vectors to train the codebooks, and small enough to scan
     reduce_dim = config.reduce_dim if kind == "hnsw" and 0 < config.reduce_dim < dim else 0
     ann = AnnIndex(_populated(_empty_index(vectors, kind, reduce_dim, config), vectors, ids, config.progress), kind, count)
     if kind != "flat":
-        _tune_and_measure(ann, vectors, config, text_queries)
+        _tune_and_measure(ann, vectors, ids, config, text_queries)
         if reduce_dim and ann.recall < config.recall_target:
             ann = AnnIndex(_populated(_empty_index(vectors, kind, 0, config), vectors, ids, config.progress), kind, count)
-            _tune_and_measure(ann, vectors, config, text_queries)
+            _tune_and_measure(ann, vectors, ids, config, text_queries)
     return ann
 
 
@@ -203,12 +225,26 @@ def _empty_index(vectors, kind: str, reduce_dim: int, config: AnnConfig):
             inner = faiss.IndexRefineFlat(faiss.IndexPreTransform(principal_directions(vectors, reduce_dim, config.seed), inner))
     else:
         nlist = config.ivf_lists or max(1, min(int(4 * math.sqrt(count)), count // 39))
-        inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        if kind == "ivf":
+            inner = ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            code_bytes = pq_code_bytes(dim, config.pq_bytes)
+            ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, code_bytes, 8, faiss.METRIC_INNER_PRODUCT)
+            ivf.by_residual = False  # codes of the vectors themselves: one lookup table a query, not one a list
+            ivf.pq.cp.seed = config.seed
+            inner = faiss.IndexRefine(ivf, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT))
         rng = np.random.default_rng(config.seed)
-        training = vectors if count <= 256 * nlist else vectors[np.sort(rng.choice(count, 256 * nlist, replace=False))]
-        inner.cp.seed = config.seed
+        sample = 64 * max(nlist, 256)  # k-means sample: 64 points a list (and a PQ codeword)
+        training = vectors if count <= sample else vectors[np.sort(rng.choice(count, sample, replace=False))]
+        ivf.cp.seed = config.seed
         inner.train(training)
     return faiss.IndexIDMap2(inner)
+
+
+def pq_code_bytes(dim: int, wanted: int = 0) -> int:
+    """Sub-quantisers (one byte each): ``wanted``, or ``dim / 8``, rounded down to a divisor of ``dim``."""
+    target = max(1, min(dim, wanted or dim // 8))
+    return next(m for m in range(target, 0, -1) if dim % m == 0)
 
 
 def _populated(index, vectors, ids, progress: bool, chunk: int = 65536):
@@ -256,7 +292,7 @@ def probe_queries(vectors, count: int, seed: int = 0, similarity: float = 0.3):
     return (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _tune_and_measure(ann: AnnIndex, vectors, config: AnnConfig, text_queries) -> None:
+def _tune_and_measure(ann: AnnIndex, vectors, ids, config: AnnConfig, text_queries) -> None:
     import numpy as np
 
     queries = probe_queries(vectors, config.recall_queries, config.seed)
@@ -267,21 +303,39 @@ def _tune_and_measure(ann: AnnIndex, vectors, config: AnnConfig, text_queries) -
     k = config.recall_k
     exact_tune = exact_topk(tune, vectors, k)[0]
     target = min(1.0, config.recall_target + 0.02)  # margin: tuned on one half, reported on the other
+    refined = {"k_factor": config.pq_refine_factor if ann.kind == "ivfpq" else config.refine_factor} if isinstance(_inner(ann), _faiss().IndexRefine) else {}
     if ann.kind == "hnsw":
-        refined = {"k_factor": config.refine_factor} if isinstance(_inner(ann), _faiss().IndexRefine) else {}
         smallest = k * refined.get("k_factor", 1)  # the graph must return k_factor x k candidates
         candidates = [{"efSearch": ef, **refined} for ef in HNSW_EF_CANDIDATES if smallest <= ef < 2 * ann.count] or [{"efSearch": smallest, **refined}]
     else:
-        nlist = _inner(ann).nlist
-        candidates = [{"nprobe": p} for p in (2 ** i for i in range(0, 32)) if p < nlist] + [{"nprobe": nlist}]
+        nlist = _ivf(ann).nlist
+        candidates = [{"nprobe": p, **refined} for p in (2 ** i for i in range(0, 32)) if p < nlist] + [{"nprobe": nlist, **refined}]
     chosen = candidates[-1]
     for param in candidates:
-        if recall_at_k(search(ann, tune, k, param)[0], exact_tune, k) >= target:
+        if _recall_by_ids(ann, tune, vectors, ids, k, param, exact_tune) >= target:
             chosen = param
             break
     ann.search_param = chosen
-    ann.recall = recall_at_k(search(ann, held_out, k, chosen)[0], exact_topk(held_out, vectors, k)[0], k)
+    ann.recall = _recall_by_ids(ann, held_out, vectors, ids, k, chosen, exact_topk(held_out, vectors, k)[0])
     ann.recall_queries = len(held_out)
+
+
+def _recall_by_ids(ann: AnnIndex, queries, vectors, ids, k: int, param: dict, exact_scores) -> float:
+    return recall_of_ids(queries, search(ann, queries, k, param)[1], vectors, ids, exact_scores, k)
+
+
+def recall_of_ids(queries, found_ids, vectors, ids, exact_scores, k: int) -> float:
+    """recall@k of the ids a search returned, each scored exactly against ``vectors`` (FAISS
+    id ``ids[i]`` is ``vectors[i]``; a compressed index's own scores are approximate), ties
+    counted as in ``recall_at_k``; a missing result (-1) is a miss."""
+    import numpy as np
+
+    ids = np.asarray(ids)
+    order = np.argsort(ids, kind="stable")
+    positions = order[np.clip(np.searchsorted(ids[order], found_ids), 0, len(ids) - 1)]
+    valid = (found_ids >= 0) & (ids[positions] == found_ids)
+    scores = np.where(valid, np.einsum("qd,qkd->qk", queries, vectors[positions]), -np.inf)
+    return recall_at_k(scores.astype(np.float32), exact_scores, k)
 
 
 def save(ann: AnnIndex, path: str | Path) -> None:
