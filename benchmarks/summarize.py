@@ -54,7 +54,7 @@ def rows(results_dir: Path) -> list[str]:
         out.append(f"| rank {p['queries']:,} x {p['gallery']:,}, peak RSS | {m['ours']['peak_rss_mb']:.0f} MB peak, {m['ours']['seconds']:.1f} s | {naive_peak} "
                    f"| {rank.get('memory_ratio_naive_over_ours') or 0:.1f}x less memory; results {verdict} | <= 2,000 MB | {'yes' if rank['goal_met'] else 'no'} "
                    f"| {_others(rank['repetitions'].get('ours', []) + rank['repetitions'].get('naive', []))} | {rank['written'][:16]} |")
-    for name in ("bench_search", "bench_search_full_dim"):
+    for name in ("bench_search", "bench_search_full_dim", "bench_search_ivfpq"):
         search = _load(results_dir, name)
         for r in (search or {}).get("results", []):
             goal = "p50 <= 5 ms, recall >= 0.95" if r["data"] == "clip-like" and r["size"] >= 1_000_000 else ""

@@ -351,7 +351,7 @@ def test_ivfpq_is_compressed_and_reaches_recall_measured_by_exact_rescoring(tmp_
     ids = np.arange(12_000) * 3
     ann = faiss_index.build(vectors, ids, faiss_index.AnnConfig(kind="ivfpq", recall_queries=0), text_queries=tuning)
     assert ann.kind == "ivfpq" and ann.structure().startswith("IVF") and "PQ8 codes" in ann.structure()
-    assert ann.recall >= 0.95 and ann.search_param["k_factor"] == 32
+    assert ann.recall >= 0.95 and ann.search_param["k_factor"] in (32, 128)
     _, found = faiss_index.search(ann, queries, 10)
     exact_scores, exact_positions = faiss_index.exact_topk(queries, vectors, 10)
     assert np.mean([len(set(f) & set(ids[e])) / 10 for f, e in zip(found, exact_positions)]) >= 0.93  # independent queries

@@ -69,7 +69,7 @@ def add_parsers(commands) -> None:
     for key, (kind, text) in INDEX_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=text)
     p.add_argument("--kind", choices=KINDS, help="FAISS index: auto (flat when small, else hnsw), flat (exact), hnsw, ivf, "
-                                                  "ivfpq (compressed: about a quarter of the memory)")
+                                                  "ivfpq (compressed: 0.3x the memory, approximate scores)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(func=_index)
