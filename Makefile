@@ -21,8 +21,10 @@ browser:
 	@test -x $(CHROMIUM) || (command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
 		|| echo "chromium could not be installed: the browser tests will be skipped")
 
+# e.g. make demo DEMO_FLAGS="--epochs 12" for a shorter run on a slow CPU
+DEMO_FLAGS ?=
 demo: $(STAMP)
-	$(VENV)/bin/traffic-retrieval demo --out demo_output
+	$(VENV)/bin/traffic-retrieval demo --out demo_output $(DEMO_FLAGS)
 
 test: $(STAMP) browser
 	$(PY) -m pytest
