@@ -2,7 +2,7 @@
 # GPU smoke check for a lent CUDA machine (at most ~5 minutes), run from anywhere:
 #
 #   bash benchmarks/gpu_smoke.sh            # on the GPU machine
-#   bash benchmarks/gpu_smoke.sh --dry-run  # the same steps on this CPU, tiny sizes, no CUDA
+#   bash benchmarks/gpu_smoke.sh --dry-run  # the same steps on this CPU, tiny sizes, no CUDA, precision auto (bf16 only where the CPU has it)
 #
 # Checks, one summary line each, exit status 1 if any failed:
 #   env       torch sees CUDA and bf16
@@ -36,7 +36,7 @@ RESULTS="$WORK/checks.jsonl"
 : > "$RESULTS"
 
 if [[ $DRY_RUN == 1 ]]; then
-    MODE=dry-run DEVICE=cpu PRECISION=bf16 BATCH=16 NPROC=2 ENCODE_BATCH=32 WORKERS=2 STEP_TIMEOUT=300
+    MODE=dry-run DEVICE=cpu PRECISION=auto BATCH=16 NPROC=2 ENCODE_BATCH=32 WORKERS=2 STEP_TIMEOUT=300
     SIZES=(--train-pedestrians 32 --train-vehicles 16 --val-pedestrians 8 --val-vehicles 4 --test-pedestrians 32 --test-vehicles 16)
     OUT_JSON=benchmarks/results/gpu_smoke_dry_run.json
 else
