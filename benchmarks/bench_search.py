@@ -99,15 +99,16 @@ def measure(size: int, dim: int, data: str, queries: int, kind: str, seed: int, 
 
     drawn = random_vectors(size + 2 * queries, dim, data, seed)
     vectors, tuning, measured = drawn[:size], drawn[size : size + queries], drawn[size + queries :]
+    ids = range_ids(size)
     started = time.perf_counter()
-    ann = build(vectors, range_ids(size), AnnConfig(kind=kind, flat_max=0, recall_queries=0, seed=seed, reduce_dim=reduce_dim, progress=progress), text_queries=tuning)
+    ann = build(vectors, ids, AnnConfig(kind=kind, flat_max=0, recall_queries=0, seed=seed, reduce_dim=reduce_dim, progress=progress), text_queries=tuning)
     build_seconds = time.perf_counter() - started
     exact = exact_topk(measured, vectors, 10)[0]
     sweep = []
     for param in neighbouring_params(ann):
         latencies, found_ids = timed_search(ann, measured, 10, param)
         sweep.append({"search_param": param, "p50_ms": round(latencies[len(latencies) // 2], 3),
-                      "p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3), "recall@10": round(recall_of_ids(measured, found_ids, vectors, range_ids(size), exact, 10), 4)})
+                      "p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3), "recall@10": round(recall_of_ids(measured, found_ids, vectors, ids, exact, 10), 4)})
     chosen = next(row for row in sweep if row["search_param"] == ann.search_param)
     return {"data": data, "size": size, "dim": dim, "reduce_dim": reduce_dim, "participation_ratio": round(participation_ratio(vectors), 1), "kind": ann.kind,
             "index": ann.structure(), "build_seconds": round(build_seconds, 1), **chosen, "tuned_recall@10": round(ann.recall, 4),
