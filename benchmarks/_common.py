@@ -95,7 +95,7 @@ def write_result(name: str, payload: dict, results_dir: Path | None = None) -> P
 
 def synthetic_dataset(cache_dir: Path, **sizes) -> Path:
     """A synthetic dataset in the challenge layout, made once per set of sizes and reused."""
-    from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+    from traffic_retrieval.synth import SynthConfig, generate_dataset
 
     config = SynthConfig(out=Path("."), **sizes)
     tag = "-".join(str(getattr(config, key)) for key in ("seed", "train_pedestrians", "train_vehicles", "val_pedestrians", "val_vehicles", "test_pedestrians", "test_vehicles"))

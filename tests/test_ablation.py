@@ -4,7 +4,7 @@ import json
 
 from traffic_retrieval.ablation import STAGES
 from traffic_retrieval.cli import main
-from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+from traffic_retrieval.synth import SynthConfig, generate_dataset
 
 
 def test_ablate_runs_every_stage_and_writes_the_table(tmp_path, capsys):

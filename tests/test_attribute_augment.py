@@ -8,9 +8,9 @@ import pytest
 
 from traffic_retrieval.data.vocabulary import VehicleAttributes, VehicleVocabulary, parse_vehicle_attr
 from traffic_retrieval.errors import TrafficRetrievalError
+from traffic_retrieval.commands.augment import AugmentCaptionsConfig
+from traffic_retrieval.commands.augment import run as augment_captions
 from traffic_retrieval.train.attribute_augment import (
-    AugmentCaptionsConfig,
-    augment_captions,
     augmented_caption,
     candidate_phrase,
     caption_frame,
@@ -174,8 +174,9 @@ def test_real_texts_get_the_seed_caption_with_their_prefix(real_lines):
 
 @pytest.fixture(scope="module")
 def tiny_work(tmp_path_factory):
-    from traffic_retrieval.data.prepare import PrepareConfig, prepare
-    from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+    from traffic_retrieval.commands.prepare import PrepareConfig
+    from traffic_retrieval.commands.prepare import run as prepare
+    from traffic_retrieval.synth import SynthConfig, generate_dataset
     from traffic_retrieval.io import atomic_torch_save
     from traffic_retrieval.model.factory import checkpoint_payload, create_model
 

@@ -19,7 +19,7 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install -e .)")
 
-from traffic_retrieval.data.synth import SynthConfig, generate_dataset  # noqa: E402
+from traffic_retrieval.synth import SynthConfig, generate_dataset  # noqa: E402
 from traffic_retrieval.index import IndexConfig, Retriever, build_index  # noqa: E402
 from traffic_retrieval.io import atomic_torch_save  # noqa: E402
 from traffic_retrieval.model.factory import checkpoint_payload, create_model  # noqa: E402

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from traffic_retrieval.cli import main
-from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+from traffic_retrieval.synth import SynthConfig, generate_dataset
 
 # LayerNorm-only architecture: no BatchNorm statistics that differ between a global
 # batch and per-rank halves, so the only difference left is float summation order.

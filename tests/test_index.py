@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+from traffic_retrieval.synth import SynthConfig, generate_dataset
 from traffic_retrieval.errors import TrafficRetrievalError
 from traffic_retrieval.index import IndexConfig, Retriever, SearchResult, build_index, read_indexed_gallery
 from traffic_retrieval.index import faiss_index

@@ -46,4 +46,4 @@ def test_square_modes_on_wide_and_tall_images():
     padded_tall = to_square(tall, 60, "pad")
     assert padded_tall.getpixel((2, 30)) == (0, 0, 0) and padded_tall.getpixel((30, 30))[1] > 200
     assert to_square(wide, 64, "squash").getpixel((32, 2))[0] > 200  # no bars
-    assert PreprocessConfig(image_size=64).resize_mode == "pad"
+    assert PreprocessConfig(size=64).resize_mode == "longest" == PreprocessConfig(size=64, resize_mode="pad").resize_mode

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+from traffic_retrieval.synth import SynthConfig, generate_dataset
 from traffic_retrieval.errors import TrafficRetrievalError
 from traffic_retrieval.evaluation.submission import load_ground_truth
 from traffic_retrieval.retrieval.contact_sheet import GREEN, NEUTRAL, OUTLINE, RED, cell_origin, make_contact_sheet, sheet_size

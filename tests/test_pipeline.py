@@ -5,7 +5,7 @@ import json
 import pytest
 
 from traffic_retrieval.cli import main
-from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+from traffic_retrieval.synth import SynthConfig, generate_dataset
 
 
 @pytest.fixture(scope="session")

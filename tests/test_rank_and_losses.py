@@ -1,6 +1,7 @@
 import torch
 
-from traffic_retrieval.retrieval.rank import topk_by_category, topk_similar
+from traffic_retrieval.retrieval.rank import topk_similar
+from traffic_retrieval.retrieval.search import topk_by_category
 from traffic_retrieval.train.losses import clip_loss, multi_positive_loss
 
 

@@ -26,7 +26,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from traffic_retrieval.data.synth import SynthConfig, generate_dataset  # noqa: E402
+from traffic_retrieval.synth import SynthConfig, generate_dataset  # noqa: E402
 from traffic_retrieval.errors import TrafficRetrievalError  # noqa: E402
 from traffic_retrieval.index import IndexConfig, Retriever, build_index  # noqa: E402
 from traffic_retrieval.io import atomic_torch_save  # noqa: E402

@@ -5,7 +5,9 @@ import torch
 from traffic_retrieval.errors import TrafficRetrievalError
 from traffic_retrieval.io import atomic_torch_save
 from traffic_retrieval.model.factory import MODEL_CONFIG_DIR, checkpoint_payload, create_model, load_checkpoint, read_checkpoint
-from traffic_retrieval.model.soup import SoupConfig, average_state_dicts, format_report, greedy_soup, make_soup
+from traffic_retrieval.commands.soup import SoupConfig, format_report
+from traffic_retrieval.commands.soup import run as make_soup
+from traffic_retrieval.model.soup import average_state_dicts, greedy_soup
 
 
 def test_average_state_dicts_averages_floats_and_copies_the_rest():
@@ -90,7 +92,7 @@ def test_mismatched_checkpoints_are_one_line_errors_naming_the_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def soup_inputs(tmp_path_factory):
-    from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+    from traffic_retrieval.synth import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("soup")
     data = root / "data"

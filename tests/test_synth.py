@@ -14,20 +14,20 @@ import pytest
 from PIL import Image
 
 from traffic_retrieval.data.schema import PEDESTRIAN_FLAGS, VEHICLE_BRANDS, VEHICLE_COLORS, VEHICLE_TYPES
-from traffic_retrieval.data.synth import (
+from traffic_retrieval.synth.generate import (
     SynthConfig,
     generate_dataset,
     plan_dataset,
     relevant_images,
     sample_pedestrian_flags,
 )
-from traffic_retrieval.data.synth_captions import (
+from traffic_retrieval.synth.captions import (
     flags_to_dict,
     pedestrian_caption,
     pedestrian_caption_regex,
     vehicle_text_variants,
 )
-from traffic_retrieval.data.synth_draw import brand_emblem
+from traffic_retrieval.synth.draw import brand_emblem
 from traffic_retrieval.data.vocabulary import parse_vehicle_attr
 from traffic_retrieval.errors import TrafficRetrievalError
 

@@ -23,7 +23,7 @@ def test_seed_preset_builds_real_vit_bigg_with_gradient_checkpointing_without_we
     assert next(model.parameters()).device.type == "meta"  # no memory allocated for 2.5B weights
     assert 2.5e9 < sum(p.numel() for p in model.parameters()) < 2.6e9
     assert model.visual.transformer.grad_checkpointing and model.transformer.grad_checkpointing
-    assert loaded.preprocess.image_size == 224 and config.resize_mode == "pad"
+    assert loaded.preprocess.size == 224 and config.resize_mode == "pad"
     features = model.encode_image(torch.empty(2, 3, 224, 224, device="meta"))
     assert tuple(features.shape) == (2, 1280)
 

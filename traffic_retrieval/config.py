@@ -1,42 +1,113 @@
-"""Dataclass configs loadable from YAML and overridable by CLI flags.
+"""Dataclass configs from one source: YAML files, command-line flags and code.
 
-Every command has one dataclass; a YAML file gives values for its fields, flags
-given on the command line win, and unknown keys or wrong types are one-line
-errors naming the key.
+Every command has one dataclass (``commands/*.py``). Its fields say everything
+about a setting once: the type (``options.py``'s ``Literal`` and ``Annotated``
+types, nested dataclasses, paths, numbers), the default, the help text and the
+allowed range (``option(..., minimum=1)``). From that one declaration:
+
+- ``config_from_dict`` builds and validates a config (YAML, flags and code all
+  pass through it), with one-line errors naming the key;
+- ``add_config_arguments`` generates the command's flags, defaults and help;
+- ``config_from_args`` merges defaults < preset/YAML < flags given.
+
+A nested dataclass is a YAML mapping (``rerank: {candidates: 50}``) and flags
+with its prefix (``--rerank-candidates``).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import TrafficRetrievalError
+from .options import Pattern
 
 ConfigT = TypeVar("ConfigT")
 
 
+def option(default: Any = dataclasses.MISSING, *, help: str = "", minimum: float | None = None, maximum: float | None = None,
+           positive: bool = False, flag: str | None = None, short: str | None = None, positional: bool = False,
+           metavar: str | None = None, cli: bool = True, default_factory: Any = dataclasses.MISSING):
+    """A config field with what the config layer needs to check it and make its flag.
+
+    ``minimum``/``maximum``: inclusive range; ``positive``: a finite number above 0;
+    ``flag``: the flag name when it is not ``--field-name`` (``--rerank``); ``short``:
+    an extra short flag (``-k``); ``positional``: a positional argument; ``cli=False``:
+    settable from YAML and code only.
+    """
+    metadata = {"help": help, "minimum": minimum, "maximum": maximum, "positive": positive, "flag": flag, "short": short,
+                "positional": positional, "metavar": metavar, "cli": cli}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+# -- types -------------------------------------------------------------------------
+def _unwrap_optional(annotation):
+    """``X | None`` -> ``(X, True)``; anything else -> ``(annotation, False)``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(options) == 1 and len(options) < len(typing.get_args(annotation)):
+            return options[0], True
+    return annotation, False
+
+
+def _pattern(annotation) -> Pattern | None:
+    if typing.get_origin(annotation) is typing.Annotated:
+        return next((m for m in annotation.__metadata__ if isinstance(m, Pattern)), None)
+    return None
+
+
+def choices_of(annotation) -> tuple | None:
+    """The allowed values of a ``Literal`` field (optional or not), else None."""
+    annotation, _ = _unwrap_optional(annotation)
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+
+
+def _describe_choices(choices) -> str:
+    return ", ".join(str(c) for c in choices)
+
+
 def _coerce(value: Any, annotation: Any, key: str, source: str):
+    inner, optional = _unwrap_optional(annotation)
+    if optional:
+        return None if value is None else _coerce(value, inner, key, source)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
-            return None
         errors = []
-        for option in options:
+        for option_type in typing.get_args(annotation):
             try:
-                return _coerce(value, option, key, source)
+                return _coerce(value, option_type, key, source)
             except TrafficRetrievalError as exc:
                 errors.append(str(exc))
         raise TrafficRetrievalError(errors[0])
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value in choices and type(value) is type(choices[choices.index(value)]):
+            return value
+        raise TrafficRetrievalError(f"{key} must be one of {_describe_choices(choices)}, got {value!r}")
+    if origin is typing.Annotated:
+        coerced = _coerce(value, typing.get_args(annotation)[0], key, source)
+        pattern = _pattern(annotation)
+        if pattern is not None:
+            import re
+
+            if not re.fullmatch(pattern.regex, coerced):
+                raise TrafficRetrievalError(f"--{key.replace('_', '-')} must be {pattern.describe}, got {coerced!r}")
+        return coerced
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise TrafficRetrievalError(f"{source}: key {key!r} must be a list, got {type(value).__name__}")
         (item_type, *_) = typing.get_args(annotation) or (Any,)
         items = [_coerce(v, item_type, key, source) for v in value]
         return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        return config_from_dict(annotation, value, source, prefix=f"{key}.")
     if annotation is Any:
         return value
     if annotation is bool:
@@ -67,22 +138,45 @@ def _coerce(value: Any, annotation: Any, key: str, source: str):
     return value
 
 
-def config_from_dict(cls: type[ConfigT], values: dict, source: str = "config") -> ConfigT:
-    """Build ``cls`` from a dict, checking keys and types."""
+def _check_range(value, metadata, key: str) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if metadata.get("positive") and not (math.isfinite(value) and value > 0):
+        raise TrafficRetrievalError(f"{key} must be a positive number, got {value}")
+    minimum, maximum = metadata.get("minimum"), metadata.get("maximum")
+    if minimum is not None and not (math.isfinite(value) and value >= minimum):
+        raise TrafficRetrievalError(f"{key} must be {'zero or more' if minimum == 0 else f'at least {minimum}'}, got {value}")
+    if maximum is not None and not value <= maximum:
+        raise TrafficRetrievalError(f"{key} must be at most {maximum}, got {value}")
+
+
+def config_from_dict(cls: type[ConfigT], values: dict, source: str = "config", prefix: str = "") -> ConfigT:
+    """Build ``cls`` from a dict, checking keys, types and ranges (nested dataclasses too);
+    then the dataclass's own ``__post_init__`` checks what spans several fields."""
     if not isinstance(values, dict):
-        raise TrafficRetrievalError(f"{source}: expected a mapping of keys to values")
-    hints = typing.get_type_hints(cls)
+        raise TrafficRetrievalError(f"{source}: expected a mapping of keys to values" + (f" for {prefix[:-1]!r}" if prefix else ""))
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields), key=str)  # YAML keys may be numbers too
     if unknown:
-        raise TrafficRetrievalError(f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(fields))})")
-    kwargs = {key: _coerce(value, hints[key], key, source) for key, value in values.items()}
+        name = unknown[0] if not prefix else f"{prefix}{unknown[0]}"
+        raise TrafficRetrievalError(f"{source}: unknown key {name!r} (known keys: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for key, value in values.items():
+        kwargs[key] = _coerce(value, hints[key], prefix + key, source)
+        _check_range(kwargs[key], fields[key].metadata, prefix + key)
     missing = [name for name, f in fields.items() if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise TrafficRetrievalError(f"{source}: missing required key {missing[0]!r}")
+        raise TrafficRetrievalError(f"{source}: missing required key {prefix + missing[0]!r}")
     return cls(**kwargs)
 
 
+def checked(config: ConfigT) -> ConfigT:
+    """A config made in code, checked as one read from YAML would be."""
+    return config_from_dict(type(config), config_to_dict(config, plain=False))
+
+
+# -- YAML --------------------------------------------------------------------------
 def _unique_key_loader():
     """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
     import yaml
@@ -120,6 +214,8 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise TrafficRetrievalError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise TrafficRetrievalError(f"{path}: invalid YAML (nested too deeply)") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -142,24 +238,133 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise TrafficRetrievalError(f"{name_or_path}: config file not found (presets: {presets})")
 
 
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _drop_unset(overrides: dict) -> dict:
+    """Flags not given (None), recursively; an empty nested mapping disappears."""
+    kept = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            value = _drop_unset(value)
+            if not value:
+                continue
+        if value is not None:
+            kept[key] = value
+    return kept
+
+
 def build_config(cls: type[ConfigT], yaml_path: str | Path | None, overrides: dict, base: dict | None = None) -> ConfigT:
-    """Defaults < ``base`` < YAML file < flags given on the command line (``None`` = not given)."""
+    """Defaults < ``base`` < YAML file (or preset) < flags given on the command line (``None`` = not given)."""
     values = dict(base or {})
     source = "config"
     if yaml_path is not None:
         path = resolve_config_path(yaml_path)
-        values.update(read_yaml(path))
+        values = _merge(values, read_yaml(path))
         source = str(path)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = _merge(values, _drop_unset(overrides))
     return config_from_dict(cls, values, source)
 
 
-def config_to_dict(config) -> dict:
-    def plain(value):
-        if isinstance(value, Path):
+def config_to_dict(config, plain: bool = True) -> dict:
+    """A config as a mapping (nested dataclasses as nested mappings); ``plain``: paths as strings, lists for tuples (YAML)."""
+
+    def convert(value):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return config_to_dict(value, plain)
+        if plain and isinstance(value, Path):
             return str(value)
         if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
+            items = [convert(v) for v in value]
+            return items if plain or isinstance(value, list) else tuple(items)
         return value
 
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    return {f.name: convert(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+# -- flags ---------------------------------------------------------------------------
+def _flag_fields(cls, prefix: str = ""):
+    """``(dest path, field, annotation)`` for every field reachable by a flag, nested ones flattened."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        annotation = hints[f.name]
+        inner, _ = _unwrap_optional(annotation)
+        if dataclasses.is_dataclass(inner):
+            yield from _flag_fields(inner, prefix + f.name + ".")
+        elif f.metadata.get("cli", True):
+            yield prefix + f.name, f, annotation
+
+
+def _default_text(f: dataclasses.Field) -> str | None:
+    if f.default is not dataclasses.MISSING and f.default is not None and f.default != "" and not isinstance(f.default, bool):
+        return str(f.default)
+    return None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of ``cls`` (nested fields with their prefix), with help, default and
+    choices taken from the declaration. Every flag defaults to None (= not given), so YAML
+    values and the dataclass defaults apply."""
+    for path, f, annotation in _flag_fields(cls):
+        dest = path.replace(".", "__")
+        metadata = f.metadata
+        help_text = metadata.get("help", "")
+        choices = choices_of(annotation)
+        inner, _ = _unwrap_optional(annotation)
+        if typing.get_origin(inner) is typing.Annotated:
+            pattern = _pattern(inner)
+            inner = typing.get_args(inner)[0]
+            if pattern is not None:
+                help_text += f" ({pattern.describe})"
+        if choices:
+            help_text += f" ({' | '.join(str(c) for c in choices)})"
+        default = _default_text(f)
+        if default is not None and not choices:
+            help_text += f" (default {default})"
+        elif default is not None:
+            help_text = help_text[:-1] + f"; default {default})"
+        if metadata.get("positional"):
+            many = typing.get_origin(inner) in (list, tuple)
+            item = (typing.get_args(inner) or (str,))[0] if many else inner
+            parser.add_argument(dest, nargs="+" if many else None, type=item, help=help_text, metavar=metadata.get("metavar") or f.name.upper())
+            continue
+        names = [metadata.get("flag") or "--" + path.replace(".", "-").replace("_", "-")]
+        if metadata.get("short"):
+            names.insert(0, metadata["short"])
+        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": help_text or None}
+        if inner is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(inner) in (list, tuple):
+            kwargs.update(nargs="+", type=(typing.get_args(inner) or (str,))[0])
+        elif choices:
+            kwargs["type"] = type(choices[0])
+        elif inner in (int, float, str, Path):
+            kwargs["type"] = inner
+        if metadata.get("metavar"):
+            kwargs["metavar"] = metadata["metavar"]
+        parser.add_argument(*names, **kwargs)
+
+
+def overrides_from_args(cls, args: argparse.Namespace) -> dict:
+    """The flags given, as a (nested) mapping of config keys; flags not given are None."""
+    overrides: dict = {}
+    for path, _, _ in _flag_fields(cls):
+        value = getattr(args, path.replace(".", "__"), None)
+        target = overrides
+        *parents, name = path.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[name] = value
+    return overrides
+
+
+def config_from_args(cls: type[ConfigT], args: argparse.Namespace, preset: str | None = None) -> ConfigT:
+    """Defaults < ``preset`` < ``--config`` YAML < flags given."""
+    return build_config(cls, getattr(args, "config", None) or preset, overrides_from_args(cls, args))

@@ -132,7 +132,7 @@ def encode_lines(lines) -> bytes:
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """A tiny synthetic dataset (train, val, test with ground truth) in the challenge layout."""
-    from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+    from traffic_retrieval.synth import SynthConfig, generate_dataset
 
     out = tmp_path_factory.mktemp("robust-synth") / "data"
     generate_dataset(SynthConfig(out=out, seed=5, train_pedestrians=12, train_vehicles=8, val_pedestrians=4, val_vehicles=4,

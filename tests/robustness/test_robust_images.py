@@ -66,7 +66,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 @pytest.mark.parametrize("resize_mode", ["pad", "squash", "crop"])
 def test_1x1_and_1_pixel_wide_images(tmp_path, resize_mode):
-    config = PreprocessConfig(image_size=16, resize_mode=resize_mode)
+    config = PreprocessConfig(size=16, resize_mode=resize_mode)
     for size in ((1, 1), (1, 300), (300, 1)):
         path = save(tmp_path / f"tiny_{size[0]}x{size[1]}.png", Image.new("RGB", size, (10, 20, 30)))
         assert tuple(image_to_uint8_tensor(path, config).shape) == (3, 16, 16)

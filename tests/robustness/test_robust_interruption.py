@@ -41,7 +41,7 @@ def wait_for(path: Path, process, timeout: float = 240) -> float:
 def work(tmp_path_factory, make):
     """A small prepared dataset; two training images are broken (zero bytes, truncated)."""
     from traffic_retrieval.cli import main
-    from traffic_retrieval.data.synth import SynthConfig, generate_dataset
+    from traffic_retrieval.synth import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("interrupt")
     data = root / "data"

@@ -1,32 +1,99 @@
 """The one image loader and the one preprocessing path (pad / squash / crop to a
-square, resize, normalise) used by training, augmentation, prediction and indexing."""
+square, resize, normalise) used by training, augmentation, prediction and indexing.
+
+The preprocessing speaks open_clip's vocabulary (``open_clip.transform.PreprocessCfg``:
+``size``, ``resize_mode`` longest / squash / shortest, ``fill_color``, ``mean``, ``std``,
+``interpolation``) and gives the pixels of open_clip's inference transform
+(``image_transform_v2(cfg, is_train=False)``), but as uint8, so they can be cached and
+decoded in DataLoader workers. Our first names stay accepted: ``pad`` is ``longest``
+(with a black fill), ``crop`` is ``shortest``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TrafficRetrievalError
+from ..options import ResizeMode
 
-RESIZE_MODES = ("pad", "squash", "crop")
+RESIZE_MODES = typing.get_args(ResizeMode)  # what a user may write: open_clip's names and the aliases
+RESIZE_MODE_ALIASES = {"pad": "longest", "crop": "shortest"}  # our first names -> open_clip's
+INTERPOLATIONS = ("bicubic", "bilinear")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def open_clip_resize_mode(resize_mode: str) -> str:
+    """open_clip's name for a resize mode given in either vocabulary (``pad`` -> ``longest``)."""
+    if resize_mode not in RESIZE_MODES:
+        raise TrafficRetrievalError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
+    return RESIZE_MODE_ALIASES.get(resize_mode, resize_mode)
+
+
 @dataclass
 class PreprocessConfig:
-    image_size: int = 224
-    resize_mode: str = "pad"  # pad: zero-pad to a square (the seed's method); squash; crop (center)
+    """How an image becomes the model's input, in the keys of open_clip's ``PreprocessCfg``.
+
+    ``resize_mode`` takes either vocabulary, when built and when assigned, and always
+    holds open_clip's name, so what is stored or handed to open_clip is open_clip's.
+    """
+
+    size: int = 224  # side of the square input
+    resize_mode: str = "longest"  # longest (= pad, the seed's), squash or shortest (= crop)
     mean: tuple[float, float, float] = field(default=OPENAI_MEAN)
     std: tuple[float, float, float] = field(default=OPENAI_STD)
+    fill_color: int = 0  # grey level of the bars around a longest (pad) image
+    interpolation: str = "bicubic"
+
+    def __setattr__(self, name, value):
+        if name == "resize_mode":
+            value = open_clip_resize_mode(value)
+        super().__setattr__(name, value)
 
     def __post_init__(self):
-        if self.resize_mode not in RESIZE_MODES:
-            raise TrafficRetrievalError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise TrafficRetrievalError(f"size must be a positive integer, got {self.size!r}")
+        if isinstance(self.fill_color, bool) or not isinstance(self.fill_color, int) or not 0 <= self.fill_color <= 255:
+            raise TrafficRetrievalError(f"fill_color must be an integer from 0 to 255, got {self.fill_color!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise TrafficRetrievalError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
 
-    def to_dict(self) -> dict:
-        return asdict(self) | {"mean": list(self.mean), "std": list(self.std)}
+    def to_open_clip_preprocess_cfg(self) -> dict:
+        """The dict open_clip keeps as a model's ``preprocess_cfg`` (``PreprocessCfg(**cfg)``, ``merge_preprocess_dict``)."""
+        return {
+            "size": self.size,
+            "mode": "RGB",
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize_mode": self.resize_mode,
+            "fill_color": self.fill_color,
+        }
+
+    @classmethod
+    def from_open_clip_preprocess_cfg(cls, cfg: dict) -> PreprocessConfig:
+        """The config an open_clip ``preprocess_cfg`` dict describes.
+
+        As in open_clip, unknown keys are ignored and missing ones take ``PreprocessCfg``'s
+        defaults, so the dict means the same here and there. The dict older checkpoints
+        stored (``image_size``, ``resize_mode`` pad or crop) reads too.
+        """
+        from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+        if "image_size" in cfg and "size" not in cfg:
+            cfg = {**cfg, "size": cfg["image_size"]}
+        merged = merge_preprocess_dict(PreprocessCfg(), cfg)
+        size = merged["size"]
+        if isinstance(size, (tuple, list)):
+            if len(size) != 2 or size[0] != size[1]:
+                raise TrafficRetrievalError(f"only square model inputs are supported, got size {list(size)}")
+            size = size[0]
+        if merged["mode"] != "RGB":
+            raise TrafficRetrievalError(f"only RGB model inputs are supported, got mode {merged['mode']!r}")
+        return cls(size, merged["resize_mode"], merged["mean"], merged["std"], merged["fill_color"], merged["interpolation"])
 
 
 def load_image(path: str | Path):
@@ -61,24 +128,33 @@ def load_image(path: str | Path):
         raise TrafficRetrievalError(f"{path}: cannot read image ({exc})") from None
 
 
-def to_square(image, image_size: int, resize_mode: str):
-    """Resize a PIL image to ``image_size`` x ``image_size`` by padding, squashing or cropping."""
+def to_square(image, size: int, resize_mode: str, fill_color: int = 0, interpolation: str = "bicubic"):
+    """Resize a PIL image to ``size`` x ``size`` as open_clip's inference transform does.
+
+    The same output sizes and offsets as open_clip's ``image_transform`` (longest:
+    ``ResizeKeepRatio`` + ``CenterCropOrPad``; squash: ``Resize``; shortest: torchvision's
+    ``Resize`` + ``CenterCrop``) and the same PIL resize, hence the same pixels.
+    """
     from PIL import Image
 
+    resample = Image.Resampling.BILINEAR if interpolation == "bilinear" else Image.Resampling.BICUBIC
+    resize_mode = open_clip_resize_mode(resize_mode)
     width, height = image.size
     if resize_mode == "squash":
-        return image.resize((image_size, image_size), Image.Resampling.BICUBIC)
-    if resize_mode == "crop":
-        scale = image_size / min(width, height)
-        resized = image.resize((max(image_size, round(width * scale)), max(image_size, round(height * scale))), Image.Resampling.BICUBIC)
-        left, top = (resized.width - image_size) // 2, (resized.height - image_size) // 2
-        return resized.crop((left, top, left + image_size, top + image_size))
-    # pad: scale the longer side to image_size, centre on a black square (= zero-pad, then resize)
-    scale = image_size / max(width, height)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = image.resize(new_size, Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", (image_size, image_size), (0, 0, 0))
-    canvas.paste(resized, ((image_size - new_size[0]) // 2, (image_size - new_size[1]) // 2))
+        return image.resize((size, size), resample)
+    if resize_mode == "shortest":
+        # torchvision truncates the long side and rounds the crop offsets half to even
+        new_size = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+        resized = image.resize(new_size, resample)
+        left, top = int(round((new_size[0] - size) / 2.0)), int(round((new_size[1] - size) / 2.0))
+        return resized.crop((left, top, left + size, top + size))
+    # longest: the longer side becomes size, centred on the fill colour (at least 1 pixel
+    # across, where open_clip would fail on a 1-pixel-wide image)
+    ratio = max(height / size, width / size)
+    new_size = (max(1, round(width / ratio)), max(1, round(height / ratio)))
+    resized = image.resize(new_size, resample)
+    canvas = Image.new("RGB", (size, size), (fill_color,) * 3)
+    canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
     return canvas
 
 
@@ -87,7 +163,7 @@ def image_to_uint8_tensor(path: str | Path, config: PreprocessConfig):
     import numpy as np
     import torch
 
-    square = to_square(load_image(path), config.image_size, config.resize_mode)
+    square = to_square(load_image(path), config.size, config.resize_mode, config.fill_color, config.interpolation)
     return torch.from_numpy(np.asarray(square, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 

@@ -1,6 +1,6 @@
 """The challenge's label schema: attribute names, their order, and the vehicle vocabulary.
 
-These are facts of the data format (METHOD.md), shared by the parser, the
+These are facts of the data format (docs/data-format.md), shared by the parser, the
 synthetic generator, augmentation and the attribute heads.
 """
 

@@ -1,6 +1,6 @@
 """The vehicle vocabulary (colors, types, brands) and query routing by category.
 
-Vehicle ATTR texts come in three forms (METHOD.md): ``<color> <Brand>.``, a type
+Vehicle ATTR texts come in three forms (docs/data-format.md): ``<color> <Brand>.``, a type
 alone (``Truck.``) or a brand alone (``Balong Heavy Truck.``). Colors are the
 lower-case first word; a color-less ATTR is a type when it is one of the known
 types, otherwise a brand. The set of types is part of the format (the challenge's

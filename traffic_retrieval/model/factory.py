@@ -5,9 +5,19 @@ Architectures are data: our small CPU models are open_clip JSON configs in
 tag (``laion2b_s39b_b160k``), ``hf-hub:`` id or local file works the same way.
 
 Checkpoints are self-describing: besides ``state_dict`` (the key open_clip reads)
-they hold the model name and full architecture config, the preprocessing and the
-tokenizer settings, so ``--checkpoint`` alone rebuilds the model, and plain
-``open_clip.create_model_and_transforms(name, pretrained=path)`` loads it too.
+they hold the model name and full architecture config, the preprocessing (in open_clip's
+``preprocess_cfg`` keys) and the tokenizer settings, so ``--checkpoint`` alone rebuilds
+the model, and plain ``open_clip.create_model_and_transforms(name, pretrained=path)``
+loads it too.
+
+Every model we build carries our preprocessing as open_clip's
+``model.visual.preprocess_cfg``, so open_clip's own transform for it
+(``image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)``)
+gives our pixels. open_clip (3.3) reads no preprocessing from a weights file, nor from an
+architecture JSON (a ``preprocess_cfg`` key there goes to ``CLIP()``, a TypeError), so
+plain open_clip is given it: ``create_model_and_transforms(name, pretrained=path,
+image_resize_mode=cfg["resize_mode"], image_mean=cfg["mean"], image_std=cfg["std"],
+image_interpolation=cfg["interpolation"])`` with ``cfg = payload["preprocess_cfg"]``.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +64,7 @@ class LoadedModel:
     model: Any  # open_clip CLIP
     tokenizer: Any
     model_name: str
-    preprocess: PreprocessConfig
+    preprocess: PreprocessConfig  # = model.visual.preprocess_cfg; after changing it, call set_preprocess
     identity: str  # sha256 of the weights file (or name+tag): an index records which model made it
     checkpoint: dict | None = None  # metadata of a traffic-retrieval checkpoint (no tensors)
 
@@ -79,7 +89,12 @@ def create_model(
     device: str = "cpu",
     gradient_checkpointing: bool = False,
 ) -> LoadedModel:
-    """Build an open_clip model by name, optionally with a pretrained tag, ``hf-hub:`` id or weights file."""
+    """Build an open_clip model by name, optionally with a pretrained tag, ``hf-hub:`` id or weights file.
+
+    The preprocessing takes size, mean and std from the model and its pretrained tag (as
+    open_clip does) and the resize mode, fill colour and interpolation from ``preprocess``
+    (default: pad, black, bicubic); the model carries it as ``visual.preprocess_cfg``.
+    """
     import open_clip
 
     architecture = model_config(model_name)
@@ -89,20 +104,26 @@ def create_model(
         raise TrafficRetrievalError(f"cannot create model {model_name!r} with pretrained={pretrained!r}: {str(exc).splitlines()[0]}") from None
     if gradient_checkpointing:
         model.set_grad_checkpointing(True)
-    image_size = model.visual.image_size
-    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
-    if preprocess is None:
-        preprocess = PreprocessConfig(image_size=int(image_size))
-    if preprocess.image_size != image_size:
-        raise TrafficRetrievalError(f"image_size {preprocess.image_size} does not match model {model_name!r} ({image_size})")
-    mean, std = getattr(model.visual, "image_mean", None), getattr(model.visual, "image_std", None)
-    if mean is not None and std is not None:
-        preprocess.mean, preprocess.std = tuple(mean), tuple(std)
+    weights_preprocess = PreprocessConfig.from_open_clip_preprocess_cfg(open_clip.get_model_preprocess_cfg(model))
+    chosen = preprocess or PreprocessConfig(weights_preprocess.size)
+    if chosen.size != weights_preprocess.size:
+        raise TrafficRetrievalError(f"image size {chosen.size} does not match model {model_name!r} ({weights_preprocess.size})")
+    preprocess = replace(weights_preprocess, resize_mode=chosen.resize_mode, fill_color=chosen.fill_color, interpolation=chosen.interpolation)
     tokenizer = open_clip.get_tokenizer(model_name)
     identity = f"{model_name}:{pretrained or 'random-init'}"
     if pretrained and Path(pretrained).is_file():
         identity = file_sha256(pretrained)
-    return LoadedModel(model, tokenizer, model_name, preprocess, identity, {"architecture": architecture})
+    return set_preprocess(LoadedModel(model, tokenizer, model_name, preprocess, identity, {"architecture": architecture}), preprocess)
+
+
+def set_preprocess(loaded: LoadedModel, preprocess: PreprocessConfig) -> LoadedModel:
+    """Use ``preprocess`` for this model: ours and the model's open_clip ``preprocess_cfg``
+    (what open_clip's transforms are built from) are set together."""
+    import open_clip
+
+    loaded.preprocess = preprocess
+    open_clip.set_model_preprocess_cfg(unwrap(loaded.model), preprocess.to_open_clip_preprocess_cfg())
+    return loaded
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -121,7 +142,7 @@ def checkpoint_payload(loaded: LoadedModel, extra: dict | None = None, model_sta
         "format": CHECKPOINT_FORMAT,
         "model_name": loaded.model_name,
         "architecture": model_config(loaded.model_name) or (loaded.checkpoint or {}).get("architecture", {}),
-        "preprocess": loaded.preprocess.to_dict(),
+        "preprocess_cfg": loaded.preprocess.to_open_clip_preprocess_cfg(),
         "tokenizer": {"model_name": loaded.model_name, "context_length": int(getattr(unwrap(model), "context_length", 77))},
         "state_dict": state_dict,
         **(extra or {}),
@@ -160,7 +181,20 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     model.to(device).eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     metadata = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scaler", "extra_state")}
-    return LoadedModel(model, tokenizer, model_name, PreprocessConfig(**payload["preprocess"]), file_sha256(path), metadata)
+    try:
+        preprocess = stored_preprocess(payload)
+    except TrafficRetrievalError as exc:
+        raise TrafficRetrievalError(f"{path}: {exc}") from None
+    return set_preprocess(LoadedModel(model, tokenizer, model_name, preprocess, file_sha256(path), metadata), preprocess)
+
+
+def stored_preprocess(payload: dict) -> PreprocessConfig:
+    """A checkpoint's preprocessing: open_clip's ``preprocess_cfg``, or the ``preprocess``
+    of checkpoints written before (``image_size``, ``resize_mode`` pad or crop)."""
+    stored = payload.get("preprocess_cfg", payload.get("preprocess"))
+    if not isinstance(stored, dict):
+        raise TrafficRetrievalError("checkpoint holds no preprocessing (preprocess_cfg)")
+    return PreprocessConfig.from_open_clip_preprocess_cfg(stored)
 
 
 def encode_text(model, tokens, normalize: bool = True):

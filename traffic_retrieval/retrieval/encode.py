@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data.images import ImageFileDataset, collate_images, normalize_uint8_batch
+from ..runtime import inference
 
 
 @dataclass
@@ -52,7 +53,7 @@ def encode_uint8_images(model, images_uint8, preprocess, device: str, dtype, bat
     import torch
 
     outputs = []
-    with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
+    with inference(device, dtype):
         for start in range(0, len(images_uint8), batch_size):
             batch = normalize_uint8_batch(images_uint8[start : start + batch_size], preprocess).to(device)
             outputs.append(model.encode_image(batch.contiguous(memory_format=torch.channels_last), normalize=True).float().cpu())
@@ -66,7 +67,7 @@ def encode_tokens(model, tokens, device: str, dtype, batch_size: int = 512):
     from ..model.factory import encode_text
 
     outputs = []
-    with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
+    with inference(device, dtype):
         for start in range(0, len(tokens), batch_size):
             outputs.append(encode_text(model, tokens[start : start + batch_size].to(device)).float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros((0, 1))
@@ -74,7 +75,7 @@ def encode_tokens(model, tokens, device: str, dtype, batch_size: int = 512):
 
 def encode_texts(loaded, texts: list[str], device: str, dtype, batch_size: int = 512):
     """L2-normalised text embeddings; each distinct text is encoded once."""
-    from ..train.data import tokenize
+    from ..model.tokens import tokenize
 
     unique_texts = list(dict.fromkeys(texts))
     position = {text: i for i, text in enumerate(unique_texts)}

@@ -40,23 +40,3 @@ def topk_similar(query_embeddings, gallery_embeddings, k: int, query_block: int 
         scores_out[q_start : q_start + len(queries)] = best_scores.gather(1, order)
         indices_out[q_start : q_start + len(queries)] = best_indices.gather(1, order)
     return scores_out, indices_out
-
-
-def topk_by_category(query_embeddings, query_categories: list[str], gallery_embeddings, gallery_categories: list[str], k: int, **block_sizes):
-    """Rank each query only among gallery images of its own category (routing).
-
-    Returns per query a list of ``(gallery_index, score)`` best first. A query
-    whose category has no gallery images falls back to the whole gallery.
-    """
-    import torch
-
-    results: list[list[tuple[int, float]]] = [[] for _ in query_categories]
-    for category in sorted(set(query_categories)):
-        query_rows = [i for i, c in enumerate(query_categories) if c == category]
-        gallery_rows = [i for i, c in enumerate(gallery_categories) if c == category] or list(range(len(gallery_categories)))
-        gallery_index = torch.tensor(gallery_rows, dtype=torch.long)
-        scores, indices = topk_similar(query_embeddings[query_rows], gallery_embeddings[gallery_index], k, **block_sizes)
-        mapped = gallery_index[indices]
-        for row, query_scores, query_indices in zip(query_rows, scores.tolist(), mapped.tolist()):
-            results[row] = list(zip(query_indices, query_scores))
-    return results

@@ -1,4 +1,4 @@
-"""Adaption re-ranking (METHOD.md, seed solution item 7).
+"""Adaption re-ranking (docs/method.md, the seed's item 7).
 
 Relevant images of one attribute label cluster together in image space, so a
 candidate whose image neighbours are also strong text candidates is more
@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..config import checked, option
 from ..errors import TrafficRetrievalError
 
 if TYPE_CHECKING:
@@ -31,12 +32,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class RerankConfig:
+    enabled: bool = option(False, flag="--rerank", help="adaption re-ranking of the top candidates")
     # N: how many top text candidates per query to re-score. ``rerank`` scores
     # every column it is given; callers fetch this many (``topk_similar(..., k=candidates)``).
-    candidates: int = 50
+    candidates: int = option(50, minimum=1, help="candidates N re-scored per query")
     # k: candidates forming the adapted query, neighbours per candidate for the
     # k-reciprocal sets, and the "strong text candidates" the evidence counts.
-    neighbours: int = 10
+    neighbours: int = option(10, minimum=1, help="neighbours k")
     # Every term below lies in [0, 1] per query. The text term keeps weight 1
     # and the two image-space terms together also weigh 1, so the text model
     # stays the main signal: overtaking a candidate whose scaled text score is
@@ -45,20 +47,9 @@ class RerankConfig:
     # a gap of at most half the query's min-max text range). Not yet tuned on
     # data: the defaults repair the constructed cases in tests/test_rerank.py;
     # tune them on validation data.
-    adapted_weight: float = 0.5
-    reciprocal_weight: float = 0.5
-    text_weight: float = 1.0
-
-
-def check_rerank_config(config: RerankConfig) -> None:
-    if config.candidates < 1:
-        raise TrafficRetrievalError(f"rerank: candidates must be at least 1, got {config.candidates}")
-    if config.neighbours < 1:
-        raise TrafficRetrievalError(f"rerank: neighbours must be at least 1, got {config.neighbours}")
-    for name in ("adapted_weight", "reciprocal_weight", "text_weight"):
-        value = getattr(config, name)
-        if not value >= 0:  # also rejects NaN
-            raise TrafficRetrievalError(f"rerank: {name} must be a number >= 0, got {value}")
+    adapted_weight: float = option(0.5, minimum=0, help="weight of the adapted-query similarity")
+    reciprocal_weight: float = option(0.5, minimum=0, help="weight of the k-reciprocal evidence")
+    text_weight: float = option(1.0, minimum=0, help="weight of the text similarity")
 
 
 def minmax_scale(values: Tensor) -> Tensor:
@@ -136,8 +127,7 @@ def rerank(text_scores: Tensor, candidate_embeddings: Tensor, flipped_candidate_
     import torch
     import torch.nn.functional as F
 
-    config = config or RerankConfig()
-    check_rerank_config(config)
+    config = checked(config or RerankConfig())  # a config made in code gets the checks one from YAML gets
     if text_scores.dim() != 2 or candidate_embeddings.dim() != 3 or candidate_embeddings.shape[:2] != text_scores.shape:
         raise TrafficRetrievalError(
             f"rerank: expected text_scores [Q, N] and candidate_embeddings [Q, N, D], got {tuple(text_scores.shape)} and {tuple(candidate_embeddings.shape)}"
@@ -188,3 +178,24 @@ def rerank(text_scores: Tensor, candidate_embeddings: Tensor, flipped_candidate_
     new_scores = config.text_weight * scaled_text + config.adapted_weight * minmax_scale(adapted_similarity) + config.reciprocal_weight * evidence
     resort = torch.argsort(new_scores, dim=1, descending=True, stable=True)
     return new_scores.gather(1, resort), text_order.gather(1, resort)
+
+
+def rerank_hits(hits: list[list[tuple[int, float]]], gallery_embeddings, flipped_embeddings, config: RerankConfig, query_block: int = 1024) -> list[list[tuple[int, float]]]:
+    """``rerank`` applied to search results (``(gallery row, score)`` best first per query):
+    queries with equally many candidates are re-ranked together in blocks."""
+    import torch
+
+    reranked = list(hits)
+    by_length: dict[int, list[int]] = {}
+    for row, found in enumerate(hits):
+        by_length.setdefault(len(found), []).append(row)
+    for rows in by_length.values():
+        for start in range(0, len(rows), query_block):
+            block = rows[start : start + query_block]
+            indices = torch.tensor([[i for i, _ in hits[row]] for row in block], dtype=torch.long)
+            scores = torch.tensor([[score for _, score in hits[row]] for row in block])
+            flipped = flipped_embeddings[indices] if flipped_embeddings is not None else None
+            new_scores, order = rerank(scores, gallery_embeddings[indices], flipped, config)
+            for row, row_indices, row_scores in zip(block, indices.gather(1, order).tolist(), new_scores.tolist()):
+                reranked[row] = list(zip(row_indices, row_scores))
+    return reranked

@@ -1,4 +1,4 @@
-"""``augment``: attribute augmentation of vehicle captions (METHOD.md, seed step 3).
+"""``augment``: attribute augmentation of vehicle captions (docs/method.md, the seed's step 3).
 
 Vehicle labels state only some fields: ``white Audi.`` has no type, ``Truck.`` no
 color or brand. For each such image we enumerate every caption that fills the
@@ -12,7 +12,7 @@ label, the richer caption only gives the text tower more to learn from.
 
 Stages, each data in and data out: ``plan_augmentation`` (rows -> caption groups),
 ``choose_captions`` (embeddings -> winners and margins), ``apply_choices`` (rows ->
-output rows); ``augment_captions`` does the file and model I/O around them.
+output rows); ``commands/augment.py`` does the file and model I/O around them.
 """
 
 from __future__ import annotations
@@ -20,33 +20,13 @@ from __future__ import annotations
 import itertools
 import re
 import statistics
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..data.schema import VEHICLE
 from ..data.vocabulary import VehicleAttributes, VehicleVocabulary, parse_vehicle_attr, strip_vehicle_attr
-from ..errors import TrafficRetrievalError
 
 VEHICLE_FIELDS = ("color", "brand", "type")  # the caption's word order: "white Audi Sedan"
-REPORT_NAME = "augment_report.json"
 EXAMPLES = 5
-
-
-@dataclass
-class AugmentCaptionsConfig:
-    work: Path | None = None  # the prepare output (manifests, vehicle_vocabulary.json)
-    checkpoint: Path | None = None  # a traffic-retrieval checkpoint (self-enhancement)
-    model: str | None = None  # or a plain open_clip model + pretrained tag (zero-shot)
-    pretrained: str | None = None
-    manifest: str = "train"  # input WORK/manifests/<manifest>.jsonl
-    out_manifest: str = "train_augmented"
-    keep_original: bool = False  # also keep the original caption as an extra training pair
-    batch_size: int = 256
-    workers: int = 2
-    device: str = "auto"
-    progress: bool = True
-    precision: str = "auto"  # auto, fp32, bf16 or fp16 (autocast while encoding)
 
 
 # ---------------------------------------------------------------- candidates
@@ -283,146 +263,3 @@ def pick_examples(rows: list[dict], plan: AugmentationPlan, choices: dict[int, i
             group = plan.groups[plan.row_group[row_number]]
             examples.append({"attr": rows[row_number]["attr"], "original": rows[row_number]["text"], "augmented": plan.captions[group.caption_ids[choices[row_number]]]})
     return examples
-
-
-# ---------------------------------------------------------------- the command
-
-
-def _check_config(config: AugmentCaptionsConfig) -> Path:
-    if config.work is None:
-        raise TrafficRetrievalError("augment needs --work DIR (the prepare output)")
-    for key in ("manifest", "out_manifest"):
-        name = getattr(config, key)
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise TrafficRetrievalError(f"{key} must be a manifest name under WORK/manifests (no path), got {name!r}")
-    if config.manifest == config.out_manifest:
-        raise TrafficRetrievalError(f"out_manifest must differ from manifest ({config.manifest!r}); augment never overwrites its input")
-    if config.batch_size < 1:
-        raise TrafficRetrievalError(f"batch_size must be at least 1, got {config.batch_size}")
-    if config.workers < 0:
-        raise TrafficRetrievalError(f"workers must be 0 or more, got {config.workers}")
-    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise TrafficRetrievalError(f"precision must be auto, fp32, bf16 or fp16, got {config.precision!r}")
-    if config.checkpoint and config.model:
-        raise TrafficRetrievalError("give either --checkpoint (self-enhancement) or --model/--pretrained (zero-shot), not both")
-    if config.pretrained and not config.model:
-        raise TrafficRetrievalError("--pretrained needs --model (the open_clip architecture name)")
-    if not config.checkpoint and not config.model:
-        raise TrafficRetrievalError("augment needs --checkpoint (a trained model) or --model/--pretrained (zero-shot CLIP)")
-    return Path(config.work)
-
-
-def _read_manifest(path: Path) -> list[dict]:
-    from ..io import read_jsonl
-
-    if not path.is_file():
-        raise TrafficRetrievalError(f"{path}: manifest not found (run `prepare` first)")
-    rows = read_jsonl(path)
-    for line_number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict) or any(not isinstance(row.get(key), str) for key in ("image", "category", "attr", "text")):
-            raise TrafficRetrievalError(f"{path}:{line_number}: manifest row needs string keys image, category, attr, text")
-    return rows
-
-
-def _encode_captions(loaded, captions: list[str], device: str, dtype, progress: bool, chunk: int = 4096):
-    import torch
-    from tqdm import tqdm
-
-    from ..retrieval.encode import encode_texts
-
-    parts = []
-    with tqdm(total=len(captions), desc="encode captions", unit="text", disable=not progress, leave=False) as bar:
-        for start in range(0, len(captions), chunk):
-            parts.append(encode_texts(loaded, captions[start : start + chunk], device, dtype))
-            bar.update(len(captions[start : start + chunk]))
-    return torch.cat(parts) if parts else torch.zeros((0, 1))
-
-
-def augment_captions(config: AugmentCaptionsConfig) -> dict:
-    """Run ``augment``; returns the report (also written to WORK/augment_report.json)."""
-    from ..config import config_to_dict
-    from ..io import atomic_write_json, atomic_write_jsonl
-
-    started = time.perf_counter()
-    work = _check_config(config)
-    manifest_path = work / "manifests" / f"{config.manifest}.jsonl"
-    out_path = work / "manifests" / f"{config.out_manifest}.jsonl"
-    rows = _read_manifest(manifest_path)
-    vocabulary = VehicleVocabulary.load(work / "vehicle_vocabulary.json")
-    plan = plan_augmentation(rows, vocabulary)
-    seconds: dict[str, float] = {"plan": time.perf_counter() - started}
-
-    choices: dict[int, int] = {}
-    margins: dict[int, float] = {}
-    errors: list[str] = []
-    model_identity = None
-    if plan.groups:
-        from ..model.factory import create_model, load_checkpoint
-        from ..retrieval.encode import encode_image_files
-        from .trainer import autocast_dtype, resolve_device
-
-        device = resolve_device(config.device)
-        dtype = autocast_dtype(config.precision, device)
-        if config.checkpoint:
-            loaded = load_checkpoint(config.checkpoint, device=device)
-        else:
-            loaded = create_model(config.model, config.pretrained, None, device)
-        model_identity = loaded.identity
-        tick = time.perf_counter()
-        text_embeddings = _encode_captions(loaded, plan.captions, device, dtype, config.progress)
-        seconds["encode_captions"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        encoding = encode_image_files(loaded, plan.images, device, dtype, config.batch_size, config.workers, config.progress, description="encode vehicles")
-        errors = encoding.errors
-        seconds["encode_images"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        choices, margins = choose_captions(plan, encoding.embeddings, encoding.readable, text_embeddings, device, progress=config.progress)
-        seconds["score"] = time.perf_counter() - tick
-
-    out_rows = apply_choices(rows, plan, choices, config.keep_original)
-    atomic_write_jsonl(out_path, out_rows)
-    changed = sum(1 for row in out_rows if "augmented_from" in row and row["text"] != row["augmented_from"])
-    unreadable_rows = sum(len(group.rows) for group in plan.groups) - len(choices)
-    seconds["total"] = time.perf_counter() - started
-    report = {
-        "manifest": str(manifest_path),
-        "out_manifest": str(out_path),
-        "model": model_identity,
-        "rows_in": len(rows),
-        "rows_out": len(out_rows),
-        "vehicle_rows": plan.vehicle_rows,
-        "complete_vehicle_rows": plan.complete_rows,
-        "augmented": len(choices),
-        "captions_changed": changed,
-        "unreadable": unreadable_rows,
-        "unreadable_errors": errors[:10],
-        "unfillable": plan.unfillable_rows,
-        "missing_patterns": dict(sorted(plan.patterns.items())),
-        "candidate_captions": len(plan.captions),
-        "images_encoded": len(plan.images),
-        "score_margin": margin_summary(list(margins.values())),
-        "examples": pick_examples(rows, plan, choices),
-        "seconds": {key: round(value, 3) for key, value in seconds.items()},
-        "config": config_to_dict(config),
-    }
-    atomic_write_json(work / REPORT_NAME, report)
-    return report
-
-
-def format_report(report: dict) -> str:
-    """A short human-readable summary for the CLI."""
-    lines = [
-        f"rows: {report['rows_in']} in, {report['rows_out']} out ({report['out_manifest']})",
-        f"vehicles: {report['vehicle_rows']} ({report['complete_vehicle_rows']} complete), augmented {report['augmented']}, "
-        f"captions changed {report['captions_changed']}, unreadable {report['unreadable']}",
-        "missing fields: " + (", ".join(f"{pattern} {count}" for pattern, count in report["missing_patterns"].items()) or "none"),
-        f"candidate captions encoded: {report['candidate_captions']}, images encoded: {report['images_encoded']}",
-    ]
-    margin = report.get("score_margin")
-    if margin:
-        lines.append(f"winner margin over runner-up: mean {margin['mean']:.4f}, median {margin['median']:.4f}, min {margin['min']:.4f}")
-    for example in report["examples"]:
-        lines.append(f"  {example['original']!r} -> {example['augmented']!r}")
-    for error in report["unreadable_errors"][:5]:
-        lines.append(f"unreadable: {error}")
-    return "\n".join(lines)

@@ -3,7 +3,7 @@ and writes ``RUN/training_curves.png`` (loss per epoch, and the validation metri
 when the run validated), next to the TensorBoard logs, for a look without TensorBoard.
 
 ``train.log`` lines are ``YYYY-MM-DD HH:MM:SS <message>``; the epoch records are
-JSON messages with ``epoch``, ``loss`` and optionally ``val`` (see ``trainer.RunLog``).
+JSON messages with ``epoch``, ``loss`` and optionally ``val`` (see ``log.RunLog``).
 """
 
 from __future__ import annotations

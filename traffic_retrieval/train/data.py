@@ -12,6 +12,7 @@ from pathlib import Path
 from ..data.images import ImageFileDataset, PreprocessConfig, collate_images
 from ..errors import TrafficRetrievalError
 from ..io import atomic_path, atomic_write_json
+from ..model.tokens import tokenize
 
 
 @dataclass
@@ -56,7 +57,7 @@ def decode_images(paths: list[str], preprocess: PreprocessConfig, workers: int =
     from tqdm import tqdm
 
     loader = DataLoader(ImageFileDataset(paths, preprocess), batch_size=batch_size, num_workers=workers, collate_fn=collate_images)
-    size = preprocess.image_size
+    size = preprocess.size
     images = into if into is not None else np.zeros((len(paths), 3, size, size), dtype=np.uint8)
     readable: list[int] = []
     errors: list[str] = []
@@ -79,7 +80,7 @@ def cached_images(rows: list[dict], preprocess: PreprocessConfig, cache_dir: Pat
     if cache_dir is None:
         images, readable, errors = decode_images(paths, preprocess, workers)
         return DecodedImages(images, readable), readable, errors
-    key_source = json.dumps([preprocess.to_dict(), [(p, _stat(p)) for p in paths]], sort_keys=True)
+    key_source = json.dumps([preprocess.to_open_clip_preprocess_cfg(), [(p, _stat(p)) for p in paths]], sort_keys=True)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     array_path, meta_path = Path(cache_dir) / f"images-{key}.npy", Path(cache_dir) / f"images-{key}.json"
     if array_path.is_file() and meta_path.is_file():
@@ -90,7 +91,7 @@ def cached_images(rows: list[dict], preprocess: PreprocessConfig, cache_dir: Pat
                 return DecodedImages(array, meta["readable"]), meta["readable"], meta["errors"]
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt, never trusted
-    size = preprocess.image_size
+    size = preprocess.size
     with atomic_path(array_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
         _, readable, errors = decode_images(paths, preprocess, workers, into=array)
@@ -108,14 +109,6 @@ def _stat(path: str) -> tuple[int, int]:
         return -1, -1
 
 
-def tokenize(tokenizer, texts: list[str], batch_size: int = 4096):
-    import torch
-
-    if not texts:
-        return torch.zeros((0, getattr(tokenizer, "context_length", 77)), dtype=torch.long)
-    return torch.cat([tokenizer(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
-
-
 def build_training_set(rows: list[dict], preprocess: PreprocessConfig, tokenizer, cache_dir: Path | None, workers: int) -> TrainingSet:
     import torch
 
@@ -129,3 +122,26 @@ def build_training_set(rows: list[dict], preprocess: PreprocessConfig, tokenizer
     attr_ids = torch.tensor([attr_index.setdefault(f"{r['category']}|{r['attr']}", len(attr_index)) for r in rows])
     category_ids = torch.tensor([0 if r["category"] == "pedestrian" else 1 for r in rows])
     return TrainingSet(rows, images, tokenize(tokenizer, [r["text"] for r in rows]), attr_ids, category_ids, errors)
+
+
+def load_run_data(work: Path, manifest: str, preprocess: PreprocessConfig, tokenizer, workers: int, context, with_val: bool = True):
+    """(training set, val set or None) of a prepare output: WORK/manifests/<manifest>.jsonl,
+    and WORK/manifests/val.jsonl on rank 0 when ``with_val`` and it has rows. Rank 0 fills
+    the decoded-image cache (WORK/cache) first; the other ranks then read it."""
+    from ..io import read_jsonl
+    from ..runtime import barrier
+
+    work = Path(work)
+    train_rows = read_jsonl(work / "manifests" / f"{manifest}.jsonl")
+    if context.is_main:
+        training_set = build_training_set(train_rows, preprocess, tokenizer, work / "cache", workers)
+    barrier(context)
+    if not context.is_main:
+        training_set = build_training_set(train_rows, preprocess, tokenizer, work / "cache", workers)
+    val_set = None
+    val_path = work / "manifests" / "val.jsonl"
+    if with_val and context.is_main and val_path.is_file():
+        val_rows = read_jsonl(val_path)
+        if val_rows:
+            val_set = build_training_set(val_rows, preprocess, tokenizer, work / "cache", workers)
+    return training_set, val_set

@@ -255,7 +255,7 @@ def train(config: TrainConfig) -> dict:
         loaded.preprocess.resize_mode = config.resize_mode
     else:
         loaded = create_model(config.model, config.pretrained, None, device, config.grad_checkpointing)
-        loaded.preprocess = PreprocessConfig(loaded.preprocess.image_size, config.resize_mode, loaded.preprocess.mean, loaded.preprocess.std)
+        loaded.preprocess = PreprocessConfig(loaded.preprocess.size, config.resize_mode, loaded.preprocess.mean, loaded.preprocess.std)
     model, preprocess = loaded.model.to(device), loaded.preprocess
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)

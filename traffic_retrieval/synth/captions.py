@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .schema import PEDESTRIAN_FLAGS
+from ..data.schema import PEDESTRIAN_FLAGS
 
 # Not a flag of ATTR, but named by real captions; the generator draws it per image.
 BOOTS = "Boots"

@@ -9,23 +9,34 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import option
+
+HELP = "synth, prepare, train, predict and evaluate end to end on a CPU"
+
 
 @dataclass
 class DemoConfig:
-    out: Path = Path("demo_output")
-    seed: int = 0
-    epochs: int | None = None
-    preset: str = "cpu-tiny"
+    out: Path = option(Path("demo_output"), help="output folder (an interrupted demo continues in it)")
+    seed: int = option(0, help="random seed of the data and the training")
+    epochs: int | None = option(None, minimum=1, help="override the preset's epochs")
+    preset: str = option("cpu-tiny", help="training preset")
 
 
-def run_demo(config: DemoConfig) -> dict:
-    from .config import build_config
-    from .data.prepare import PrepareConfig, format_report, prepare
-    from .data.synth import SynthConfig, generate_dataset
-    from .evaluation.evaluate import evaluate_files, format_report as format_scores
-    from .io import atomic_write_json
-    from .retrieval.predict import PredictConfig, predict
-    from .train.trainer import TrainConfig, train
+Config = DemoConfig
+
+
+def run(config: DemoConfig) -> dict:
+    from ..config import build_config
+    from ..evaluation.evaluate import evaluate_files
+    from ..evaluation.evaluate import format_report as format_scores
+    from ..io import atomic_write_json
+    from ..synth import SynthConfig, generate_dataset
+    from .predict import PredictConfig
+    from .predict import run as predict
+    from .prepare import PrepareConfig, format_report
+    from .prepare import run as prepare
+    from .train import TrainConfig
+    from .train import run as train
 
     out = Path(config.out)
     data, work, run = out / "data", out / "work", out / "run"
@@ -68,3 +79,7 @@ def run_demo(config: DemoConfig) -> dict:
     print("time: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in durations.items()) + f", total {sum(durations.values()) / 60:.1f} min")
     print(f"outputs in {out}: data/, work/, run/ (TensorBoard: tensorboard --logdir {run / 'tensorboard'}), submission.json, scores.json")
     return scores
+
+
+def print_result(scores: dict, config: DemoConfig) -> None:
+    """``run`` prints as it goes (the stages take minutes)."""

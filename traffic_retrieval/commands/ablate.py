@@ -1,6 +1,6 @@
 """``ablate``: the pipeline with each stage of the method added in turn, measured.
 
-Stages are added cumulatively in the order of METHOD.md. Every training uses the
+Stages are added cumulatively in the order of docs/method.md. Every training uses the
 same seed, preset and number of epochs. A stage is kept for the following rows
 only when it raises the official mAP@10 on the *validation* split (the test
 split is reported, never used to decide), so a stage that does not help is shown
@@ -13,18 +13,24 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import TrafficRetrievalError
+from ..config import option
+from ..errors import TrafficRetrievalError
+
+HELP = "train and score the pipeline with each stage of the method added in turn"
 
 
 @dataclass
 class AblationConfig:
-    data: Path | None = None  # a dataset in the challenge layout with val labels and ground_truth/test_gt.txt
-    out: Path = Path("ablation.md")
-    work: Path | None = None  # default: next to the report, <report>_work/
-    seed: int = 0
-    epochs: int = 20
-    preset: str = "cpu-tiny"
-    progress: bool = True
+    data: Path | None = option(None, help="dataset with val labels and ground_truth/test_gt.txt")
+    out: Path = option(Path("ablation.md"), help="the Markdown report")
+    work: Path | None = option(None, help="working directory (default: next to the report, <report>_work/)")
+    seed: int = option(0, help="random seed of every training")
+    epochs: int = option(20, minimum=1, help="epochs of every training (same budget for every row)")
+    preset: str = option("cpu-tiny", help="training preset every row starts from")
+    progress: bool = option(True, help="progress bars")
+
+
+Config = AblationConfig
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class Row:
 
 def write_split_queries(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
     """A labelled split as a retrieval benchmark: every caption is a query, relevance = equal ATTR."""
-    from .io import atomic_write_text
+    from ..io import atomic_write_text
 
     names_by_attr: dict[str, list[str]] = {}
     for row in rows:
@@ -91,9 +97,11 @@ class Runner:
         self.run_count = 0
 
     def train(self, setup: Setup, augmenter: Path | None) -> Path:
-        from .config import build_config
-        from .train.attribute_augment import AugmentCaptionsConfig, augment_captions
-        from .train.trainer import TrainConfig, train
+        from ..config import build_config
+        from .augment import AugmentCaptionsConfig
+        from .augment import run as augment_captions
+        from .train import TrainConfig
+        from .train import run as train
 
         key = (setup.train, setup.attribute_augmentation)
         if key in self.checkpoints:
@@ -113,7 +121,8 @@ class Runner:
         return self.checkpoints[key]
 
     def soup(self, checkpoint: Path) -> Path:
-        from .model.soup import SoupConfig, make_soup
+        from .soup import SoupConfig
+        from .soup import run as make_soup
 
         epochs = sorted(checkpoint.parent.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))[-3:]
         if len(epochs) < 2:
@@ -124,18 +133,22 @@ class Runner:
         return out
 
     def score(self, checkpoint: Path, setup: Setup, queries: Path, gallery: Path, ground_truth: Path, name: str) -> dict:
-        from .evaluation.evaluate import evaluate_files
-        from .retrieval.predict import PredictConfig, predict
+        from ..evaluation.evaluate import evaluate_files
+        from ..retrieval.queries import QueryConfig
+        from ..retrieval.rerank import RerankConfig
+        from .predict import PredictConfig
+        from .predict import run as predict
 
         submission = self.work / f"{name}.json"
-        predict(PredictConfig(checkpoint=checkpoint, queries=queries, gallery=gallery, out=submission, prompt=setup.prompt, rerank=setup.rerank,
-                              vocabulary=self.prepared / "vehicle_vocabulary.json", progress=self.config.progress))
+        predict(PredictConfig(checkpoint=checkpoint, queries=queries, gallery=gallery, out=submission, query=QueryConfig(prompt=setup.prompt),
+                              rerank=RerankConfig(enabled=setup.rerank), vocabulary=self.prepared / "vehicle_vocabulary.json", progress=self.config.progress))
         return evaluate_files(submission, ground_truth).to_json_dict()
 
 
-def run_ablation(config: AblationConfig) -> list[Row]:
-    from .data.prepare import PrepareConfig, prepare
-    from .io import atomic_write_json, atomic_write_text, read_jsonl
+def run(config: AblationConfig) -> list[Row]:
+    from ..io import atomic_write_json, atomic_write_text, read_jsonl
+    from .prepare import PrepareConfig
+    from .prepare import run as prepare
 
     data = Path(config.data) if config.data else None
     if data is None or not (data / "ground_truth" / "test_gt.txt").is_file():
@@ -211,3 +224,7 @@ def format_markdown(rows: list[Row], config: AblationConfig) -> str:
               f"{pct(final.test['strict_mAP@10'])}; plain: official {pct(rows[0].test['official_mAP@10'])}, strict {pct(rows[0].test['strict_mAP@10'])}.", ""]
     return "\n".join(lines)
 
+
+
+def print_result(rows: list[Row], config: AblationConfig) -> None:
+    print(Path(config.out).read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""A deterministic synthetic dataset in the exact challenge layout (METHOD.md).
+"""A deterministic synthetic dataset in the exact challenge layout (docs/data-format.md).
 
 ``generate_dataset(SynthConfig(out=..., seed=...))`` writes::
 
@@ -18,8 +18,8 @@ How the labels are made:
 - Vehicles have a full hidden (colour, brand, type); the brand implies a plausible
   type; the label states ``<color> <Brand>.``, a type alone or (for two truck
   brands) a brand alone, in the real proportions.
-- Captions follow the real texts' grammar (``synth_captions``); images are drawn
-  by ``synth_draw``; the test split gets a surveillance look (domain shift).
+- Captions follow the real texts' grammar (``captions``); images are drawn
+  by ``draw``; the test split gets a surveillance look (domain shift).
 
 Everything is a function of the seed: the plan (names, labels, captions) is made
 in one process, and each image uses its own generator seeded from (seed, split,
@@ -39,9 +39,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..data.schema import PEDESTRIAN, PEDESTRIAN_FLAGS, VEHICLE, VEHICLE_BRANDS, VEHICLE_COLORS
 from ..errors import TrafficRetrievalError
-from .schema import PEDESTRIAN, PEDESTRIAN_FLAGS, VEHICLE, VEHICLE_BRANDS, VEHICLE_COLORS
-from .synth_captions import flags_to_dict, pedestrian_caption, vehicle_text
+from .captions import flags_to_dict, pedestrian_caption, vehicle_text
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
@@ -88,7 +88,7 @@ PEDESTRIAN_MARGINALS: dict = {
     "skirt_with_coat": 0.15,  # a skirt under a long coat is rarer
     "several_carried": 0.25,  # keep a second carried item with this probability
 }
-BOOTS_PROBABILITY = 0.02  # not a flag, but real captions name boots (synth_captions)
+BOOTS_PROBABILITY = 0.02  # not a flag, but real captions name boots (captions.py)
 
 # Vehicles: brand popularity (relative), plausible types per brand, label forms.
 _BRAND_POPULAR = {
@@ -101,33 +101,34 @@ _BRAND_POPULAR = {
 }
 BRAND_WEIGHTS: dict[str, float] = {brand: _BRAND_POPULAR.get(brand, 1.0) for brand in VEHICLE_BRANDS}
 _CAR = {"Sedan": 0.65, "SUV": 0.35}
+# The types each brand makes, by share; a brand not named here makes cars (_CAR).
 BRAND_TYPES: dict[str, dict[str, float]] = {
     **{brand: _CAR for brand in VEHICLE_BRANDS},
+    # coach builders
     "Yutong": {"Bus": 0.85, "Microbus": 0.15},
     "Golden Dragon": {"Bus": 0.8, "Microbus": 0.2},
     "KINGLONG": {"Bus": 0.75, "Microbus": 0.25},
-    "Balong Heavy Truck": {"Truck": 1.0},
-    "Shacman": {"Truck": 1.0},
-    "Hongyan": {"Truck": 1.0},
+    # truck makers, some of them also making vans or cars
+    **dict.fromkeys(("Balong Heavy Truck", "Shacman", "Hongyan"), {"Truck": 1.0}),
     "FOTON": {"Truck": 0.75, "Minivan": 0.25},
-    "Jinbei": {"Microbus": 0.55, "Minivan": 0.45},
-    "SGMW": {"Minivan": 0.6, "Microbus": 0.4},
     "Isuzu": {"Truck": 0.6, "SUV": 0.4},
     "JMC": {"Truck": 0.5, "SUV": 0.5},
     "Dongfeng": {"Truck": 0.35, "SUV": 0.35, "Sedan": 0.3},
     "FAW": {"Truck": 0.3, "Sedan": 0.5, "SUV": 0.2},
-    "Iveco": {"Minivan": 0.5, "Microbus": 0.3, "Truck": 0.2},
     "JAC": {"Sedan": 0.4, "SUV": 0.3, "Truck": 0.3},
     "Style": {"Truck": 0.7, "Microbus": 0.3},
+    # van makers
+    "Jinbei": {"Microbus": 0.55, "Minivan": 0.45},
+    "SGMW": {"Minivan": 0.6, "Microbus": 0.4},
+    "Iveco": {"Minivan": 0.5, "Microbus": 0.3, "Truck": 0.2},
     "HAFEI": {"Minivan": 0.6, "Sedan": 0.4},
-    "Landrover": {"SUV": 0.9, "Sedan": 0.1},
-    "LEOPAARD": {"SUV": 0.9, "Sedan": 0.1},
-    "Jeep": {"SUV": 0.9, "Sedan": 0.1},
-    "GreatWall": {"SUV": 0.7, "Sedan": 0.2, "Truck": 0.1},
     "Luxgen": {"SUV": 0.6, "Minivan": 0.4},
+    # mostly SUVs
+    **dict.fromkeys(("Landrover", "LEOPAARD", "Jeep"), {"SUV": 0.9, "Sedan": 0.1}),
+    "GreatWall": {"SUV": 0.7, "Sedan": 0.2, "Truck": 0.1},
     "BAOJUN": {"SUV": 0.4, "Sedan": 0.3, "Minivan": 0.3},
-    "XIALI": {"Sedan": 1.0},
-    "Mini": {"Sedan": 1.0},
+    # cars with a type mix of their own
+    **dict.fromkeys(("XIALI", "Mini"), {"Sedan": 1.0}),
     "Buick": {"Sedan": 0.6, "SUV": 0.2, "Minivan": 0.2},
     "Honda": {"Sedan": 0.55, "SUV": 0.35, "Minivan": 0.1},
 }
@@ -369,7 +370,7 @@ def _image_rng(seed: int, spec: ImageSpec) -> np.random.Generator:
 
 def render_image(seed: int, spec: ImageSpec):
     """The PIL image of one spec (a pure function of the seed and the spec)."""
-    from .synth_draw import clean_look, draw_pedestrian, draw_vehicle, surveillance_look
+    from .draw import clean_look, draw_pedestrian, draw_vehicle, surveillance_look
 
     rng = _image_rng(seed, spec)
     surveillance = spec.split == "test"

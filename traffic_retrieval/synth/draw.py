@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .schema import VEHICLE_BRANDS
+from ..data.schema import VEHICLE_BRANDS
 
 SUPERSAMPLE = 3
 RGB = tuple[int, int, int]
@@ -541,56 +541,69 @@ def draw_pedestrian(flags: Mapping[str, int], size: tuple[int, int], rng: np.ran
 
 # --------------------------------------------------------------------------- vehicles
 
-# Side silhouettes and windows in (x from the front end 0..1, y from the ground 0..1),
-# relative heights and the front face's share of the drawn width. Data, not code.
+# A vehicle's side view in (x from the front end 0..1, y from the ground 0..1) and its
+# front face. Data, not code: a table per part with a row per type, joined into
+# VEHICLE_SHAPES below.
+
+
+def _rectangle(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float]]:
+    """The corners of an upright rectangle as a polygon, from bottom front, as the drawing wants them."""
+    return [(x0, y0), (x0, y1), (x1, y1), (x1, y0)]
+
+
+# height: the body's height relative to its drawn width; face: the front face's share of
+# that width; face_hood, face_roof: the hood's and the roof's height on the face;
+# roof_start: the x of the side outline's vertex where the roof begins.
+_PROPORTION_NAMES = ("height", "face", "face_hood", "face_roof", "roof_start")
+_PROPORTIONS: dict[str, tuple[float, ...]] = {
+    "Sedan": (0.40, 0.42, 0.50, 0.93, 0.22),
+    "SUV": (0.52, 0.44, 0.55, 0.95, 0.18),
+    "Minivan": (0.55, 0.44, 0.45, 0.95, 0.3),
+    "Microbus": (0.62, 0.46, 0.5, 0.97, 0.04),
+    "Bus": (0.5, 0.3, 0.42, 0.98, 0.02),
+    "Truck": (0.58, 0.38, 0.42, 0.8, 0.03),
+}
+_OUTLINES: dict[str, list[tuple[float, float]]] = {
+    "Sedan": [(0, 0.12), (0, 0.52), (0.22, 0.93), (0.62, 0.93), (0.8, 0.58), (1, 0.55), (1, 0.16)],
+    "SUV": [(0, 0.16), (0, 0.57), (0.18, 0.95), (0.96, 0.95), (1, 0.88), (1, 0.18)],
+    "Minivan": [(0, 0.12), (0, 0.47), (0.3, 0.95), (0.97, 0.95), (1, 0.85), (1, 0.14)],
+    "Microbus": [(0, 0.1), (0, 0.9), (0.04, 0.97), (0.97, 0.97), (1, 0.9), (1, 0.1)],
+    "Bus": [(0, 0.08), (0, 0.94), (0.02, 0.98), (0.99, 0.98), (1, 0.94), (1, 0.08)],
+    "Truck": [(0, 0.12), (0, 0.75), (0.03, 0.8), (0.26, 0.8), (0.26, 0.12)],
+}
+# Side windows; the first and last panes of cars slant with the windscreen and the rear window.
+_WINDOWS: dict[str, list[list[tuple[float, float]]]] = {
+    "Sedan": [[(0.07, 0.56), (0.24, 0.86), (0.42, 0.86), (0.42, 0.56)],
+              [(0.45, 0.56), (0.45, 0.86), (0.6, 0.86), (0.74, 0.57)]],
+    "SUV": [[(0.05, 0.6), (0.2, 0.88), (0.45, 0.88), (0.45, 0.6)],
+            _rectangle(0.48, 0.6, 0.7, 0.88),
+            [(0.73, 0.6), (0.73, 0.88), (0.95, 0.88), (0.96, 0.6)]],
+    "Minivan": [[(0.12, 0.55), (0.32, 0.88), (0.5, 0.88), (0.5, 0.55)],
+                _rectangle(0.53, 0.55, 0.74, 0.88),
+                [(0.77, 0.55), (0.77, 0.88), (0.96, 0.88), (0.97, 0.55)]],
+    "Microbus": [_rectangle(x0, 0.55, x1, 0.88) for x0, x1 in ((0.06, 0.28), (0.31, 0.53), (0.56, 0.76), (0.79, 0.97))],
+    "Bus": [_rectangle(x, 0.5, x + 0.1, 0.86) for x in (0.03, 0.155, 0.28, 0.405, 0.53, 0.655, 0.78)],
+    "Truck": [_rectangle(0.04, 0.48, 0.2, 0.74)],
+}
+# Wheels as (x of the centre, radius relative to the body's height).
+_WHEELS: dict[str, list[tuple[float, float]]] = {
+    "Sedan": [(0.17, 0.2), (0.84, 0.2)],
+    "SUV": [(0.17, 0.23), (0.84, 0.23)],
+    "Minivan": [(0.18, 0.18), (0.83, 0.18)],
+    "Microbus": [(0.15, 0.15), (0.85, 0.15)],
+    "Bus": [(0.12, 0.13), (0.78, 0.13)],
+    "Truck": [(0.13, 0.17), (0.7, 0.17), (0.86, 0.17)],
+}
+# Parts of one type only: the bus's door, the truck's cargo box (polygons like the windows).
+_EXTRA_PARTS: dict[str, dict] = {
+    "Bus": {"door": _rectangle(0.9, 0.1, 0.98, 0.86)},
+    "Truck": {"cargo": _rectangle(0.28, 0.12, 1.0, 1.0)},
+}
 VEHICLE_SHAPES: dict[str, dict] = {
-    "Sedan": {
-        "height": 0.40, "face": 0.42, "face_hood": 0.50, "face_roof": 0.93, "roof_start": 0.22,
-        "outline": [(0, 0.12), (0, 0.52), (0.22, 0.93), (0.62, 0.93), (0.8, 0.58), (1, 0.55), (1, 0.16)],
-        "windows": [[(0.07, 0.56), (0.24, 0.86), (0.42, 0.86), (0.42, 0.56)],
-                    [(0.45, 0.56), (0.45, 0.86), (0.6, 0.86), (0.74, 0.57)]],
-        "wheels": [(0.17, 0.2), (0.84, 0.2)],
-    },
-    "SUV": {
-        "height": 0.52, "face": 0.44, "face_hood": 0.55, "face_roof": 0.95, "roof_start": 0.18,
-        "outline": [(0, 0.16), (0, 0.57), (0.18, 0.95), (0.96, 0.95), (1, 0.88), (1, 0.18)],
-        "windows": [[(0.05, 0.6), (0.2, 0.88), (0.45, 0.88), (0.45, 0.6)],
-                    [(0.48, 0.6), (0.48, 0.88), (0.7, 0.88), (0.7, 0.6)],
-                    [(0.73, 0.6), (0.73, 0.88), (0.95, 0.88), (0.96, 0.6)]],
-        "wheels": [(0.17, 0.23), (0.84, 0.23)],
-    },
-    "Minivan": {
-        "height": 0.55, "face": 0.44, "face_hood": 0.45, "face_roof": 0.95, "roof_start": 0.3,
-        "outline": [(0, 0.12), (0, 0.47), (0.3, 0.95), (0.97, 0.95), (1, 0.85), (1, 0.14)],
-        "windows": [[(0.12, 0.55), (0.32, 0.88), (0.5, 0.88), (0.5, 0.55)],
-                    [(0.53, 0.55), (0.53, 0.88), (0.74, 0.88), (0.74, 0.55)],
-                    [(0.77, 0.55), (0.77, 0.88), (0.96, 0.88), (0.97, 0.55)]],
-        "wheels": [(0.18, 0.18), (0.83, 0.18)],
-    },
-    "Microbus": {
-        "height": 0.62, "face": 0.46, "face_hood": 0.5, "face_roof": 0.97, "roof_start": 0.04,
-        "outline": [(0, 0.1), (0, 0.9), (0.04, 0.97), (0.97, 0.97), (1, 0.9), (1, 0.1)],
-        "windows": [[(0.06, 0.55), (0.06, 0.88), (0.28, 0.88), (0.28, 0.55)],
-                    [(0.31, 0.55), (0.31, 0.88), (0.53, 0.88), (0.53, 0.55)],
-                    [(0.56, 0.55), (0.56, 0.88), (0.76, 0.88), (0.76, 0.55)],
-                    [(0.79, 0.55), (0.79, 0.88), (0.97, 0.88), (0.97, 0.55)]],
-        "wheels": [(0.15, 0.15), (0.85, 0.15)],
-    },
-    "Bus": {
-        "height": 0.5, "face": 0.3, "face_hood": 0.42, "face_roof": 0.98, "roof_start": 0.02,
-        "outline": [(0, 0.08), (0, 0.94), (0.02, 0.98), (0.99, 0.98), (1, 0.94), (1, 0.08)],
-        "windows": [[(x, 0.5), (x, 0.86), (x + 0.1, 0.86), (x + 0.1, 0.5)]
-                    for x in (0.03, 0.155, 0.28, 0.405, 0.53, 0.655, 0.78)],
-        "wheels": [(0.12, 0.13), (0.78, 0.13)],
-        "door": (0.9, 0.1, 0.98, 0.86),
-    },
-    "Truck": {
-        "height": 0.58, "face": 0.38, "face_hood": 0.42, "face_roof": 0.8, "roof_start": 0.03,
-        "outline": [(0, 0.12), (0, 0.75), (0.03, 0.8), (0.26, 0.8), (0.26, 0.12)],
-        "cargo": [(0.28, 0.12), (0.28, 1.0), (1.0, 1.0), (1.0, 0.12)],
-        "windows": [[(0.04, 0.48), (0.04, 0.74), (0.2, 0.74), (0.2, 0.48)]],
-        "wheels": [(0.13, 0.17), (0.7, 0.17), (0.86, 0.17)],
-    },
+    vehicle_type: {**dict(zip(_PROPORTION_NAMES, proportions)), "outline": _OUTLINES[vehicle_type],
+                   "windows": _WINDOWS[vehicle_type], "wheels": _WHEELS[vehicle_type],
+                   **_EXTRA_PARTS.get(vehicle_type, {})}
+    for vehicle_type, proportions in _PROPORTIONS.items()
 }
 
 # Badge plates, symbols and colours; every brand gets a unique (plate, symbol) pair
@@ -770,8 +783,7 @@ def draw_vehicle(color: str, brand: str, vehicle_type: str, size: tuple[int, int
     for window in shape["windows"]:
         draw.polygon([side(x, y) for x, y in window], fill=WINDOW_COLOR)
     if "door" in shape:
-        dx0, dy0, dx1, dy1 = shape["door"]
-        draw.polygon([side(dx0, dy0), side(dx0, dy1), side(dx1, dy1), side(dx1, dy0)], fill=(55, 65, 75))
+        draw.polygon([side(x, y) for x, y in shape["door"]], fill=(55, 65, 75))
     belt = 0.5 * shape["face_hood"]
     draw.line([side(0.0, belt), side(1.0, belt)], fill=_shade(body_rgb, 0.6), width=max(1, SUPERSAMPLE))
     for wx, radius in shape["wheels"]:

@@ -1,0 +1,166 @@
+"""``predict``: encode the test gallery (or read a built index of it) and the queries,
+route each query to its category, rank within it, optionally re-rank, and write the
+submission JSON (one result per line of test_text.txt, in order, texts exactly as in
+the file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import option
+from ..errors import TrafficRetrievalError
+from ..options import Device, Precision
+from ..retrieval.queries import QueryConfig
+from ..retrieval.rerank import RerankConfig
+
+HELP = "rank the test gallery for every query and write the submission JSON"
+
+
+@dataclass
+class PredictConfig:
+    data: Path | None = option(None, help="dataset root (uses test/test_text.txt and test/test_images/)")
+    checkpoint: Path | None = option(None, help="a traffic-retrieval checkpoint")
+    model: str | None = option(None, help="zero-shot: open_clip model name instead of a checkpoint")
+    pretrained: str | None = option(None, help="zero-shot: open_clip pretrained tag or weights file")
+    out: Path = option(Path("submission.json"), help="the submission JSON")
+    top_k: int = option(10, minimum=1, maximum=1000, help="results per query")
+    vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for query routing (default: the published vocabulary)")
+    queries: Path | None = option(None, help="query file (default DATA/test/test_text.txt)")
+    gallery: Path | None = option(None, help="gallery directory (default DATA/test/test_images)")
+    index: Path | None = option(None, help="a built index of the gallery (traffic-retrieval index): reuse it instead of re-encoding")
+    contact_sheet: Path | None = option(None, metavar="OUT.png",
+                                        help="also draw the first 20 queries' top results (relevant ones outlined when DATA/ground_truth/test_gt.txt exists)")
+    batch_size: int = option(256, minimum=1, help="images per encoding batch")
+    workers: int = option(2, minimum=0, help="image decoding processes")
+    device: Device = option("auto", help="where the model runs")
+    precision: Precision = option("auto", help="autocast while encoding")
+    progress: bool = option(True, help="progress bars")
+    query: QueryConfig = field(default_factory=QueryConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+
+
+Config = PredictConfig
+
+
+def list_gallery_images(gallery_dir: Path) -> list[Path]:
+    from ..data.prepare import IMAGE_SUFFIXES
+
+    if not Path(gallery_dir).is_dir():
+        raise TrafficRetrievalError(f"{gallery_dir}: gallery directory not found")
+    images = sorted(p for p in Path(gallery_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise TrafficRetrievalError(f"{gallery_dir}: no images (.jpg, .jpeg, .png, .bmp, .webp)")
+    return images
+
+
+def load_model_for_inference(checkpoint, model_name, pretrained, device):
+    from ..model.factory import create_model, load_checkpoint
+
+    if checkpoint:
+        return load_checkpoint(checkpoint, device=device)
+    if model_name:
+        return create_model(model_name, pretrained, None, device)
+    raise TrafficRetrievalError("give --checkpoint (a trained model) or --model/--pretrained (zero-shot)")
+
+
+@dataclass
+class _Gallery:
+    search: object  # retrieval.search.GallerySearch over gallery rows
+    names: list[str]
+    embeddings: object  # [n, dim], row order of ``names``
+    flipped: object  # embeddings of the flipped images, or None
+    categories: list[str]
+    unreadable: list[str]
+    size: int  # files in the gallery, readable or not
+    image_dir: Path
+
+
+def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool) -> _Gallery:
+    """The gallery's embeddings: from a built index, or encoded now."""
+    from ..retrieval.encode import encode_image_files, gallery_categories
+    from ..retrieval.search import ExactGallerySearch
+
+    if config.index:
+        # a built index: its embeddings and categories, no re-encoding (re-ranking then works without flips)
+        from ..index.gallery import read_indexed_gallery
+
+        indexed = read_indexed_gallery(config.index, identity=loaded.identity)
+        if not indexed.names:
+            raise TrafficRetrievalError(f"{config.index}: the index holds no images")
+        return _Gallery(ExactGallerySearch(indexed.embeddings, indexed.categories), indexed.names, indexed.embeddings, None, indexed.categories,
+                        list(indexed.unreadable), len(indexed.names) + len(indexed.unreadable), Path(indexed.info["images"]))
+    gallery_dir = Path(config.gallery or Path(config.data) / "test" / "test_images")
+    paths = list_gallery_images(gallery_dir)
+    encoded = encode_image_files(loaded, [str(p) for p in paths], runtime.device, runtime.dtype, config.batch_size, config.workers, config.progress,
+                                 with_flipped=with_flipped)
+    if not encoded.readable:
+        raise TrafficRetrievalError(f"{gallery_dir}: none of the gallery images could be read (first error: {encoded.errors[0]})")
+    categories = gallery_categories(loaded, encoded.embeddings, runtime.device, runtime.dtype)
+    return _Gallery(ExactGallerySearch(encoded.embeddings, categories), [paths[i].name for i in encoded.readable], encoded.embeddings, encoded.flipped,
+                    categories, encoded.errors, len(paths), gallery_dir)
+
+
+def run(config: PredictConfig) -> dict:
+    from ..data.vocabulary import QueryRouter, VehicleVocabulary
+    from ..evaluation.submission import write_submission
+    from ..retrieval.queries import QueryEncoder, count_truncated, read_queries
+    from ..retrieval.rerank import rerank_hits
+    from ..retrieval.search import search_routed, search_targets
+    from ..runtime import resolve_runtime
+
+    if config.data is None and (config.queries is None or (config.gallery is None and config.index is None)):
+        raise TrafficRetrievalError("predict needs --data DIR (or --queries with --gallery or --index)")
+    queries = read_queries(Path(config.queries or Path(config.data) / "test" / "test_text.txt"))
+    runtime = resolve_runtime(config.device, config.precision)
+    loaded = load_model_for_inference(config.checkpoint, config.model, config.pretrained, runtime.device)
+    router = QueryRouter(VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
+    gallery = _read_gallery(config, loaded, runtime, with_flipped=config.rerank.enabled)
+
+    encoded = QueryEncoder(loaded, router, config.query, runtime.device, runtime.dtype).encode(queries)
+    depth = max(config.top_k, config.rerank.candidates) if config.rerank.enabled else config.top_k
+    hits = search_routed(gallery.search, encoded.embeddings, search_targets(encoded.categories, gallery.search.categories()), depth)
+    if config.rerank.enabled:
+        hits = rerank_hits(hits, gallery.embeddings, gallery.flipped, config.rerank)
+    ranked_names = [[gallery.names[i] for i, _ in found[: config.top_k]] for found in hits]
+    write_submission(config.out, [{"text": query, "image_names": names} for query, names in zip(queries, ranked_names)])
+    contact_sheet = _contact_sheet(config, queries, ranked_names, gallery.image_dir) if config.contact_sheet else None
+    return {
+        "submission": str(config.out),
+        "queries": len(queries),
+        "empty_queries": sum(1 for query in queries if not query.strip()),  # answered like any other line
+        "truncated_queries": count_truncated(loaded.tokenizer, encoded.texts),  # longer than the model's text context, cut by the tokenizer
+        "context_length": int(getattr(loaded.tokenizer, "context_length", None) or 77),
+        "gallery_images": gallery.size,
+        "contact_sheet": contact_sheet,
+        "unreadable_images": gallery.unreadable,
+        "gallery_per_category": {c: gallery.categories.count(c) for c in sorted(set(gallery.categories))},
+    }
+
+
+def _contact_sheet(config: PredictConfig, queries: list[str], ranked_names: list[list[str]], image_dir: Path) -> str:
+    from ..evaluation.submission import load_ground_truth
+    from ..retrieval.contact_sheet import make_contact_sheet
+
+    relevant = None
+    truth_file = Path(config.data) / "ground_truth" / "test_gt.txt" if config.data else None
+    if truth_file is not None and truth_file.is_file():
+        truth = load_ground_truth(truth_file)
+        if [q.text for q in truth] == queries:  # test_gt.txt is in query order
+            relevant = [q.relevant_names for q in truth]
+    return str(make_contact_sheet(queries, ranked_names, image_dir, config.contact_sheet, relevant=relevant))
+
+
+def print_result(summary: dict, config: PredictConfig) -> None:
+    print(f"wrote {summary['submission']}: {summary['queries']} queries over {summary['gallery_images']} gallery images "
+          f"({', '.join(f'{n} {c}' for c, n in summary['gallery_per_category'].items())})")
+    if summary["empty_queries"]:
+        print(f"{summary['empty_queries']} queries are empty or whitespace-only (answered like the others)")
+    if summary["truncated_queries"]:
+        print(f"{summary['truncated_queries']} queries exceed the model's {summary['context_length']}-token text context and were truncated")
+    if summary.get("contact_sheet"):
+        print(f"wrote {summary['contact_sheet']}")
+    for message in summary["unreadable_images"][:10]:
+        print(f"skipped unreadable image: {message}")
+    if summary["unreadable_images"]:
+        print(f"{len(summary['unreadable_images'])} gallery images could not be read and were skipped")

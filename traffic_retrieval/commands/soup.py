@@ -1,0 +1,180 @@
+"""``soup``: average the weights of several fine-tuned checkpoints of one architecture
+(uniform, or greedy by the val split's official mAP@10; ``model/soup.py``). The output
+is a self-describing checkpoint like the inputs with a ``soup`` entry saying how it
+was made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..config import option
+from ..errors import TrafficRetrievalError
+from ..options import Device, Precision, SoupMethod
+
+HELP = "average checkpoints' weights (uniform or greedy on the val split)"
+# Per-run results of the first ingredient that would mislabel the soup.
+_DROPPED_KEYS = ("metrics", "history", "epoch", "optimizer", "scaler")
+
+
+@dataclass
+class SoupConfig:
+    checkpoints: list[Path] = option(default_factory=list, help="the checkpoints to average (two or more)")
+    val: Path | None = option(None, help="dataset root whose val split scores the ingredients (needed for greedy)")
+    out: Path | None = option(None, help="the soup checkpoint to write")
+    method: SoupMethod = option("greedy", help="greedy keeps an ingredient only when the val score improves")
+    device: Device = option("auto", help="where the model runs while scoring")
+    precision: Precision = option("auto", help="autocast while scoring")
+    workers: int = option(2, minimum=0, help="image decoding processes for the val split")
+    progress: bool = option(True, help="progress bars")
+
+
+Config = SoupConfig
+
+
+def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[[dict], float]:
+    """``score(state_dict)``: val official mAP@10 of the first checkpoint's model with those weights.
+
+    The val images are decoded once with the first checkpoint's preprocessing, and one
+    model object is reused: each candidate is copied into it with ``load_state_dict``.
+    """
+    import torch
+
+    from ..data.prepare import split_rows
+    from ..model.factory import load_checkpoint
+    from ..runtime import resolve_runtime
+    from ..train.data import build_training_set
+    from ..train.trainer import validate
+
+    labels = val_label_file(val_dir)
+    _, _, rows, _ = split_rows(val_dir, "val")
+    if not rows:
+        raise TrafficRetrievalError(f"{labels}: no usable val records (run `traffic-retrieval prepare` to see why)")
+    runtime = resolve_runtime(config.device, config.precision)
+    device, dtype = runtime.device, runtime.dtype
+    loaded = load_checkpoint(first_path, device=device)
+    val_set = build_training_set(rows, loaded.preprocess, loaded.tokenizer, None, config.workers)
+
+    def score(state_dict: dict) -> float:
+        loaded.model.load_state_dict(state_dict, strict=True)
+        with torch.no_grad():
+            metrics = validate(loaded.model, val_set, loaded.preprocess, device, dtype)
+        loaded.model.eval()
+        return float(metrics["official_mAP@10"])
+
+    return score
+
+
+def val_label_file(val_dir: Path) -> Path:
+    from ..data.prepare import label_file
+
+    if not Path(val_dir).is_dir():
+        raise TrafficRetrievalError(f"{val_dir}: val dataset directory not found")
+    labels = label_file(val_dir, "val")
+    if not labels.is_file():
+        raise TrafficRetrievalError(f"{labels}: val label file not found (--val takes the dataset root)")
+    return labels
+
+
+def _check_config(config: SoupConfig) -> None:
+    if len(config.checkpoints) < 2:
+        raise TrafficRetrievalError(f"a soup needs at least two checkpoints, got {len(config.checkpoints)}")
+    if config.out is None:
+        raise TrafficRetrievalError("soup needs --out CKPT")
+    if config.method == "greedy" and config.val is None:
+        raise TrafficRetrievalError("a greedy soup needs --val DATA (its val split scores the ingredients); use --method uniform without it")
+    if config.val is not None:
+        val_label_file(config.val)  # before reading gigabytes of checkpoints
+
+
+def run(config: SoupConfig) -> dict:
+    """Read, check, score and average the checkpoints; write ``config.out``; return the report."""
+    from tqdm import tqdm
+
+    from ..io import atomic_torch_save
+    from ..model.soup import average_state_dicts, greedy_soup, read_ingredients
+
+    _check_config(config)
+    paths = [Path(p) for p in config.checkpoints]
+    payloads = read_ingredients(paths)
+    state_dicts = [payload["state_dict"] for payload in payloads]
+
+    score, bar, ingredient_scores = None, None, None
+    if config.val is not None:
+        val_score = val_scorer(paths[0], Path(config.val), config)
+        # every ingredient, then (greedy) each candidate and the uniform soup
+        evaluations = len(paths) + (len(paths) if config.method == "greedy" else 1)
+        bar = tqdm(total=evaluations, desc="val scores", unit="model", leave=False, disable=not config.progress)
+
+        def score(state_dict: dict) -> float:
+            value = val_score(state_dict)
+            bar.update(1)
+            return value
+
+        ingredient_scores = [score(state) for state in state_dicts]
+
+    history: list[float] = []
+    uniform_score = None
+    if config.method == "greedy":
+        soup, kept, history = greedy_soup(state_dicts, score, ingredient_scores)
+        soup_score = max(history)
+        if len(kept) == len(state_dicts):
+            uniform_score = soup_score  # the last candidate was the uniform soup
+        else:
+            uniform_score = score(average_state_dicts(state_dicts))
+    else:
+        soup, kept = average_state_dicts(state_dicts), list(range(len(state_dicts)))
+        soup_score = uniform_score = score(soup) if score is not None else None
+    if bar is not None:
+        bar.close()
+
+    scores = {
+        "metric": "val official_mAP@10",
+        "ingredients": ingredient_scores,
+        "uniform": uniform_score,
+        "soup": soup_score,
+        "history": history,
+    }
+    soup_record = {
+        "method": config.method,
+        "ingredients": [str(p) for p in paths],
+        "kept": [str(paths[i]) for i in kept],
+        "val": str(config.val) if config.val is not None else None,
+        "scores": scores,
+    }
+    output = {key: value for key, value in payloads[0].items() if key not in _DROPPED_KEYS}
+    output["state_dict"] = soup
+    output["soup"] = soup_record
+    atomic_torch_save(output, config.out)
+    return {
+        "out": str(config.out),
+        "method": config.method,
+        "ingredients": [{"path": str(p), "official_mAP@10": None if ingredient_scores is None else ingredient_scores[i]} for i, p in enumerate(paths)],
+        "kept": [str(paths[i]) for i in kept],
+        "kept_indices": kept,
+        "soup_official_mAP@10": soup_score,
+        "uniform_official_mAP@10": uniform_score,
+        "history": history,
+    }
+
+
+def format_report(report: dict) -> str:
+    """Each ingredient's val score (x100), which ones the soup kept, and the soup's score."""
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    kept = set(report["kept_indices"])
+    lines = [f"{'':<4} {'official mAP@10':>15}  ingredient"]
+    for i, ingredient in enumerate(report["ingredients"]):
+        lines.append(f"{'kept' if i in kept else '':<4} {percent(ingredient['official_mAP@10']):>15}  {ingredient['path']}")
+    lines.append(f"{report['method']} soup of {len(kept)}/{len(report['ingredients'])}: {percent(report['soup_official_mAP@10'])}")
+    if report["method"] == "greedy":
+        lines.append(f"uniform soup of all: {percent(report['uniform_official_mAP@10'])}")
+    lines.append(f"wrote {report['out']} (scores x100 on the val split)")
+    return "\n".join(lines)
+
+
+def print_result(report: dict, config: SoupConfig) -> None:
+    print(format_report(report))
