@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +85,17 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+RESULTS_DIR_HELP = "folder for the result file (default benchmarks/results; with --quick a new temporary folder)"
+
+
+def results_dir_for(results_dir: Path | None, quick: bool) -> Path:
+    """The folder asked for; else a new temporary one for a ``--quick`` smoke run (it must
+    not overwrite the recorded results), else benchmarks/results."""
+    if results_dir is not None:
+        return Path(results_dir)
+    return Path(tempfile.mkdtemp(prefix="trb-quick-")) if quick else RESULTS_DIR
+
+
 def write_result(name: str, payload: dict, results_dir: Path | None = None) -> Path:
     """benchmarks/results/<name>.json, written atomically (temp file + rename)."""
     from traffic_retrieval.io import atomic_write_json
@@ -109,7 +121,8 @@ def synthetic_dataset(cache_dir: Path, **sizes) -> Path:
 
 def prepared_work(data_dir: Path) -> Path:
     """``prepare`` output (manifests) for a dataset, made once."""
-    from traffic_retrieval.data.prepare import PrepareConfig, prepare
+    from traffic_retrieval.commands.prepare import PrepareConfig
+    from traffic_retrieval.commands.prepare import run as prepare
 
     work = Path(str(data_dir) + "-work")
     if not (work / "manifests" / "train.jsonl").is_file():

@@ -61,7 +61,7 @@ def encode(args) -> int:
 
     from traffic_retrieval.model.factory import load_checkpoint
     from traffic_retrieval.retrieval.encode import encode_image_files
-    from traffic_retrieval.train.trainer import autocast_dtype
+    from traffic_retrieval.runtime import autocast_dtype
 
     loaded = load_checkpoint(args.checkpoint, device=args.device)
     dtype = autocast_dtype("auto", args.device)

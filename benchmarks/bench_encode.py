@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
     parser.add_argument("--no-fp32-variant", action="store_true", help="skip the ours-with-fp32 side")
     parser.add_argument("--cache-dir", type=Path, default=_common.DEFAULT_CACHE_DIR)
-    parser.add_argument("--results-dir", type=Path, default=_common.RESULTS_DIR)
+    parser.add_argument("--results-dir", type=Path, default=None, help=_common.RESULTS_DIR_HELP)
     parser.add_argument("--name", default=None, help="result file name (default bench_encode, bench_encode_quick with --quick)")
     parser.add_argument("--wait-quiet", type=float, default=180, help="first wait up to this many seconds for other processes to leave the CPUs (0: do not wait)")
     parser.add_argument("--quick", action="store_true", help="smoke run (< 60 s)")
@@ -46,6 +46,7 @@ def parse_args(argv=None):
         args.images, args.vit_images, args.repetitions, args.vit_repetitions = 48, 16, 1, 1
         args.batch_size = min(args.batch_size, 16)
     args.name = args.name or ("bench_encode_quick" if args.quick else "bench_encode")
+    args.results_dir = _common.results_dir_for(args.results_dir, args.quick)
     return args
 
 
@@ -76,7 +77,7 @@ def bench_model(name: str, paths: list[str], args) -> dict:
 
     from traffic_retrieval.model.factory import create_model
     from traffic_retrieval.retrieval.encode import encode_image_files
-    from traffic_retrieval.train.trainer import autocast_dtype
+    from traffic_retrieval.runtime import autocast_dtype
 
     torch.manual_seed(0)
     loaded = create_model(name, device="cpu")

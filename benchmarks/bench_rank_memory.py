@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--repetitions", type=int, default=2, help="subprocess runs per variant (interleaved)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results-dir", type=Path, default=_common.RESULTS_DIR)
+    parser.add_argument("--results-dir", type=Path, default=None, help=_common.RESULTS_DIR_HELP)
     parser.add_argument("--name", default=None, help="result file name (default bench_rank_memory, bench_rank_memory_quick with --quick)")
     parser.add_argument("--wait-quiet", type=float, default=180, help="first wait up to this many seconds for other processes to leave the CPUs (0: do not wait)")
     parser.add_argument("--quick", action="store_true", help="smoke run (< 60 s)")
@@ -47,6 +47,7 @@ def parse_args(argv=None):
         args.wait_quiet = 0
         args.queries, args.gallery, args.repetitions = 2_000, 10_000, 1
     args.name = args.name or ("bench_rank_memory_quick" if args.quick else "bench_rank_memory")
+    args.results_dir = _common.results_dir_for(args.results_dir, args.quick)
     return args
 
 

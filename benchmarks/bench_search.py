@@ -22,7 +22,8 @@ one set is handed to the index build as its tuning queries (as ``index`` hands i
 checkpoint's encoded captions), another is timed, one query per call. Recall scores the
 returned ids exactly (a compressed index's own scores are approximate). The headline row
 per size is the setting the index chose itself (``recall_target`` 0.95 plus a 0.02
-margin); ``sweep`` lists the neighbouring settings. Writes benchmarks/results/bench_search.json.
+margin); ``sweep`` lists the neighbouring settings. Writes benchmarks/results/bench_search.json
+(``--quick``: a smoke run whose result goes to a temporary folder unless ``--results-dir`` is given).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _faiss_threads() -> int:
     return faiss.omp_get_max_threads()
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000], help="clip-like gallery sizes")
     parser.add_argument("--isotropic-sizes", type=int, nargs="*", default=[100_000], help="isotropic (worst-case) gallery sizes")
@@ -138,12 +139,14 @@ def main() -> None:
     parser.add_argument("--kind", default="hnsw", choices=("hnsw", "ivf", "ivfpq"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wait-quiet", type=float, default=180, help="first wait up to this many seconds for other processes to leave the CPUs (0: do not wait)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 20k vectors of each kind, 200 queries (< 1 minute)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10k clip-like and 5k isotropic vectors, 100 queries (about 20 s)")
     parser.add_argument("--name", default=None, help="result file name (default bench_search, bench_search_quick with --quick)")
-    args = parser.parse_args()
+    parser.add_argument("--results-dir", type=Path, default=None, help=_common.RESULTS_DIR_HELP)
+    args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.isotropic_sizes, args.full_dim_sizes, args.queries, args.wait_quiet = [20_000], [20_000], [20_000], 200, 0
+        args.sizes, args.isotropic_sizes, args.full_dim_sizes, args.queries, args.wait_quiet = [10_000], [5_000], [5_000], 100, 0
     name = args.name or ("bench_search_quick" if args.quick else "bench_search")
+    results_dir = _common.results_dir_for(args.results_dir, args.quick)
     parameters = {key: getattr(args, key) for key in ("sizes", "isotropic_sizes", "full_dim_sizes", "dim", "queries", "kind", "seed")}
     runs = [("clip-like", size, 128) for size in args.sizes] + [("isotropic", size, 128) for size in args.isotropic_sizes]
     runs += [("clip-like", size, 0) for size in args.full_dim_sizes]
@@ -155,7 +158,8 @@ def main() -> None:
         results.append({**row, "quiet_wait": quiet, "cpu_load": load.result})
         print(json.dumps({key: value for key, value in row.items() if key != "sweep"}), flush=True)
         goal_met = any(r["data"] == "clip-like" and r["size"] >= 1_000_000 and r["p50_ms"] <= 5 and r["recall@10"] >= 0.95 for r in results)
-        _common.write_result(name, {"goal": GOAL, "goal_met": goal_met, "parameters": parameters, "machine": _common.machine(), "results": results})
+        path = _common.write_result(name, {"goal": GOAL, "goal_met": goal_met, "parameters": parameters, "machine": _common.machine(), "results": results}, results_dir)
+    print(f"bench_search: {len(results)} rows; wrote {path}")
 
 
 if __name__ == "__main__":

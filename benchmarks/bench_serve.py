@@ -38,8 +38,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-SERVE = ("import sys; from traffic_retrieval.serve.commands import build_parser; a = build_parser().parse_args(sys.argv[1:])\n"
-         "try:\n    a.func(a)\nexcept KeyboardInterrupt:\n    pass")
 
 
 def parse_args(argv=None):
@@ -54,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--variant", action="append", metavar="NAME=BATCH_SIZE/WAIT_MS",
                         help="a server setting to measure (repeatable; default: batched=32/ (the default wait), batched_wait_2ms=32/2, unbatched=1/0)")
     parser.add_argument("--cache-dir", type=Path, default=_common.DEFAULT_CACHE_DIR)
-    parser.add_argument("--results-dir", type=Path, default=_common.RESULTS_DIR)
+    parser.add_argument("--results-dir", type=Path, default=None, help=_common.RESULTS_DIR_HELP)
     parser.add_argument("--name", default=None, help="result file name (default serve_load, serve_load_quick with --quick)")
     parser.add_argument("--wait-quiet", type=float, default=60, help="first wait up to this many seconds for other processes to leave the CPUs")
     parser.add_argument("--quick", action="store_true", help="smoke run")
@@ -62,6 +60,7 @@ def parse_args(argv=None):
     if args.quick:
         args.images, args.requests, args.warmup, args.wait_quiet = 1_000, 200, 10, 0
     args.name = args.name or ("serve_load_quick" if args.quick else "serve_load")
+    args.results_dir = _common.results_dir_for(args.results_dir, args.quick)
     args.variants = {}
     for text in args.variant or ["batched=32/", "batched_wait_2ms=32/2", "unbatched=1/0"]:
         name, _, setting = text.partition("=")
@@ -75,7 +74,8 @@ def build_gallery_index(args) -> tuple[Path, Path, dict]:
     """(index folder, dataset, build info): linked gallery, labels, tiny checkpoint, index; reused when complete."""
     import torch
 
-    from traffic_retrieval.index import IndexConfig, build_index
+    from traffic_retrieval.commands.index import IndexConfig
+    from traffic_retrieval.commands.index import run as build_index
     from traffic_retrieval.io import atomic_torch_save, atomic_write_text
     from traffic_retrieval.model.factory import checkpoint_payload, create_model
 
@@ -117,7 +117,7 @@ def build_gallery_index(args) -> tuple[Path, Path, dict]:
 
 # -- one load run ----------------------------------------------------------------------------
 def start_server(index: Path, batch_size: int, wait_ms: float | None) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-c", SERVE, "serve", "--index", str(index), "--port", "0", "--log-level", "warning", "--batch-size", str(batch_size)]
+    command = [sys.executable, "-m", "traffic_retrieval", "serve", "--index", str(index), "--port", "0", "--log-level", "warning", "--batch-size", str(batch_size)]
     command += ["--batch-wait-ms", str(wait_ms)] if wait_ms is not None else []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_common.REPO_ROOT)
     line = process.stdout.readline()

@@ -19,6 +19,11 @@ Measured per run, both sides alike:
 Ours' first run builds the decoded-image cache; it is timed separately (cold)
 and not part of the comparison. Runs alternate ours, peer, ours, peer, ...
 Goal documented in benchmarks/README.md: ours >= 1.2x open_clip_train's steady samples/s.
+
+``--quick`` is a smoke run (well under a minute) that installs nothing and needs no
+network: it runs open_clip_train only when its extra packages are already importable
+(an earlier full run installed them in the cache folder), else only our side, and
+says so; its result goes to a temporary folder unless ``--results-dir`` is given.
 """
 
 from __future__ import annotations
@@ -59,10 +64,11 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--no-cold-run", dest="cold_run", action="store_false", help="skip the untimed first run that builds ours' image cache")
     parser.add_argument("--cache-dir", type=Path, default=_common.DEFAULT_CACHE_DIR)
-    parser.add_argument("--results-dir", type=Path, default=_common.RESULTS_DIR)
+    parser.add_argument("--results-dir", type=Path, default=None, help=_common.RESULTS_DIR_HELP)
     parser.add_argument("--name", default=None, help="result file name (default bench_train, bench_train_quick with --quick)")
+    parser.add_argument("--ours-only", action="store_true", help="run only our side (no open_clip_train, nothing installed)")
     parser.add_argument("--wait-quiet", type=float, default=180, help="first wait up to this many seconds for other processes to leave the CPUs (0: do not wait)")
-    parser.add_argument("--quick", action="store_true", help="smoke run (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="smoke run (< 60 s; open_clip_train only if already installed)")
     args = parser.parse_args(argv)
     if args.quick:
         args.wait_quiet = 0
@@ -71,15 +77,19 @@ def parse_args(argv=None):
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is warm-up)")
     args.name = args.name or ("bench_train_quick" if args.quick else "bench_train")
+    args.results_dir = _common.results_dir_for(args.results_dir, args.quick)
     return args
 
 
-def peer_pythonpath(cache_dir: Path) -> str:
-    """A PYTHONPATH with open_clip_train's data dependencies (installed once if missing)."""
+def peer_pythonpath(cache_dir: Path, install: bool = True) -> str | None:
+    """A PYTHONPATH with open_clip_train's data dependencies, installed once if missing
+    (``install`` False: None when they are not there already)."""
     site = Path(cache_dir) / "peer-site"
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     env = os.environ | {"PYTHONPATH": path}
     if subprocess.run([sys.executable, "-c", PEER_IMPORTS], env=env, capture_output=True).returncode != 0:
+        if not install:
+            return None
         print(f"[bench_train] installing open_clip_train's data dependencies into {site}", file=sys.stderr, flush=True)
         install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), *PEER_PACKAGES], capture_output=True, text=True)
         if install.returncode != 0:
@@ -133,12 +143,8 @@ def run_timed(command: list[str], env: dict, epoch_file: Path, log_file: Path) -
 
 
 def ours_epochs(records: list[dict]) -> list[dict]:
-    """Epoch k's steps run from the end of save k-1 to the start of save k."""
-    epochs = []
-    for previous, current in zip(records, records[1:]):
-        epochs.append({"epoch": current["epoch"], "seconds": current["save_start"] - previous["save_end"],
-                       "samples": current["samples_seen"] - previous["samples_seen"]})
-    return epochs
+    """Epochs 2..N as the trainer's ``on_epoch_end`` hook timed them (``_ours_train_launcher.py``)."""
+    return [{"epoch": r["epoch"], "seconds": r["seconds"], "samples": r["samples"]} for r in records if r["epoch"] >= 2]
 
 
 def peer_epochs(records: list[dict]) -> list[dict]:
@@ -164,6 +170,17 @@ def summarize(run: dict, epochs: list[dict]) -> dict:
     return {"wall_seconds": run["wall_seconds"], "steady_epochs": epochs, "steady_samples_per_second": samples / seconds if seconds else None}
 
 
+def peer_environment(args) -> tuple[dict | None, str | None]:
+    """(the peer's environment, or None with the reason it does not run)."""
+    threads = {"OMP_NUM_THREADS": str(args.threads)}
+    if args.ours_only:
+        return None, "--ours-only"
+    path = peer_pythonpath(args.cache_dir, install=not args.quick)
+    if path is None:
+        return None, "its extra packages (pandas, webdataset, ...) are not installed and --quick installs nothing; a full run installs them"
+    return os.environ | threads | {"PYTHONPATH": path}, None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     data = _common.synthetic_dataset(args.cache_dir, train_pedestrians=args.train_pedestrians, train_vehicles=args.train_vehicles,
@@ -176,9 +193,10 @@ def main(argv=None) -> int:
     runs_dir = Path(args.cache_dir) / f"train-runs-{os.getpid()}"
     shutil.rmtree(runs_dir, ignore_errors=True)
     runs_dir.mkdir(parents=True)
-    threads = {"OMP_NUM_THREADS": str(args.threads)}
-    ours_env = os.environ | threads
-    peer_env = os.environ | threads | {"PYTHONPATH": peer_pythonpath(args.cache_dir)}
+    ours_env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+    peer_env, peer_skipped = peer_environment(args)
+    if peer_skipped:
+        print(f"[bench_train] open_clip_train not run ({peer_skipped}): measuring our side only", file=sys.stderr, flush=True)
 
     quiet = _common.wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     # cold: ours builds (or loads) its decoded-image cache; timed, not compared
@@ -206,13 +224,15 @@ def main(argv=None) -> int:
         return result
 
     load_before = _common.loadavg()
-    reps = _common.interleave({"ours": ours, "peer": peer}, args.repetitions, warmup=0)
+    reps = _common.interleave({"ours": ours} if peer_skipped else {"ours": ours, "peer": peer}, args.repetitions, warmup=0)
     load_after = _common.loadavg()
     shutil.rmtree(runs_dir, ignore_errors=True)
     medians = {side: {"steady_samples_per_second": _common.median([r["steady_samples_per_second"] for r in runs]),
                       "wall_seconds": _common.median([r["wall_seconds"] for r in runs])} for side, runs in reps.items()}
-    speedup = medians["ours"]["steady_samples_per_second"] / medians["peer"]["steady_samples_per_second"]
-    wall_speedup = medians["peer"]["wall_seconds"] / medians["ours"]["wall_seconds"]
+    speedup = wall_speedup = None
+    if "peer" in medians:
+        speedup = medians["ours"]["steady_samples_per_second"] / medians["peer"]["steady_samples_per_second"]
+        wall_speedup = medians["peer"]["wall_seconds"] / medians["ours"]["wall_seconds"]
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("results_dir",)}
     path = _common.write_result(args.name, {
         "compares": "traffic-retrieval train (shipped recipe) vs python -m open_clip_train.main (csv data), same model/batch/epochs/bf16 autocast",
@@ -222,20 +242,25 @@ def main(argv=None) -> int:
         "parameters": params | {"train_pairs": len(rows), "steps_per_epoch": len(rows) // args.batch_size,
                                  "ours_command": ours_command(args, Path("WORK"), Path("RUN"), args.epochs)[1:],
                                  "peer_command": peer_command(args, Path("train.tsv"), Path("LOGS"), "NAME", args.epochs)[1:]},
+        "peer_skipped": peer_skipped,
         "quiet_wait": quiet,
         "ours_cold_run": cold and {"epochs": 1, "wall_seconds": cold["wall_seconds"], "note": "first run: builds ours' decoded-image cache (or loads it when an earlier invocation built it)"},
         "repetitions": reps,
         "medians": medians,
         "speedup": speedup,
-        "speedup_paired_median": _common.paired_speedup(reps["ours"], reps["peer"], "steady_samples_per_second"),
+        "speedup_paired_median": _common.paired_speedup(reps["ours"], reps["peer"], "steady_samples_per_second") if "peer" in reps else None,
         "wall_time_speedup": wall_speedup,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
-        "goal_met": speedup >= GOAL_SPEEDUP,
+        "goal_met": speedup >= GOAL_SPEEDUP if speedup is not None else None,
     }, args.results_dir)
-    print(f"bench_train: {args.model}, batch {args.batch_size}, {len(rows)} pairs x {args.epochs} epochs: ours {medians['ours']['steady_samples_per_second']:.1f} "
-          f"vs open_clip_train {medians['peer']['steady_samples_per_second']:.1f} samples/s steady = {speedup:.2f}x "
-          f"(wall {medians['ours']['wall_seconds']:.1f} vs {medians['peer']['wall_seconds']:.1f} s = {wall_speedup:.2f}x); goal >= {GOAL_SPEEDUP}x; wrote {path}")
+    ours_text = f"ours {medians['ours']['steady_samples_per_second']:.1f} samples/s steady (wall {medians['ours']['wall_seconds']:.1f} s)"
+    if peer_skipped:
+        comparison = f"{ours_text}; open_clip_train not run ({peer_skipped})"
+    else:
+        comparison = (f"{ours_text} vs open_clip_train {medians['peer']['steady_samples_per_second']:.1f} (wall {medians['peer']['wall_seconds']:.1f} s) "
+                      f"= {speedup:.2f}x steady, {wall_speedup:.2f}x wall; goal >= {GOAL_SPEEDUP}x")
+    print(f"bench_train: {args.model}, batch {args.batch_size}, {len(rows)} pairs x {args.epochs} epochs: {comparison}; wrote {path}")
     return 0
 
 

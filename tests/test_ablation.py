@@ -2,7 +2,7 @@
 
 import json
 
-from traffic_retrieval.ablation import STAGES
+from traffic_retrieval.commands.ablate import STAGES
 from traffic_retrieval.cli import main
 from traffic_retrieval.synth import SynthConfig, generate_dataset
 

@@ -20,7 +20,9 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install -e .)")
 
 from traffic_retrieval.synth import SynthConfig, generate_dataset  # noqa: E402
-from traffic_retrieval.index import IndexConfig, Retriever, build_index  # noqa: E402
+from traffic_retrieval.commands.index import IndexConfig  # noqa: E402
+from traffic_retrieval.commands.index import run as build_index  # noqa: E402
+from traffic_retrieval.index import Retriever  # noqa: E402
 from traffic_retrieval.io import atomic_torch_save  # noqa: E402
 from traffic_retrieval.model.factory import checkpoint_payload, create_model  # noqa: E402
 from traffic_retrieval.serve.app import ServeSettings, create_app  # noqa: E402

@@ -4,7 +4,7 @@ import pytest
 
 from traffic_retrieval.config import build_config, config_to_dict
 from traffic_retrieval.errors import TrafficRetrievalError
-from traffic_retrieval.train.trainer import TrainConfig
+from traffic_retrieval.commands.train import TrainConfig
 
 
 def test_presets_load_and_flags_win(tmp_path):

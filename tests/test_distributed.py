@@ -64,7 +64,7 @@ def test_one_process_under_torchrun_still_uses_ddp(prepared, monkeypatch):
 
 
 def test_plain_process_is_not_distributed(monkeypatch):
-    from traffic_retrieval.train.distributed import init_distributed
+    from traffic_retrieval.runtime import init_distributed
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)

@@ -1,5 +1,6 @@
 """The persistent gallery index: build, search, incremental updates, resumption after
-SIGKILL, checkpoint identity, unreadable images, FAISS recall and torchrun (2 CPU ranks).
+SIGKILL, checkpoint identity, unreadable images, FAISS recall, torchrun (1 and 2 CPU
+ranks), and the ``index`` and ``search`` commands.
 
 A tiny randomly initialised TR-Tiny-RN and 40 synthetic test-split images keep it fast.
 """
@@ -22,10 +23,14 @@ import torch
 
 from traffic_retrieval.synth import SynthConfig, generate_dataset
 from traffic_retrieval.errors import TrafficRetrievalError
-from traffic_retrieval.index import IndexConfig, Retriever, SearchResult, build_index, read_indexed_gallery
+from traffic_retrieval.cli import main
+from traffic_retrieval.commands.index import IndexConfig, format_report
+from traffic_retrieval.commands.index import run as build_index
+from traffic_retrieval.index import Retriever, SearchResult, read_indexed_gallery
 from traffic_retrieval.index import faiss_index
-from traffic_retrieval.index.commands import build_parser
+from traffic_retrieval.index.faiss_search import FaissGallerySearch
 from traffic_retrieval.index.store import IndexStore
+from traffic_retrieval.retrieval.search import search_routed, search_targets
 from traffic_retrieval.io import atomic_torch_save
 from traffic_retrieval.model.factory import checkpoint_payload, create_model, file_sha256
 
@@ -141,19 +146,54 @@ def test_search_returns_typed_results_sorted_by_score(built):
 
 def test_search_and_index_commands(built, source, tmp_path, capsys):
     out, _ = built
-    parser = build_parser()
-    args = parser.parse_args(["search", "--index", str(out), "This is a white Audi.", "-k", "3", "--json", "--device", "cpu"])
-    args.func(args)
+    assert main(["search", "--index", str(out), "This is a white Audi.", "-k", "3", "--json", "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["query"] == "This is a white Audi." and [r["rank"] for r in printed["results"]] == [1, 2, 3]
-    args = parser.parse_args(["search", "--index", str(out), "a man", "--category", "pedestrian", "--device", "cpu"])
-    args.func(args)
+    assert main(["search", "--index", str(out), "a man", "--category", "pedestrian", "--device", "cpu", "--precision", "fp32"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 10 and all("pedestrian" in line and line.split()[3].endswith(".jpg") for line in lines)
-    args = parser.parse_args(["index", "--images", str(source["gallery"]), "--checkpoint", str(source["checkpoint"]), "--out", str(out),
-                              "--workers", "0", "--no-progress", "--device", "cpu"])
-    args.func(args)
+    assert main(["search", "--index", str(out), "a man", "a car", "--k", "2", "--category", "all", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("query: ") == 2
+    assert main(["index", "--images", str(source["gallery"]), "--checkpoint", str(source["checkpoint"]), "--out", str(out), "--labels", str(source["labels"]),
+                 "--kind", "flat", "--flat-max", "100000", "--recall-target", "0.95", "--reduce-dim", "128", "--batch-size", "8", "--workers", "0",
+                 "--shard-size", "8", "--device", "cpu", "--precision", "auto", "--no-progress"]) == 0
     assert "encoded 0" in capsys.readouterr().out
+    assert main(["search", "--index", str(out), "a car", "-k", "0"]) == 2
+    assert "k must be at least 1" in capsys.readouterr().err
+    config_file = tmp_path / "index.yaml"
+    config_file.write_text(f"images: {source['gallery']}\ncheckpoint: {source['checkpoint']}\nout: {out}\nworkers: 0\ndevice: cpu\nprogress: false\n")
+    assert main(["index", "--config", str(config_file), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["encoded"] == 0
+
+
+def test_search_command_returns_data(built):
+    from traffic_retrieval.commands import search
+
+    out, _ = built
+    result = search.run(search.SearchConfig(text=["This is a white Audi.", "A man."], index=out, k=4, device="cpu"))
+    assert [s["query"] for s in result["searches"]] == ["This is a white Audi.", "A man."]
+    assert [[r["rank"] for r in s["results"]] for s in result["searches"]] == [[1, 2, 3, 4]] * 2
+    for bad, message in ((dict(index=None), "needs --index"), (dict(category="bicycle"), "category must be one of"), (dict(k=1001), "k must be at most")):
+        with pytest.raises(TrafficRetrievalError, match=message):
+            search.run(search.SearchConfig(**{"text": ["a car"], "index": out, "device": "cpu", **bad}))
+
+
+def test_faiss_search_equals_exact_search_over_the_same_index(built):
+    """The FAISS gallery search behind Retriever and the exact one behind predict --index
+    answer routed queries alike (flat indexes: the same images, the same scores)."""
+    out, _ = built
+    gallery = read_indexed_gallery(out)
+    faiss_search = FaissGallerySearch.load(out, gallery.info["faiss"])
+    exact = gallery.exact_search(by_id=True)
+    assert faiss_search.categories() == exact.categories() == ["pedestrian", "vehicle"]
+    queries = torch.nn.functional.normalize(torch.randn(6, gallery.embeddings.shape[1], generator=torch.Generator().manual_seed(0)), dim=1)
+    targets = search_targets(["pedestrian", "vehicle", "all", "pedestrian", "bicycle", "vehicle"], faiss_search.categories())
+    assert targets[4] == "all"
+    found, expected = search_routed(faiss_search, queries, targets, 7), search_routed(exact, queries, targets, 7)
+    assert [[i for i, _ in row] for row in found] == [[i for i, _ in row] for row in expected]
+    np.testing.assert_allclose([[s for _, s in row] for row in found], [[s for _, s in row] for row in expected], atol=1e-5)
+    by_position = gallery.exact_search().search(queries[:1], 3, "vehicle")[0]
+    assert [gallery.ids[position] for position, _ in by_position] == [i for i, _ in search_routed(exact, queries[:1], ["vehicle"], 3)[0]]
 
 
 def test_incremental_updates_encode_only_what_changed(built, source, tmp_path):
@@ -197,6 +237,27 @@ def test_incremental_updates_encode_only_what_changed(built, source, tmp_path):
     assert (report["encoded"], report["attempted"], report["unreadable"]) == (0, 0, 1)
 
 
+def test_an_index_written_before_schema_versions_is_upgraded_in_place(built, source, tmp_path):
+    """A whole index of schema version 1 (its meta.sqlite put back to the v1 schema of
+    tests/fixtures/index_meta_v1.sql) is searched as it was, and updating it rebuilds nothing."""
+    out = tmp_path / "INDEX"
+    shutil.copytree(built[0], out)
+    db = sqlite3.connect(out / "meta.sqlite", isolation_level=None)
+    db.execute("DROP INDEX images_indexed_by_category")
+    db.execute("DROP INDEX images_uncategorised")
+    db.execute("PRAGMA user_version = 0")
+    v1_schema = [sql for (sql,) in db.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'")]
+    db.close()
+    fixture = (REPO_ROOT / "tests" / "fixtures" / "index_meta_v1.sql").read_text()
+    assert all(sql in fixture for sql in v1_schema) and len(v1_schema) == fixture.count("CREATE ")
+    with Retriever.open(built[0], device="cpu") as current, Retriever.open(out, device="cpu") as upgraded:
+        assert_same_results([upgraded.search("This is a white Audi.", k=10)], [current.search("This is a white Audi.", k=10)], atol=0)
+    with IndexStore(out / "meta.sqlite", readonly=True) as store:
+        assert store.schema_version == 2
+    report = build_index(config(source, out))
+    assert (report["encoded"], report["unchanged"], report["faiss_rebuilt"]) == (0, 40, False)
+
+
 def test_a_different_checkpoint_is_refused(built, source):
     out, _ = built
     with pytest.raises(TrafficRetrievalError, match="different model"):
@@ -230,7 +291,7 @@ def test_shards_written_but_not_committed_are_recovered(built, source, tmp_path,
 KILLABLE_BUILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from traffic_retrieval.index.build import IndexConfig, build_index
+    from traffic_retrieval.index.build import build_index
     from traffic_retrieval.index.store import IndexStore
 
     original = IndexStore.commit_shard
@@ -240,7 +301,7 @@ KILLABLE_BUILD = textwrap.dedent("""
         return committed
     IndexStore.commit_shard = slow_commit
     images, checkpoint, out, labels = map(Path, sys.argv[1:])
-    build_index(IndexConfig(images=images, checkpoint=checkpoint, out=out, labels=labels, shard_size=8, batch_size=8, workers=0, progress=False, device="cpu"))
+    build_index(images, checkpoint, out, labels=labels, shard_size=8, batch_size=8, workers=0, progress=False, device="cpu")
 """)
 
 
@@ -270,18 +331,18 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_build(built, source, tmp_pat
     assert_same_index(snapshot(out), snapshot(built[0]))
 
 
-def test_torchrun_two_cpu_ranks_equal_one_process(built, source, tmp_path):
+@pytest.mark.parametrize("processes", [2, 1])
+def test_torchrun_cpu_ranks_equal_one_process(built, source, tmp_path, processes):
+    """torchrun with 2 ranks, and with 1 (a process group of one: the same code path)."""
     out = tmp_path / "INDEX"
-    script = tmp_path / "index_main.py"
-    script.write_text("import sys\nfrom traffic_retrieval.index.commands import build_parser\nargs = build_parser().parse_args(sys.argv[1:])\nargs.func(args)\n")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), "index",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "-m", "traffic_retrieval", "index",
                "--images", str(source["gallery"]), "--checkpoint", str(source["checkpoint"]), "--out", str(out), "--labels", str(source["labels"]),
                "--shard-size", "8", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--no-progress", "--json"]
     finished = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = json.loads(finished.stdout[finished.stdout.index("{"):])
-    assert report["world_size"] == 2 and report["encoded"] == 40 and report["count"] == 40
-    assert json.loads((out / "index.json").read_text())["world_size"] == 2
+    assert report["world_size"] == processes and report["encoded"] == 40 and report["count"] == 40
+    assert json.loads((out / "index.json").read_text())["world_size"] == processes
     # same ids -> paths, categories; embeddings up to the float noise of a different thread count
     assert_same_index(snapshot(out), snapshot(built[0]), atol=2e-3)
 
@@ -366,8 +427,6 @@ def test_ivfpq_is_compressed_and_reaches_recall_measured_by_exact_rescoring(tmp_
 
 
 def test_report_warns_when_recall_is_under_the_target(built):
-    from traffic_retrieval.index.build import format_report
-
     _, report = built
     assert "warning" not in format_report(report)
     assert "warning: recall@10 0.800 is under the target 0.95" in format_report({**report, "recall@10": 0.8})
@@ -385,8 +444,10 @@ def test_reduced_graph_that_misses_the_target_is_rebuilt_on_full_vectors():
 
 
 def test_config_errors_are_one_line(source, tmp_path):
-    for overrides, message in ((dict(images=tmp_path / "missing"), "gallery directory not found"), (dict(kind="annoy"), "--kind"),
-                               (dict(shard_size=0), "--shard-size"), (dict(labels=tmp_path / "missing.txt"), "label file not found")):
+    for overrides, message in ((dict(images=tmp_path / "missing"), "gallery directory not found"), (dict(kind="annoy"), "kind must be one of"),
+                               (dict(shard_size=0), "shard_size must be at least 1"), (dict(labels=tmp_path / "missing.txt"), "label file not found"),
+                               (dict(device="gpu"), "--device must be"), (dict(recall_target=1.5), "recall_target must be at most 1"),
+                               (dict(checkpoint=None), "index needs --checkpoint")):
         with pytest.raises(TrafficRetrievalError, match=message):
             build_index(config(source, tmp_path / "INDEX", **overrides))
     (tmp_path / "empty").mkdir()

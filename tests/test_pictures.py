@@ -82,7 +82,7 @@ def test_contact_sheet_missing_images_and_bad_input(dataset, tmp_path):
 
 def write_log(run_dir: Path, records: list[dict]) -> None:
     """train.log exactly as the trainer writes it (its RunLog)."""
-    from traffic_retrieval.train.trainer import RunLog
+    from traffic_retrieval.train.log import RunLog
 
     log = RunLog(run_dir)
     log.line("training TR-Tiny-RN on 16 pairs (0 unreadable images skipped), 3 epochs x 2 steps of 8 on 1 process(es), device cpu, autocast None")

@@ -28,12 +28,14 @@ from PIL import Image  # noqa: E402
 
 from traffic_retrieval.synth import SynthConfig, generate_dataset  # noqa: E402
 from traffic_retrieval.errors import TrafficRetrievalError  # noqa: E402
-from traffic_retrieval.index import IndexConfig, Retriever, build_index  # noqa: E402
+from traffic_retrieval.commands.index import IndexConfig  # noqa: E402
+from traffic_retrieval.commands.index import run as build_index  # noqa: E402
+from traffic_retrieval.index import Retriever  # noqa: E402
 from traffic_retrieval.io import atomic_torch_save  # noqa: E402
 from traffic_retrieval.model.factory import checkpoint_payload, create_model  # noqa: E402
 from traffic_retrieval.serve.app import ServeSettings, create_app, label_text  # noqa: E402
 from traffic_retrieval.serve.batching import MicroBatcher  # noqa: E402
-from traffic_retrieval.serve.commands import build_parser  # noqa: E402
+from traffic_retrieval.cli import build_parser  # noqa: E402
 from traffic_retrieval.serve.server import running_server  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -392,8 +394,7 @@ def test_serve_flags_default_to_loopback():
 def test_serve_command_runs_uvicorn_on_loopback(index):
     # a shell starts background jobs with SIGINT ignored; give the server a terminal's Ctrl-C handler
     code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            "from traffic_retrieval.serve.commands import build_parser; a = build_parser().parse_args(sys.argv[1:])\n"
-            "try:\n    a.func(a)\nexcept KeyboardInterrupt:\n    sys.exit(130)")  # as cli.main does
+            "from traffic_retrieval.cli import main; sys.exit(main(sys.argv[1:]))")
     process = subprocess.Popen([sys.executable, "-c", code, "serve", "--index", str(index), "--port", "0", "--device", "cpu", "--log-level", "warning"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     try:
@@ -408,3 +409,53 @@ def test_serve_command_runs_uvicorn_on_loopback(index):
         process.wait(timeout=20)
     errors = process.stderr.read()
     assert process.returncode == 130 and "Traceback" not in errors, errors  # uvicorn shut down cleanly, then re-raised the Ctrl-C
+
+
+# -- one app's settings, the routes every app shares -------------------------------------------
+def test_each_app_enforces_and_documents_its_own_limits(client, retriever):
+    settings = ServeSettings(max_k=5, max_query_chars=20, max_batch_queries=2, thumbnail_size=64, search_timeout_s=2.5)
+    with TestClient(create_app(retriever, settings)) as small:
+        assert small.get("/api/search", params={"q": AUDI[:20]}).json()["k"] == 5  # the default k is max_k when that is under 10
+        assert small.post("/api/search", json={"queries": [AUDI[:20]]}).json()["k"] == 5
+        for params, reason in (({"q": "a car", "k": 6}, "k: Input should be less than or equal to 5"),
+                               ({"q": "a car", "k": 10}, "k: Input should be less than or equal to 5"),
+                               ({"q": "x" * 21}, "q: String should have at most 20 characters"),
+                               ({"q": "x" * 21, "k": 6}, "q: String should have at most 20 characters; k: Input should be less than or equal to 5")):
+            response = small.get("/api/search", params=params)
+            assert response.status_code == 422 and response.json()["detail"] == reason, response.json()
+        for body, reason in (({"queries": ["a", "b", "c"]}, "queries: List should have at most 2 items after validation, not 3"),
+                             ({"queries": ["a", "x" * 21], "k": 6}, "queries[1]: String should have at most 20 characters; k: Input should be less than or equal to 5")):
+            response = small.post("/api/search", json=body)
+            assert response.status_code == 422 and response.json()["detail"] == reason, response.json()
+        assert client.get("/api/search", params={"q": "x" * 21, "k": 6}).status_code == 200  # the other app keeps its own limits
+        assert small.get("/api/info").json()["limits"] == {"max_k": 5, "max_query_chars": 20, "max_batch_queries": 2}
+        spec = small.get("/openapi.json").json()
+    default_spec = client.get("/openapi.json").json()
+    for schema, (max_k, default_k, max_chars, max_queries, side, timeout) in ((spec, (5, 5, 20, 2, 64, "2.5")), (default_spec, (100, 10, 1000, 64, 256, "30"))):
+        parameters = {p["name"]: p for p in schema["paths"]["/api/search"]["get"]["parameters"]}
+        assert parameters["q"]["schema"]["maxLength"] == max_chars
+        assert (parameters["k"]["schema"]["maximum"], parameters["k"]["schema"]["default"]) == (max_k, default_k)
+        assert parameters["category"]["description"] == "one of routed, all, pedestrian, vehicle"
+        batch = schema["components"]["schemas"]["BatchSearchRequest"]["properties"]
+        assert (batch["queries"]["maxItems"], batch["queries"]["items"]["maxLength"], batch["k"]["maximum"], batch["k"]["default"]) == (max_queries, max_chars, max_k, default_k)
+        assert schema["paths"]["/api/thumbnails/{image_id}"]["get"]["summary"] == f"A JPEG thumbnail (at most {side} px a side)"
+        assert schema["paths"]["/api/search"]["post"]["responses"]["503"]["description"] == f"the search did not finish within {timeout} s"
+
+
+def test_serve_settings_load_neither_fastapi_nor_pydantic():
+    # the serve command builds its settings (and the CLI its --help) before anything heavy loads
+    code = ("import sys\nfrom traffic_retrieval.config import build_config\nfrom traffic_retrieval.serve import server, settings\n"
+            "build_config(settings.ServeSettings, None, {'precision': 'fp32', 'device': 'cuda:1', 'log_level': 'debug'})\n"
+            "print(sorted({name.split('.')[0] for name in sys.modules} & {'fastapi', 'pydantic', 'starlette', 'uvicorn', 'torch'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout[-500:], done.stderr[-2000:])
+
+
+def test_serve_settings_take_the_shared_option_types():
+    from traffic_retrieval.config import build_config
+
+    settings = build_config(ServeSettings, None, {"precision": "bf16", "device": "cuda:0", "log_level": "warning"})
+    assert (settings.precision, settings.device, settings.log_level) == ("bf16", "cuda:0", "warning")
+    for key, value in (("precision", "fp64"), ("device", "gpu"), ("log_level", "loud")):
+        with pytest.raises(TrafficRetrievalError, match=key.replace("_", "-") if key == "device" else key):
+            build_config(ServeSettings, None, {key: value})

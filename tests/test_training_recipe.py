@@ -6,7 +6,9 @@ from traffic_retrieval.config import build_config
 from traffic_retrieval.data.vocabulary import VehicleVocabulary
 from traffic_retrieval.model.factory import create_model
 from traffic_retrieval.train.attribute_heads import IGNORE, attribute_loss, attribute_targets, head_logits, make_attribute_heads
-from traffic_retrieval.train.trainer import TrainConfig, cosine_lr, lock_towers
+from traffic_retrieval.commands.train import TrainConfig
+from traffic_retrieval.train.schedule import cosine_lr, plan_schedule
+from traffic_retrieval.train.setup import lock_towers
 
 
 def test_warmup_then_cosine():
@@ -14,6 +16,16 @@ def test_warmup_then_cosine():
     assert cosine_lr(9, 1.0, 10, 110) == 1.0
     assert math.isclose(cosine_lr(60, 1.0, 10, 110), 0.5)
     assert cosine_lr(110, 1.0, 10, 110) == 0.0
+
+
+def test_schedule_splits_an_epoch_into_micro_batches():
+    import torch
+
+    schedule = plan_schedule(num_samples=50, batch_size=8, grad_accum=2, epochs=3, lr=1.0, warmup=0)
+    assert (schedule.steps_per_epoch, schedule.total_steps, schedule.samples_per_step) == (3, 9, 16)
+    order = torch.arange(50)
+    assert [m.tolist() for m in schedule.micro_batches(order, 1)] == [list(range(16, 24)), list(range(24, 32))]
+    assert plan_schedule(num_samples=5, batch_size=8, grad_accum=1, epochs=1, lr=1.0, warmup=0).batch_size == 5  # never more than the data
 
 
 def test_seed_preset_builds_real_vit_bigg_with_gradient_checkpointing_without_weights():
@@ -51,7 +63,7 @@ def test_attribute_targets_and_loss():
 def test_lock_towers_freezes_what_it_says():
     loaded = create_model("TR-Tiny-RN")
     # open_clip's groups, from the end: the projection, then the last block with ln_final, ...
-    lock_towers(loaded.model, TrainConfig(lock_image=True, lock_text=True, lock_text_unlocked_layers=2))
+    lock_towers(loaded.model, loaded.model_name, lock_image=True, lock_text=True, text_unlocked_layers=2)
     assert not any(p.requires_grad for p in loaded.model.visual.parameters())
     assert not loaded.model.token_embedding.weight.requires_grad
     assert not any(p.requires_grad for p in loaded.model.transformer.resblocks[0].parameters())

@@ -344,7 +344,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
         elif typing.get_origin(inner) in (list, tuple):
             kwargs.update(nargs="+", type=(typing.get_args(inner) or (str,))[0])
         elif choices:
-            kwargs["type"] = type(choices[0])
+            kwargs.update(type=type(choices[0]), metavar="{" + ",".join(str(c) for c in choices) + "}")
         elif inner in (int, float, str, Path):
             kwargs["type"] = inner
         if metadata.get("metavar"):

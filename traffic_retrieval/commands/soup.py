@@ -45,7 +45,7 @@ def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[
     from ..model.factory import load_checkpoint
     from ..runtime import resolve_runtime
     from ..train.data import build_training_set
-    from ..train.trainer import validate
+    from ..train.validate import validate
 
     labels = val_label_file(val_dir)
     _, _, rows, _ = split_rows(val_dir, "val")

@@ -1,22 +1,23 @@
 """The persistent gallery index: build it once, update it incrementally, search it.
 
-- ``build.py``: ``build_index(IndexConfig(...))``, the ``index`` command (single
-  process or torchrun);
+- ``build.py``: ``build_index(images, checkpoint, out, ...)``, in one process or
+  under torchrun (``runtime.init_distributed``);
 - ``scan.py``, ``plan.py``: what is in the gallery and what a run must encode;
 - ``shards.py``: encoding planned shards through the one image loader;
-- ``store.py``: SQLite metadata and ``.npy`` embedding shards (the on-disk layout);
+- ``store.py``: SQLite metadata (its schema version and migrations; the only SQL) and
+  ``.npy`` embedding shards (the on-disk layout);
 - ``faiss_index.py``: exact / HNSW / IVF indexes, tuned and measured for recall;
-- ``distributed.py``: torchrun ranks;
+- ``faiss_search.py``: those per-category indexes as a ``retrieval.search.GallerySearch``;
 - ``retriever.py``: ``Retriever.open(INDEX).search(text)``, the documented search API;
-- ``gallery.py``: an index read back as a gallery (embeddings, names, categories);
-- ``commands.py``: the ``index`` and ``search`` subcommands.
+- ``gallery.py``: an index read back as a gallery (embeddings, names, categories).
 
+The ``index`` and ``search`` commands are ``commands/index.py`` and ``commands/search.py``.
 ``from traffic_retrieval.index import Retriever`` works without importing torch or
 FAISS until they are used.
 """
 
 _EXPORTS = {
-    "IndexConfig": "build", "build_index": "build",
+    "build_index": "build", "AnnConfig": "faiss_index",
     "Retriever": "retriever", "SearchResult": "retriever", "ImageRecord": "retriever",
     "IndexedGallery": "gallery", "read_indexed_gallery": "gallery",
 }

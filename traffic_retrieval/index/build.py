@@ -1,4 +1,5 @@
-"""``index``: build or update the persistent gallery index.
+"""``build_index``: build or update the persistent gallery index (the library behind
+the ``index`` command, ``commands/index.py``), in one process or under torchrun.
 
 1. (rank 0) check the checkpoint's identity against the index, commit shards a
    killed run wrote but did not record, scan the gallery, plan: new and changed
@@ -22,128 +23,137 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import TrafficRetrievalError
-from .distributed import Ranks, all_gather, finish, rank_device, ranks_from_env, scatter, start
+from ..runtime import DistributedContext
 from .faiss_index import AnnConfig, check_kind
 from .store import EMBEDDING_DTYPE, INDEX_FORMAT, IndexLayout, IndexStore, ShardReader, index_lock, read_shard_rows, shard_files_on_disk
 
 CATEGORIZE_BLOCK = 65536
 
 
-@dataclass
-class IndexConfig:
-    images: Path | None = None  # the gallery folder (walked recursively)
-    checkpoint: Path | None = None  # a traffic-retrieval checkpoint
-    out: Path | None = None  # the index folder
-    kind: str = "auto"  # auto (flat up to flat_max images per category, else hnsw), flat, hnsw, ivf, ivfpq
-    labels: Path | None = None  # optional IMAGE$ATTR$TEXT file: labels and true categories
-    batch_size: int = 256
-    workers: int = 2  # image decoding processes
-    shard_size: int = 4096  # images per shard file (the unit of resumption)
-    device: str = "auto"
-    precision: str = "auto"
-    progress: bool = True
-    flat_max: int = 100_000
-    recall_target: float = 0.95
-    reduce_dim: int = 128  # hnsw: graph on this many principal directions, exact re-scoring (0: full vectors)
+@dataclass(frozen=True)
+class BuildSettings:
+    """What a build was asked to do (``build_index``'s arguments), recorded in index.json."""
+
+    images: Path
+    checkpoint: Path
+    out: Path
+    labels: Path | None
+    ann: AnnConfig
+    shard_size: int
+    batch_size: int
+    workers: int
+    device: str
+    precision: str
+    progress: bool
+
+    def describe(self) -> dict:
+        ann = {key: value for key, value in vars(self.ann).items() if key != "progress"}
+        return {"images": str(self.images), "checkpoint": str(self.checkpoint), "out": str(self.out), "labels": str(self.labels) if self.labels else None,
+                **ann, "shard_size": self.shard_size, "batch_size": self.batch_size, "workers": self.workers, "device": self.device,
+                "precision": self.precision}
 
 
-def check_config(config: IndexConfig) -> None:
-    for key in ("images", "checkpoint", "out"):
-        if getattr(config, key) is None:
-            raise TrafficRetrievalError(f"index needs --{key}")
-    check_kind(config.kind)
-    if not Path(config.images).is_dir():
-        raise TrafficRetrievalError(f"{config.images}: gallery directory not found")
-    if config.labels is not None and not Path(config.labels).is_file():
-        raise TrafficRetrievalError(f"{config.labels}: label file not found")
-    for key, minimum in (("batch_size", 1), ("shard_size", 1), ("workers", 0), ("flat_max", 0), ("reduce_dim", 0)):
-        if getattr(config, key) < minimum:
-            raise TrafficRetrievalError(f"--{key.replace('_', '-')} must be at least {minimum}, got {getattr(config, key)}")
-    if not 0 < config.recall_target <= 1:
-        raise TrafficRetrievalError(f"recall_target must be in (0, 1], got {config.recall_target}")
-    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise TrafficRetrievalError(f"--precision must be auto, fp32, bf16 or fp16, got {config.precision!r}")
+def _check(settings: BuildSettings) -> None:
+    check_kind(settings.ann.kind)
+    if not Path(settings.images).is_dir():
+        raise TrafficRetrievalError(f"{settings.images}: gallery directory not found")
+    if settings.labels is not None and not Path(settings.labels).is_file():
+        raise TrafficRetrievalError(f"{settings.labels}: label file not found")
+    for key, value, minimum in (("batch_size", settings.batch_size, 1), ("shard_size", settings.shard_size, 1), ("workers", settings.workers, 0),
+                                ("flat_max", settings.ann.flat_max, 0), ("reduce_dim", settings.ann.reduce_dim, 0)):
+        if value < minimum:
+            raise TrafficRetrievalError(f"{key} must be {'zero or more' if minimum == 0 else f'at least {minimum}'}, got {value}")
+    if not 0 < settings.ann.recall_target <= 1:
+        raise TrafficRetrievalError(f"recall_target must be in (0, 1], got {settings.ann.recall_target}")
 
 
-def build_index(config: IndexConfig) -> dict:
-    """Build or update the index at ``config.out``; returns the build report (rank 0's
-    is complete; other ranks return their encoding counts)."""
-    from ..train.trainer import resolve_device
+def build_index(images: str | Path, checkpoint: str | Path, out: str | Path, *, labels: str | Path | None = None, ann: AnnConfig | None = None,
+                shard_size: int = 4096, batch_size: int = 256, workers: int = 2, device: str = "auto", precision: str = "auto",
+                progress: bool = True) -> dict:
+    """Build or update the index at ``out`` of the gallery folder ``images`` with the
+    model of ``checkpoint``; returns the build report (rank 0's is complete; under
+    torchrun the other ranks return their encoding counts and ``rank``).
 
-    check_config(config)
+    ``labels``: an ``IMAGE$ATTR$TEXT`` file; ``ann``: the FAISS settings (kind, recall
+    target, ...); ``shard_size``: images per embedding shard, the unit of resumption;
+    ``workers``: image decoding processes; ``precision``: ``options.Precision``.
+    """
+    from ..runtime import autocast_dtype, cleanup, init_distributed, local_device, resolve_device
+
+    ann = ann or AnnConfig(progress=progress)
+    settings = BuildSettings(Path(images), Path(checkpoint), Path(out), Path(labels) if labels is not None else None, ann, shard_size, batch_size,
+                             workers, device, precision, progress)
+    _check(settings)
     started = time.perf_counter()
-    ranks = ranks_from_env()
-    device = rank_device(resolve_device(config.device), ranks)
-    ranks = start(ranks, device)
+    device = resolve_device(device)
+    # generous timeout: the other ranks wait while rank 0 scans and checksums the gallery
+    context = init_distributed(device, timeout_hours=2)
     try:
-        return _build(config, ranks, device, started)
+        device = local_device(device, context)
+        return _build(settings, context, device, autocast_dtype(precision, device), started)
     finally:
-        finish(ranks)
+        cleanup(context)
 
 
-def _build(config: IndexConfig, ranks: Ranks, device: str, started: float) -> dict:
+def _build(settings: BuildSettings, context: DistributedContext, device: str, dtype, started: float) -> dict:
     from ..model.factory import load_checkpoint
-    from ..train.trainer import autocast_dtype
+    from ..runtime import all_gather_objects, scatter_objects
     from .shards import encode_shards
 
-    loaded = load_checkpoint(config.checkpoint, device=device)
-    dtype = autocast_dtype(config.precision, device)
-    layout = IndexLayout(config.out)
-    root = Path(config.images)
-    with index_lock(layout) if ranks.is_main else nullcontext():
-        store = IndexStore(layout.meta_db) if ranks.is_main else None
+    loaded = load_checkpoint(settings.checkpoint, device=device)
+    layout = IndexLayout(settings.out)
+    root = settings.images
+    with index_lock(layout) if context.is_main else nullcontext():
+        store = IndexStore(layout.meta_db) if context.is_main else None
         try:
             # 1. plan (rank 0), then every rank learns its shards or the planning error
             per_rank = None
-            if ranks.is_main:
+            if context.is_main:
                 try:
-                    prepared = _prepare(config, layout, store, loaded)
-                    per_rank = [("ok", prepared["shards"][r :: ranks.world_size]) for r in range(ranks.world_size)]
+                    prepared = _prepare(settings, layout, store, loaded)
+                    per_rank = [("ok", prepared["shards"][r :: context.world_size]) for r in range(context.world_size)]
                 except TrafficRetrievalError as exc:
-                    if not ranks.distributed:
+                    if not context.enabled:
                         raise
-                    per_rank = [("error", str(exc))] * ranks.world_size
-            status, my_shards = scatter(per_rank, ranks)
+                    per_rank = [("error", str(exc))] * context.world_size
+            status, my_shards = scatter_objects(per_rank, context)
             if status == "error":
                 raise TrafficRetrievalError(my_shards)
 
             # 2. encode this rank's shards; rank 0 records each of its shards at once
-            on_written = (lambda shard, rows: store.commit_shard(shard, rows)) if ranks.is_main else (lambda shard, rows: None)
+            on_written = (lambda shard, rows: store.commit_shard(shard, rows)) if context.is_main else (lambda shard, rows: None)
             error, stats = None, {"shards": 0, "images": 0, "encoded": 0, "unreadable": []}
             try:
-                stats = encode_shards(loaded, root, my_shards, layout, loaded.identity, device, dtype, config.batch_size, config.workers,
-                                      config.progress and ranks.is_main, on_written, description=f"index {root.name}")
+                stats = encode_shards(loaded, root, my_shards, layout, loaded.identity, device, dtype, settings.batch_size, settings.workers,
+                                      settings.progress and context.is_main, on_written, description=f"index {root.name}")
             except Exception as exc:
-                if not ranks.distributed:
+                if not context.enabled:
                     raise
                 traceback.print_exc()
-                error = f"rank {ranks.rank}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            results = all_gather((error, stats), ranks)
+                error = f"rank {context.rank}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            results = all_gather_objects((error, stats), context)
             failures = [e for e, _ in results if e]
             if failures:
                 raise TrafficRetrievalError(f"encoding failed on {failures[0]}")
-            if not ranks.is_main:
-                return {"rank": ranks.rank, "shards": stats["shards"], "encoded": stats["encoded"]}
+            if not context.is_main:
+                return {"rank": context.rank, "shards": stats["shards"], "encoded": stats["encoded"]}
 
             # 3. finish (rank 0)
-            return _finish(config, layout, store, loaded, device, dtype, prepared, [s for _, s in results], ranks, started)
+            return _finish(settings, layout, store, loaded, device, dtype, prepared, [s for _, s in results], context, started)
         finally:
             if store is not None:
                 store.close()
 
 
-def _check_identity(config: IndexConfig, store: IndexStore, loaded) -> None:
+def _check_identity(settings: BuildSettings, store: IndexStore, loaded) -> None:
     identity = store.meta("identity")
     if identity is None:
-        with store.transaction() as db:
-            store.set_meta("format", INDEX_FORMAT, db)
-            store.set_meta("identity", loaded.identity, db)
-            store.set_meta("model", loaded.model_name, db)
+        store.set_metas({"format": INDEX_FORMAT, "identity": loaded.identity, "model": loaded.model_name})
     elif identity != loaded.identity:
         raise TrafficRetrievalError(
-            f"{config.out}: this index was built with checkpoint {store.meta('checkpoint')} (sha256 {identity[:12]}), "
-            f"{config.checkpoint} is a different model (sha256 {loaded.identity[:12]}): use the same checkpoint or a new --out")
-    store.set_meta("checkpoint", str(Path(config.checkpoint).resolve()))
+            f"{settings.out}: this index was built with checkpoint {store.meta('checkpoint')} (sha256 {identity[:12]}), "
+            f"{settings.checkpoint} is a different model (sha256 {loaded.identity[:12]}): use the same checkpoint or a new --out")
+    store.set_meta("checkpoint", str(settings.checkpoint.resolve()))
 
 
 def _recover_written_shards(layout: IndexLayout, store: IndexStore, identity: str) -> int:
@@ -167,39 +177,39 @@ def _remove_stale_files(layout: IndexLayout, store: IndexStore) -> None:
         path.unlink(missing_ok=True)
 
 
-def _prepare(config: IndexConfig, layout: IndexLayout, store: IndexStore, loaded) -> dict:
-    from ..model.factory import file_sha256
+def _prepare(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loaded) -> dict:
+    from ..io import file_sha256
     from .plan import plan_update
     from .scan import scan_gallery
 
-    _check_identity(config, store, loaded)
+    _check_identity(settings, store, loaded)
     recovered = _recover_written_shards(layout, store, loaded.identity)
     _remove_stale_files(layout, store)
-    root = Path(config.images)
+    root = settings.images
     files = scan_gallery(root)
     if not files:
         raise TrafficRetrievalError(f"{root}: no images (.jpg, .jpeg, .png, .bmp, .webp) found")
     plan = plan_update(files, store.stats_by_path(), root, file_sha256)
-    store.apply_plan(plan, config.shard_size)
+    store.apply_plan(plan, settings.shard_size)
     store.set_meta("images", str(root.resolve()))
     return {"plan": plan, "files": len(files), "recovered": recovered, "shards": store.pending_shards()}
 
 
-def _apply_labels(config: IndexConfig, store: IndexStore) -> dict | None:
+def _apply_labels(labels_file: Path | None, store: IndexStore) -> dict | None:
     """Labels from ``--labels``, or else from the labels file an earlier run was given
     (so files added later get their labels too); none: the stored labels stay."""
-    from ..model.factory import file_sha256
+    from ..io import file_sha256
     from .scan import label_for, read_labels
 
     recorded = store.meta("labels")
-    path = config.labels
+    path = labels_file
     if path is None and recorded and Path(recorded["file"]).is_file():
         path = Path(recorded["file"])
     if path is None:
         return recorded
     labels, skipped = read_labels(path)
     by_id = {}
-    for image_id, name in store.db.execute("SELECT id, name FROM images"):
+    for image_id, name in store.image_names():
         label = label_for(name, labels)
         if label is not None:
             by_id[image_id] = label
@@ -215,7 +225,7 @@ def _categorize(store: IndexStore, reader: ShardReader, loaded, device: str, dty
 
     from ..retrieval.encode import gallery_categories
 
-    locations = store.indexed_locations("AND predicted_category IS NULL")
+    locations = store.indexed_locations(uncategorised_only=True)
     for start in range(0, len(locations), CATEGORIZE_BLOCK):
         block = locations[start : start + CATEGORIZE_BLOCK]
         embeddings = torch.from_numpy(reader.gather([(shard, row) for _, shard, row in block]))
@@ -234,8 +244,8 @@ def _fingerprint(store: IndexStore, ann_config: AnnConfig) -> str:
 
     settings = {key: value for key, value in vars(ann_config).items() if key != "progress"}
     digest = hashlib.sha256(repr(sorted(settings.items())).encode())
-    for row in store.db.execute("SELECT id, category, shard, row FROM images WHERE state = 'indexed' ORDER BY id"):
-        digest.update(repr(row).encode())
+    for image in store.indexed_images():
+        digest.update(repr((image.id, image.category, image.shard, image.row)).encode())
     return digest.hexdigest()
 
 
@@ -247,36 +257,34 @@ def _category_text_queries(loaded, category: str, device: str, dtype):
     return encode_texts(loaded, list(texts), device, dtype).numpy() if texts else None
 
 
-def _build_faiss(config: IndexConfig, layout: IndexLayout, store: IndexStore, reader: ShardReader, loaded, device, dtype, previous: dict | None) -> tuple[dict, bool]:
+def _build_faiss(ann_config: AnnConfig, layout: IndexLayout, store: IndexStore, reader: ShardReader, loaded, device, dtype, previous: dict | None) -> tuple[dict, bool]:
     import numpy as np
 
     from . import faiss_index
 
-    ann_config = AnnConfig(kind=config.kind, flat_max=config.flat_max, recall_target=config.recall_target, reduce_dim=config.reduce_dim,
-                           progress=config.progress)
     fingerprint = _fingerprint(store, ann_config)
     old = (previous or {}).get("faiss") or {}
     if old.get("fingerprint") == fingerprint and all((layout.root / entry["file"]).is_file() for entry in old.get("indexes", {}).values()):
         return old, False
     indexes = {}
     for category in sorted(c for c in store.category_counts() if c != "?"):
-        locations = store.indexed_locations("AND category = ?", (category,))
+        locations = store.indexed_locations(category=category)
         vectors = reader.gather([(shard, row) for _, shard, row in locations])
         ids = np.array([image_id for image_id, _, _ in locations], dtype=np.int64)
         ann = faiss_index.build(vectors, ids, ann_config, _category_text_queries(loaded, category, device, dtype))
         relative = f"faiss/{category_file_stem(category)}.{fingerprint[:12]}.index"
         faiss_index.save(ann, layout.root / relative)
         indexes[category] = {"file": relative, **ann.describe()}
-    return {"kind": config.kind, "fingerprint": fingerprint, "indexes": indexes}, True
+    return {"kind": ann_config.kind, "fingerprint": fingerprint, "indexes": indexes}, True
 
 
-def _finish(config: IndexConfig, layout: IndexLayout, store: IndexStore, loaded, device, dtype, prepared: dict, rank_stats: list[dict], ranks: Ranks, started: float) -> dict:
-    from ..config import config_to_dict
+def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loaded, device, dtype, prepared: dict, rank_stats: list[dict],
+            context: DistributedContext, started: float) -> dict:
     from ..io import atomic_write_json
     from .shards import embedding_dim
 
     recovered = prepared["recovered"] + _recover_written_shards(layout, store, loaded.identity)
-    labels = _apply_labels(config, store)
+    labels = _apply_labels(settings.labels, store)
     dim = embedding_dim(loaded)
     reader = ShardReader(layout, dim)
     categorized = _categorize(store, reader, loaded, device, dtype)
@@ -285,7 +293,7 @@ def _finish(config: IndexConfig, layout: IndexLayout, store: IndexStore, loaded,
         previous = layout.read_index_json()
     except TrafficRetrievalError:
         previous = None
-    faiss_info, rebuilt = _build_faiss(config, layout, store, reader, loaded, device, dtype, previous)
+    faiss_info, rebuilt = _build_faiss(settings.ann, layout, store, reader, loaded, device, dtype, previous)
 
     states = store.state_counts()
     categories = {c: n for c, n in store.category_counts().items() if c != "?"}
@@ -310,8 +318,8 @@ def _finish(config: IndexConfig, layout: IndexLayout, store: IndexStore, loaded,
         "labels": labels,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": seconds,
-        "world_size": ranks.world_size,
-        "config": config_to_dict(config),
+        "world_size": context.world_size,
+        "config": settings.describe(),
     }
     atomic_write_json(layout.index_json, info)
     referenced = {layout.root / entry["file"] for entry in indexes.values()}
@@ -338,32 +346,11 @@ def _finish(config: IndexConfig, layout: IndexLayout, store: IndexStore, loaded,
         "categories": categories,
         "kind": info["kind"],
         "recall@10": info["recall@10"],
-        "recall_target": config.recall_target,
+        "recall_target": settings.ann.recall_target,
         "faiss_rebuilt": rebuilt,
         "labelled": (labels or {}).get("labelled", 0),
-        "world_size": ranks.world_size,
+        "world_size": context.world_size,
         "seconds": seconds,
     }
     atomic_write_json(layout.report, report)
     return report
-
-
-def format_report(report: dict) -> str:
-    """The few lines ``index`` prints."""
-    lines = [
-        f"indexed {report['count']} images ({', '.join(f'{n} {c}' for c, n in report['categories'].items()) or 'none'}) in {report['index']}",
-        f"this run: encoded {report['encoded']} (new {report['new']}, changed {report['changed']}, resumed {report['resumed']}), "
-        f"unchanged {report['unchanged']}, dropped {report['dropped']}, {report['seconds']:.1f} s",
-        "faiss: " + (", ".join(f"{c} {k}" for c, k in report["kind"].items()) or "empty") + f", recall@10 {report['recall@10']:.3f}"
-        + (" (rebuilt)" if report["faiss_rebuilt"] else " (unchanged)"),
-    ]
-    if report["recall@10"] < report.get("recall_target", 0):
-        lines.append(f"warning: recall@10 {report['recall@10']:.3f} is under the target {report['recall_target']}: "
-                     "the widest search of this kind cannot reach it; try --kind hnsw or --kind flat")
-    if report["pending"]:
-        lines.append(f"{report['pending']} images are still pending: run index again to finish")
-    for message in report["unreadable_images"][:10]:
-        lines.append(f"unreadable image: {message}")
-    if report["unreadable"] > 10:
-        lines.append(f"... {report['unreadable'] - 10} more unreadable images (see {Path(report['index']) / 'build_report.json'})")
-    return "\n".join(lines)

@@ -26,6 +26,14 @@ class IndexedGallery:
 
         return ImageEncoding(self.embeddings, list(range(len(self.ids))), list(self.unreadable))
 
+    def exact_search(self, by_id: bool = False):
+        """Exact search over these embeddings (``retrieval.search.ExactGallerySearch``), each
+        image in its category; hits are row positions in this gallery's lists, or
+        (``by_id``) the index's image ids, as ``Retriever`` and ``FaissGallerySearch`` return."""
+        from ..retrieval.search import ExactGallerySearch
+
+        return ExactGallerySearch(self.embeddings, self.categories, list(self.ids) if by_id else None)
+
 
 def read_indexed_gallery(index: str | Path, identity: str | None = None) -> IndexedGallery:
     """Every indexed image of ``index``; ``identity`` (``LoadedModel.identity``) must be
@@ -39,13 +47,10 @@ def read_indexed_gallery(index: str | Path, identity: str | None = None) -> Inde
     if identity is not None and identity != info["identity"]:
         raise TrafficRetrievalError(f"{layout.root}: index built with another model (sha256 {info['identity'][:12]}, "
                                     f"this checkpoint {identity[:12]}): use the index's checkpoint {info['checkpoint']}")
-    store = IndexStore(layout.meta_db, readonly=True)
-    try:
-        rows = list(store.db.execute("SELECT id, name, path, category, shard, row FROM images WHERE state = 'indexed' ORDER BY id"))
+    with IndexStore(layout.meta_db, readonly=True) as store:
+        images = store.indexed_images()
         unreadable = [row.error or row.path for row in store.unreadable()]
-    finally:
-        store.close()
     root = Path(info["images"])
-    embeddings = ShardReader(layout, info["dim"]).gather([(shard, row) for *_, shard, row in rows])
-    return IndexedGallery([r[0] for r in rows], [r[1] for r in rows], [root / r[2] for r in rows], [r[3] for r in rows],
-                          torch.from_numpy(embeddings), unreadable, info)
+    embeddings = ShardReader(layout, info["dim"]).gather([(image.shard, image.row) for image in images])
+    return IndexedGallery([image.id for image in images], [image.name for image in images], [root / image.path for image in images],
+                          [image.category for image in images], torch.from_numpy(embeddings), unreadable, info)

@@ -16,20 +16,23 @@ A query goes to its category's FAISS index: the one named by ``category``, or th
 one ``QueryRouter`` picks (``category=None``, as ``predict`` routes), or all of them
 merged by score (``"all"``). Per-category indexes, rather than one index searched
 deeper and filtered, return k results of the category however rare it is, and
-their recall is measured and tuned per category. Searches are thread-safe: text
-encoding runs under a lock, FAISS searches take their settings per call.
+their recall is measured and tuned per category. Queries are routed, rewritten and
+encoded by ``retrieval.queries.QueryEncoder`` and searched by
+``retrieval.search.search_routed`` over ``FaissGallerySearch`` (``faiss_search.py``):
+the path ``predict`` takes over its exact search. Searches are thread-safe: text
+encoding runs under the encoder's lock, FAISS searches take their settings per
+call, the store serialises its reads.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TrafficRetrievalError
+from ..retrieval.search import ALL
 
 MAX_K = 1000
-ALL = "all"
 
 
 @dataclass(frozen=True)
@@ -65,30 +68,26 @@ def check_k(k) -> int:
 
 
 class Retriever:
-    def __init__(self, layout, info: dict, store, indexes: dict, loaded, device: str, dtype, router, query_config):
+    def __init__(self, layout, info: dict, store, gallery, query_encoder, device: str):
         self.layout = layout
         self._info = info
-        self._store = store
-        self._indexes = indexes  # category -> AnnIndex
-        self._loaded = loaded
+        self._store = store  # IndexStore, read-only
+        self._gallery = gallery  # FaissGallerySearch: category -> AnnIndex
+        self._queries = query_encoder  # retrieval.queries.QueryEncoder
         self._device = device
-        self._dtype = dtype
-        self._router = router
-        self._query_config = query_config
         self._images_root = Path(info["images"])
-        self._model_lock = threading.Lock()
-        self._db_lock = threading.Lock()
 
     @classmethod
     def open(cls, index: str | Path, device: str = "auto", checkpoint: str | Path | None = None, vocabulary: str | Path | None = None,
              precision: str = "auto", query_config=None) -> "Retriever":
         """Open ``index``; the model is the checkpoint recorded in index.json, or ``checkpoint``
-        (refused unless it is the same model: identical sha256)."""
+        (refused unless it is the same model: identical sha256). ``query_config``
+        (``retrieval.queries.QueryConfig``): how queries are rewritten before encoding."""
         from ..data.vocabulary import QueryRouter, VehicleVocabulary
         from ..model.factory import load_checkpoint
-        from ..retrieval.queries import QueryConfig
-        from ..train.trainer import autocast_dtype, resolve_device
-        from . import faiss_index
+        from ..retrieval.queries import QueryEncoder
+        from ..runtime import autocast_dtype, resolve_device
+        from .faiss_search import FaissGallerySearch
         from .store import IndexLayout, IndexStore
 
         layout = IndexLayout(index)
@@ -103,8 +102,7 @@ class Retriever:
                                         "queries must be encoded by the model that encoded the gallery")
         for attempt in range(2):
             try:
-                indexes = {category: faiss_index.load(layout.root / entry["file"], entry["kind"], entry["search_param"], entry["recall@10"], entry["recall_queries"])
-                           for category, entry in info["faiss"]["indexes"].items()}
+                gallery = FaissGallerySearch.load(layout.root, info["faiss"])
                 break
             except TrafficRetrievalError:
                 if attempt:  # a build finishing meanwhile replaces the FAISS files: read its index.json once more
@@ -112,7 +110,8 @@ class Retriever:
                 info = layout.read_index_json()
         store = IndexStore(layout.meta_db, readonly=True)
         router = QueryRouter(VehicleVocabulary.load(vocabulary) if vocabulary else None)
-        return cls(layout, info, store, indexes, loaded, device, autocast_dtype(precision, device), router, query_config or QueryConfig())
+        query_encoder = QueryEncoder(loaded, router, query_config, device, autocast_dtype(precision, device))
+        return cls(layout, info, store, gallery, query_encoder, device)
 
     def close(self) -> None:
         self._store.close()
@@ -126,31 +125,22 @@ class Retriever:
     # -- search --------------------------------------------------------------------
     @property
     def categories(self) -> list[str]:
-        return sorted(self._indexes)
+        return sorted(self._gallery.indexes)
 
     def _check_category(self, category: str | None) -> None:
-        known = {"pedestrian", "vehicle", ALL, *self._indexes}
+        known = {"pedestrian", "vehicle", ALL, *self._gallery.indexes}
         if category is not None and category not in known:
             raise TrafficRetrievalError(f"category must be one of {', '.join(sorted(known))} or None (routed), got {category!r}")
-
-    def _target(self, query: str, category: str | None) -> str:
-        """The category a query is searched in (``all`` when the routed one has no images)."""
-        if category is not None:
-            return category
-        routed = self._router(query)
-        return routed if self._indexes.get(routed) is not None and self._indexes[routed].count else ALL
 
     def search(self, query: str, k: int = 10, category: str | None = None) -> list[SearchResult]:
         return self.search_batch([query], k, category)[0]
 
     def search_batch(self, queries: list[str], k: int = 10, category: str | None = None) -> list[list[SearchResult]]:
         """The top ``k`` images for each query, best first. ``category``: None (routed by
-        the vehicle vocabulary), ``"pedestrian"``, ``"vehicle"`` or ``"all"``."""
-        import numpy as np
-
-        from ..retrieval.encode import encode_texts
-        from ..retrieval.queries import text_to_encode
-        from . import faiss_index
+        the vehicle vocabulary to its category, or to all of them when it has no images),
+        ``"pedestrian"``, ``"vehicle"`` or ``"all"``. A query is rewritten for its routed
+        category (``"pedestrian"``/``"vehicle"``: for that one) before it is encoded."""
+        from ..retrieval.search import search_routed, search_targets
 
         check_k(k)
         self._check_category(category)
@@ -161,28 +151,16 @@ class Retriever:
                 raise TrafficRetrievalError(f"a query must be a non-empty string, got {query!r}")
         if not queries:
             return []
-        targets = [self._target(query, category) for query in queries]
-        texts = [text_to_encode(query, target, self._query_config) for query, target in zip(queries, targets)]
-        with self._model_lock:
-            query_embeddings = encode_texts(self._loaded, texts, self._device, self._dtype).numpy().astype(np.float32)
-
-        hits: list[list[tuple[float, int]]] = [[] for _ in queries]
-        for target in sorted(set(targets)):
-            rows = [i for i, t in enumerate(targets) if t == target]
-            searched = [c for c in self.categories if self._indexes[c].count] if target == ALL else [target] if target in self._indexes else []
-            for searched_category in searched:
-                scores, ids = faiss_index.search(self._indexes[searched_category], query_embeddings[rows], k)
-                for row, row_scores, row_ids in zip(rows, scores, ids):
-                    hits[row] += [(float(s), int(i)) for s, i in zip(row_scores, row_ids) if i >= 0]
-        for row in range(len(hits)):
-            hits[row] = sorted(hits[row], key=lambda hit: (-hit[0], hit[1]))[:k]
-        with self._db_lock:
-            records = self._store.records({image_id for row in hits for _, image_id in row})
+        queries = list(queries)
+        encoded = self._queries.encode(queries, None if category in (None, ALL) else [category] * len(queries))
+        targets = search_targets(encoded.categories, self._gallery.categories()) if category is None else [category] * len(queries)
+        hits = search_routed(self._gallery, encoded.embeddings, targets, k)
+        records = self._store.records({image_id for row in hits for image_id, _ in row})
         results = []
         for row in hits:
-            found = [(score, records[image_id]) for score, image_id in row if image_id in records]  # a row deleted by a build in progress is skipped
+            found = [(records[image_id], score) for image_id, score in row if image_id in records]  # a row deleted by a build in progress is skipped
             results.append([SearchResult(rank, record.id, record.name, str(self._images_root / record.path), score, record.category, record.label)
-                            for rank, (score, record) in enumerate(found, start=1)])
+                            for rank, (record, score) in enumerate(found, start=1)])
         return results
 
     # -- metadata ------------------------------------------------------------------
@@ -206,8 +184,7 @@ class Retriever:
         }
 
     def record(self, image_id: int) -> ImageRecord:
-        with self._db_lock:
-            row = self._store.record(image_id)
+        row = self._store.record(image_id)
         if row is None:
             raise TrafficRetrievalError(f"no image with id {image_id!r} in index {self.layout.root}")
         return ImageRecord(row.id, row.name, str(self._images_root / row.path), row.path, row.category, row.predicted_category, row.label, row.caption,

@@ -5,7 +5,8 @@ INDEX/
   index.json                  what the index is (checkpoint + identity, model, dim, counts,
                               FAISS files and their recall@10, the last build's config);
                               written last, it is the commit point of a build
-  meta.sqlite                 table images (one row per gallery file), table meta (key/values)
+  meta.sqlite                 table images (one row per gallery file), table meta (key/values);
+                              PRAGMA user_version: the schema version (``SCHEMA_VERSION``)
   shards/shard_00000.npy      float16 [rows, dim] L2-normalised image embeddings
   shards/shard_00000.json     the shard's rows: id, path, checksum, size, mtime_ns, row or error
   faiss/<category>.<fingerprint>.index   one FAISS index per category, FAISS ids = image ids
@@ -29,21 +30,28 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from ..errors import TrafficRetrievalError
 from ..io import atomic_path
 
-INDEX_FORMAT = "traffic-retrieval-index/1"
+INDEX_FORMAT = "traffic-retrieval-index/1"  # index.json (independent of the SQLite schema version)
 SHARD_FORMAT = "traffic-retrieval-shard/1"
 EMBEDDING_DTYPE = "float16"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
+# -- the SQLite schema and its versions ------------------------------------------------
+# ``PRAGMA user_version`` holds the schema version. Version 1 is the schema of the
+# indexes written before versions were recorded (user_version 0 with an ``images``
+# table). A new database is created as version 1 and brought up to date by the same
+# migrations an old one goes through, so both end with the same schema.
+
+SCHEMA_V1 = (  # frozen: the schema indexes of format 1 were written with; change the schema by a migration
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a stale FAISS file never names another image
     path TEXT NOT NULL UNIQUE,             -- relative to the gallery root, '/'-separated
     name TEXT NOT NULL,
@@ -59,11 +67,23 @@ CREATE TABLE IF NOT EXISTS images (
     caption TEXT,                          -- TEXT from --labels
     label_category TEXT,
     error TEXT                             -- why an unreadable image could not be read
-);
-CREATE INDEX IF NOT EXISTS images_by_shard ON images (shard);
-CREATE INDEX IF NOT EXISTS images_by_state ON images (state, category);
-CREATE INDEX IF NOT EXISTS images_by_name ON images (name);
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS images_by_shard ON images (shard)",
+    "CREATE INDEX IF NOT EXISTS images_by_state ON images (state, category)",
+    "CREATE INDEX IF NOT EXISTS images_by_name ON images (name)",
+)
+
+
+def migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Partial indexes for the two reads that scanned every indexed row: a category's
+    images in id order (one FAISS index per category) and the indexed images the model
+    has not categorised yet (after an incremental run: a few among millions)."""
+    db.execute("CREATE INDEX images_indexed_by_category ON images (category, id) WHERE state = 'indexed'")
+    db.execute("CREATE INDEX images_uncategorised ON images (id) WHERE state = 'indexed' AND predicted_category IS NULL")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: migrate_1_to_2}  # version -> the step to version + 1
+SCHEMA_VERSION = max(MIGRATIONS) + 1
 
 ROW_COLUMNS = ("id", "path", "name", "size", "mtime_ns", "sha256", "state", "shard", "row", "category",
                "predicted_category", "label", "caption", "label_category", "error")
@@ -89,11 +109,24 @@ class StoredImage:
 
 
 class StoredStat(NamedTuple):
+    """What planning needs of a row (lighter than ``StoredImage`` for millions of rows)."""
+
     id: int
     size: int
     mtime_ns: int
     sha256: str | None
     state: str
+
+
+class IndexedImage(NamedTuple):
+    """An indexed row: where its embedding is, and what readers of the whole gallery need."""
+
+    id: int
+    name: str
+    path: str  # relative to the gallery root
+    category: str | None
+    shard: int
+    row: int
 
 
 class IndexLayout:
@@ -144,59 +177,152 @@ def index_lock(layout: IndexLayout) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _stored_version(db: sqlite3.Connection) -> int:
+    """The schema version of an open database: ``user_version``, or 1 for an index written
+    before versions were recorded, or 0 for an empty database."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'images'").fetchone():
+        return 1
+    return version
+
+
 class IndexStore:
-    """The SQLite metadata of an index. Writes happen on one process (rank 0)."""
+    """The SQLite metadata of an index, and the only code that speaks SQL to it. Writes
+    happen on one process (rank 0); every method is thread-safe (one connection, a lock).
+
+    Opening brings an older schema up to ``SCHEMA_VERSION`` (``MIGRATIONS``, in order,
+    in one transaction), also for a read-only store (which needs write access once for
+    that); a newer schema than this code knows is refused.
+    """
 
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
+        self._lock = threading.RLock()
+        if readonly and not self.path.is_file():
+            raise TrafficRetrievalError(f"{self.path}: index metadata not found")
+        self._db = self._connect(readonly)
+        try:
+            self._open(readonly)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self, readonly: bool) -> None:
         try:
             if readonly:
-                if not self.path.is_file():
-                    raise TrafficRetrievalError(f"{self.path}: index metadata not found")
-                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+                version = self._checked_version()
+                if 0 < version < SCHEMA_VERSION:
+                    self._db.close()
+                    self._upgrade_for_reading(version)
+                    self._db = self._connect(readonly=True)
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+                self._checked_version()
                 # WAL: a Retriever can read while a build writes; a killed writer loses only its open transaction
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")
-                self.db.executescript(SCHEMA)
-            self.db.execute("SELECT count(*) FROM images").fetchone()
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+            self._db.execute("SELECT count(*) FROM images").fetchone()
         except sqlite3.DatabaseError as exc:
             raise TrafficRetrievalError(f"{self.path}: not an index database ({exc})") from None
 
+    def _connect(self, readonly: bool = False) -> sqlite3.Connection:
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        target, uri = (f"{self.path.resolve().as_uri()}?mode=ro", True) if readonly else (str(self.path), False)
+        return sqlite3.connect(target, uri=uri, timeout=60, isolation_level=None, check_same_thread=False)
+
+    def _checked_version(self) -> int:
+        version = _stored_version(self._db)
+        if version > SCHEMA_VERSION:
+            raise TrafficRetrievalError(f"{self.path}: index metadata schema version {version} is newer than this traffic-retrieval "
+                                        f"reads (up to {SCHEMA_VERSION}): upgrade traffic-retrieval")
+        return version
+
+    def _upgrade_for_reading(self, version: int) -> None:
+        """Migrate an older database through a short-lived writable connection."""
+        if not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            raise TrafficRetrievalError(f"{self.path}: index metadata of schema version {version} needs upgrading to {SCHEMA_VERSION}, "
+                                        "and it is read-only here: run `traffic-retrieval index` on it once with write access")
+        self._db = self._connect()
+        try:
+            self._migrate()
+        finally:
+            self._db.close()
+
+    def _migrate(self) -> None:
+        """Create a new database, or bring an older one up to ``SCHEMA_VERSION``, in one
+        transaction: a failed step leaves the database as it was."""
+        if _stored_version(self._db) == SCHEMA_VERSION:
+            return
+        version = None
+        try:
+            with self._transaction() as db:
+                version = self._checked_version()  # again under the write lock: another process may have migrated meanwhile
+                if version == 0:
+                    for statement in SCHEMA_V1:
+                        db.execute(statement)
+                for step in range(max(version, 1), SCHEMA_VERSION):
+                    MIGRATIONS[step](db)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        except sqlite3.DatabaseError as exc:
+            if version is None:  # not even readable: the caller says "not an index database"
+                raise
+            action = "create the index metadata" if version == 0 else f"upgrade index metadata from schema version {version} to {SCHEMA_VERSION}"
+            raise TrafficRetrievalError(f"{self.path}: cannot {action} ({exc})") from None
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return _stored_version(self._db)
+
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
+
+    def __enter__(self) -> "IndexStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
 
     # -- key/values ----------------------------------------------------------------
     def meta(self, key: str, default=None):
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
 
-    def set_meta(self, key: str, value, db: sqlite3.Connection | None = None) -> None:
-        (db or self.db).execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+    def set_meta(self, key: str, value) -> None:
+        self.set_metas({key: value})
+
+    def set_metas(self, values: dict) -> None:
+        """Several keys in one transaction (JSON values)."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(key, json.dumps(value)) for key, value in values.items()])
 
     # -- rows ----------------------------------------------------------------------
-    def _rows(self, where: str = "", params: tuple = ()) -> Iterator[StoredImage]:
-        for values in self.db.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM images {where}", params):
-            yield StoredImage(*values)
+    def _rows(self, where: str = "", params: tuple = ()) -> list[StoredImage]:
+        return [StoredImage(*values) for values in self._query(f"SELECT {', '.join(ROW_COLUMNS)} FROM images {where}", params)]
 
-    def stats_by_path(self) -> dict[str, "StoredStat"]:
-        """What planning needs of every row (lighter than ``StoredImage`` for millions of rows)."""
-        return {values[0]: StoredStat(*values[1:]) for values in self.db.execute("SELECT path, id, size, mtime_ns, sha256, state FROM images")}
+    def stats_by_path(self) -> dict[str, StoredStat]:
+        """Every row's ``StoredStat`` by relative path."""
+        return {values[0]: StoredStat(*values[1:]) for values in self._query("SELECT path, id, size, mtime_ns, sha256, state FROM images")}
 
     def record(self, image_id: int) -> StoredImage | None:
-        return next(self._rows("WHERE id = ?", (int(image_id),)), None)
+        found = self._rows("WHERE id = ?", (int(image_id),))
+        return found[0] if found else None
 
     def records(self, image_ids: Iterable[int]) -> dict[int, StoredImage]:
         ids = [int(i) for i in image_ids]
@@ -206,29 +332,45 @@ class IndexStore:
             found.update((row.id, row) for row in self._rows(f"WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk)))
         return found
 
+    def image_names(self) -> list[tuple[int, str]]:
+        """``(id, file name)`` of every row, whatever its state, in id order."""
+        return self._query("SELECT id, name FROM images ORDER BY id")
+
     def unreadable(self) -> list[StoredImage]:
-        return list(self._rows("WHERE state = 'unreadable' ORDER BY path"))
+        return self._rows("WHERE state = 'unreadable' ORDER BY path")
 
     def pending_shards(self) -> list[tuple[int, list[tuple[int, str]]]]:
         """The shards still to encode, each with its ``(id, path)`` rows in id order."""
         shards: dict[int, list[tuple[int, str]]] = {}
-        for image_id, path, shard in self.db.execute("SELECT id, path, shard FROM images WHERE state = 'pending' ORDER BY shard, id"):
+        for image_id, path, shard in self._query("SELECT id, path, shard FROM images WHERE state = 'pending' ORDER BY shard, id"):
             shards.setdefault(shard, []).append((image_id, path))
         return list(shards.items())
 
-    def indexed_locations(self, where: str = "", params: tuple = ()) -> list[tuple[int, int, int]]:
-        """``(id, shard, row)`` of indexed images in id order (``where`` adds ``AND ...``)."""
-        return list(self.db.execute(f"SELECT id, shard, row FROM images WHERE state = 'indexed' {where} ORDER BY id", params))
+    def indexed_images(self) -> list[IndexedImage]:
+        """Every indexed row, in id order."""
+        return [IndexedImage(*values) for values in
+                self._query("SELECT id, name, path, category, shard, row FROM images WHERE state = 'indexed' ORDER BY id")]
+
+    def indexed_locations(self, category: str | None = None, uncategorised_only: bool = False) -> list[tuple[int, int, int]]:
+        """``(id, shard, row)`` of indexed images in id order: all of them, those of
+        ``category``, or (``uncategorised_only``) those the model has not categorised yet."""
+        where, params = "", ()
+        if category is not None:
+            where, params = " AND category = ?", (category,)
+        if uncategorised_only:
+            where += " AND predicted_category IS NULL"
+        return self._query(f"SELECT id, shard, row FROM images WHERE state = 'indexed'{where} ORDER BY id", params)
 
     def category_counts(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT coalesce(category, '?'), count(*) FROM images WHERE state = 'indexed' GROUP BY 1 ORDER BY 1"))
+        """Indexed images per category (``?``: not categorised yet)."""
+        return dict(self._query("SELECT coalesce(category, '?'), count(*) FROM images WHERE state = 'indexed' GROUP BY 1 ORDER BY 1"))
 
     def state_counts(self) -> dict[str, int]:
-        counts = dict(self.db.execute("SELECT state, count(*) FROM images GROUP BY state"))
+        counts = dict(self._query("SELECT state, count(*) FROM images GROUP BY state"))
         return {state: counts.get(state, 0) for state in ("indexed", "pending", "unreadable")}
 
     def referenced_shards(self) -> set[int]:
-        return {shard for (shard,) in self.db.execute("SELECT DISTINCT shard FROM images")}
+        return {shard for (shard,) in self._query("SELECT DISTINCT shard FROM images")}
 
     # -- writes --------------------------------------------------------------------
     def apply_plan(self, plan, shard_size: int) -> int:
@@ -236,7 +378,7 @@ class IndexStore:
         of ``shard_size`` in path order (ids of new files follow that order too).
         Returns the number of shards planned."""
         to_encode = sorted([(f.path, image_id, f) for image_id, f in plan.reencode] + [(f.path, None, f) for f in plan.new], key=lambda item: item[0])
-        with self.transaction() as db:
+        with self._transaction() as db:
             first_shard = self.meta("next_shard", 0)
             db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in plan.deleted])
             db.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", [(size, mtime_ns, i) for i, size, mtime_ns in plan.restat])
@@ -250,13 +392,13 @@ class IndexStore:
                                "predicted_category = NULL, category = label_category, error = NULL WHERE id = ?",
                                (gallery_file.size, gallery_file.mtime_ns, shard, image_id))
             planned = -(-len(to_encode) // shard_size)
-            self.set_meta("next_shard", first_shard + planned, db)
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_shard', ?)", (json.dumps(first_shard + planned),))
         return planned
 
     def commit_shard(self, shard: int, rows: list[dict]) -> int:
         """Mark a written shard's rows indexed (or unreadable), in one transaction.
         Rows re-planned meanwhile (their file changed) are left alone."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             before = db.total_changes
             db.executemany(
                 "UPDATE images SET state = ?, row = ?, sha256 = ?, size = ?, mtime_ns = ?, error = ? WHERE id = ? AND shard = ? AND state = 'pending'",
@@ -265,13 +407,13 @@ class IndexStore:
             return db.total_changes - before
 
     def set_predicted_categories(self, pairs: list[tuple[int, str]]) -> None:
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.executemany("UPDATE images SET predicted_category = ?, category = coalesce(label_category, ?) WHERE id = ?", [(c, c, i) for i, c in pairs])
 
     def set_labels(self, labels_by_id: dict[int, object]) -> None:
         """Replace every row's label with ``labels_by_id`` (``ImageLabel`` values); the
         label's category becomes the row's category (truth beats the model's vote)."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute("UPDATE images SET label = NULL, caption = NULL, label_category = NULL, category = predicted_category")
             db.executemany("UPDATE images SET label = ?, caption = ?, label_category = ?, category = ? WHERE id = ?",
                            [(lab.attr, lab.text, lab.category, lab.category, i) for i, lab in labels_by_id.items()])

@@ -22,7 +22,6 @@ image_interpolation=cfg["interpolation"])`` with ``cfg = payload["preprocess_cfg
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from typing import Any
 
 from ..data.images import PreprocessConfig
 from ..errors import TrafficRetrievalError
+from ..io import file_sha256
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 CHECKPOINT_FORMAT = "traffic-retrieval-checkpoint/1"
@@ -124,14 +124,6 @@ def set_preprocess(loaded: LoadedModel, preprocess: PreprocessConfig) -> LoadedM
     loaded.preprocess = preprocess
     open_clip.set_model_preprocess_cfg(unwrap(loaded.model), preprocess.to_open_clip_preprocess_cfg())
     return loaded
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checkpoint_payload(loaded: LoadedModel, extra: dict | None = None, model_state: dict | None = None) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.images import ImageFileDataset, collate_images, normalize_uint8_batch
+from ..data.images import normalize_uint8_batch, read_image_batches
 from ..runtime import inference
 
 
@@ -17,32 +17,19 @@ class ImageEncoding:
     flipped: object = None  # embeddings of the horizontally flipped images (for re-ranking)
 
 
-IN_PROCESS_DECODE_MAX = 512  # smaller galleries decode faster than DataLoader workers start
-
-
 def encode_image_files(loaded, paths: list[str], device: str, dtype, batch_size: int = 256, workers: int = 2, progress: bool = True, description: str = "encode gallery", with_flipped: bool = False) -> ImageEncoding:
-    """Stream images through DataLoader workers (decode, square, resize) and the image tower.
-    Workers only pay off when decoding can overlap encoding and outweigh their start-up
-    (about 0.5 s per call here): a gallery of ``b`` batches gets at most ``b - 1`` of them,
-    and one under ``IN_PROCESS_DECODE_MAX`` images is decoded in this process."""
+    """Stream images through the one reader (``read_image_batches``) and the image tower."""
     import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
-    batches = -(-len(paths) // max(1, batch_size))
-    workers = 0 if len(paths) < IN_PROCESS_DECODE_MAX else min(workers, max(0, batches - 1))
-    loader = DataLoader(ImageFileDataset(paths, loaded.preprocess), batch_size=batch_size, num_workers=workers, collate_fn=collate_images)
     embeddings, flipped, readable, errors = [], [], [], []
     model = loaded.model.eval()
-    with tqdm(total=len(paths), desc=description, unit="img", disable=not progress, leave=False) as bar:
-        for indices, batch, batch_errors in loader:
-            if batch is not None:
-                embeddings.append(encode_uint8_images(model, batch, loaded.preprocess, device, dtype, batch_size))
-                if with_flipped:
-                    flipped.append(encode_uint8_images(model, batch.flip(-1), loaded.preprocess, device, dtype, batch_size))
-                readable += indices
-            errors += [message for _, message in batch_errors]
-            bar.update(len(indices) + len(batch_errors))
+    for batch in read_image_batches(paths, loaded.preprocess, batch_size, workers, progress=progress, description=description):
+        if batch.images is not None:
+            embeddings.append(encode_uint8_images(model, batch.images, loaded.preprocess, device, dtype, batch_size))
+            if with_flipped:
+                flipped.append(encode_uint8_images(model, batch.images.flip(-1), loaded.preprocess, device, dtype, batch_size))
+            readable += batch.readable
+        errors += list(batch.errors.values())
     dim = embeddings[0].shape[1] if embeddings else 0
     stack = lambda parts: torch.cat(parts) if parts else torch.zeros((0, dim))
     return ImageEncoding(stack(embeddings), readable, errors, stack(flipped) if with_flipped else None)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ..errors import TrafficRetrievalError
-from .app import ServeSettings, check_settings
+from .settings import ServeSettings, check_settings
 
 
 def is_loopback(host: str) -> bool:

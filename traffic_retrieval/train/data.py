@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.images import ImageFileDataset, PreprocessConfig, collate_images
+from ..data.images import PreprocessConfig, read_image_batches
 from ..errors import TrafficRetrievalError
 from ..io import atomic_path, atomic_write_json
 from ..model.tokens import tokenize
@@ -53,21 +53,16 @@ def decode_images(paths: list[str], preprocess: PreprocessConfig, workers: int =
     """Decode images in DataLoader workers into ``into`` (an array N x 3 x S x S; a new
     in-memory one by default). Returns (array, readable indices, one-line errors)."""
     import numpy as np
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
-    loader = DataLoader(ImageFileDataset(paths, preprocess), batch_size=batch_size, num_workers=workers, collate_fn=collate_images)
     size = preprocess.size
     images = into if into is not None else np.zeros((len(paths), 3, size, size), dtype=np.uint8)
     readable: list[int] = []
     errors: list[str] = []
-    with tqdm(total=len(paths), desc=description, unit="img", leave=False) as bar:
-        for indices, batch, batch_errors in loader:
-            if batch is not None:
-                images[indices] = batch.numpy()
-                readable += indices
-            errors += [message for _, message in batch_errors]
-            bar.update(len(indices) + len(batch_errors))
+    for batch in read_image_batches(paths, preprocess, batch_size, workers, progress=True, description=description):
+        if batch.images is not None:
+            images[batch.readable] = batch.images.numpy()
+            readable += batch.readable
+        errors += list(batch.errors.values())
     return images, sorted(readable), errors
 
 

@@ -10,7 +10,7 @@ def validate(model, val_set, preprocess, device: str, dtype) -> dict:
     The model is left in the mode (train or eval) it came in."""
     from ..evaluation.metrics import evaluate_rankings
     from ..retrieval.encode import encode_tokens, encode_uint8_images
-    from ..retrieval.rank import topk_by_category
+    from ..retrieval.search import topk_by_category
 
     was_training = model.training
     model.eval()

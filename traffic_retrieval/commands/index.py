@@ -1,0 +1,84 @@
+"""``index``: build or update a persistent gallery index (SQLite metadata, embedding
+shards, one FAISS index per category) of a folder of images, incrementally: new and
+changed files are encoded, deleted ones dropped, a killed run resumes where it stopped.
+Under ``torchrun --nproc_per_node N -m traffic_retrieval index ...`` each rank
+encodes a share of the shards; rank 0 merges and reports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import option
+from ..errors import TrafficRetrievalError
+from ..options import Device, IndexKind, Precision
+
+HELP = "build or update a persistent gallery index (SQLite + embedding shards + FAISS)"
+
+
+@dataclass
+class IndexConfig:
+    images: Path | None = option(None, help="gallery folder, walked recursively (.jpg .jpeg .png .bmp .webp)")
+    checkpoint: Path | None = option(None, help="traffic-retrieval checkpoint that encodes the images (recorded in the index)")
+    out: Path | None = option(None, help="index folder (created, or updated incrementally)")
+    labels: Path | None = option(None, help="optional IMAGE$ATTR$TEXT file: labels and true categories of gallery images")
+    kind: IndexKind = option("auto", help="FAISS index: auto (flat when small, else hnsw), flat (exact), hnsw, ivf, "
+                                          "ivfpq (compressed: 0.3x the memory, approximate scores)")
+    flat_max: int = option(100_000, minimum=0, help="--kind auto: exact search up to this many images per category, HNSW above")
+    recall_target: float = option(0.95, positive=True, maximum=1, help="recall@10 the approximate search is tuned to")
+    reduce_dim: int = option(128, minimum=0, help="hnsw: build the graph on this many principal directions and re-score candidates exactly "
+                                                  "(0: full vectors; falls back to full vectors when the recall target is missed)")
+    batch_size: int = option(256, minimum=1, help="images per batch")
+    workers: int = option(2, minimum=0, help="image decoding processes")
+    shard_size: int = option(4096, minimum=1, help="images per embedding shard, the unit of resumption")
+    device: Device = option("auto", help="where the model runs (under torchrun, cuda is this rank's GPU)")
+    precision: Precision = option("auto", help="autocast while encoding")
+    progress: bool = option(True, help="progress bars")
+    json: bool = option(False, help="print the whole report as JSON")
+
+
+Config = IndexConfig
+
+
+def run(config: IndexConfig) -> dict:
+    """Build or update the index; the build report (under torchrun, ranks other than 0
+    return only their encoding counts and ``rank``)."""
+    from ..config import checked
+    from ..index.build import build_index
+    from ..index.faiss_index import AnnConfig
+
+    config = checked(config)
+    for key in ("images", "checkpoint", "out"):
+        if getattr(config, key) is None:
+            raise TrafficRetrievalError(f"index needs --{key}")
+    ann = AnnConfig(kind=config.kind, flat_max=config.flat_max, recall_target=config.recall_target, reduce_dim=config.reduce_dim, progress=config.progress)
+    return build_index(config.images, config.checkpoint, config.out, labels=config.labels, ann=ann, shard_size=config.shard_size,
+                       batch_size=config.batch_size, workers=config.workers, device=config.device, precision=config.precision, progress=config.progress)
+
+
+def format_report(report: dict) -> str:
+    """The few lines ``index`` prints."""
+    lines = [
+        f"indexed {report['count']} images ({', '.join(f'{n} {c}' for c, n in report['categories'].items()) or 'none'}) in {report['index']}",
+        f"this run: encoded {report['encoded']} (new {report['new']}, changed {report['changed']}, resumed {report['resumed']}), "
+        f"unchanged {report['unchanged']}, dropped {report['dropped']}, {report['seconds']:.1f} s",
+        "faiss: " + (", ".join(f"{c} {k}" for c, k in report["kind"].items()) or "empty") + f", recall@10 {report['recall@10']:.3f}"
+        + (" (rebuilt)" if report["faiss_rebuilt"] else " (unchanged)"),
+    ]
+    if report["recall@10"] < report.get("recall_target", 0):
+        lines.append(f"warning: recall@10 {report['recall@10']:.3f} is under the target {report['recall_target']}: "
+                     "the widest search of this kind cannot reach it; try --kind hnsw or --kind flat")
+    if report["pending"]:
+        lines.append(f"{report['pending']} images are still pending: run index again to finish")
+    for message in report["unreadable_images"][:10]:
+        lines.append(f"unreadable image: {message}")
+    if report["unreadable"] > 10:
+        lines.append(f"... {report['unreadable'] - 10} more unreadable images (see {Path(report['index']) / 'build_report.json'})")
+    return "\n".join(lines)
+
+
+def print_result(report: dict, config: IndexConfig) -> None:
+    if "rank" in report:  # torchrun: rank 0 reports
+        return
+    print(json.dumps(report, indent=2) if config.json else format_report(report))

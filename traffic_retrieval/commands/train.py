@@ -1,0 +1,206 @@
+"""``train``: contrastive fine-tuning (or training from scratch) of an open_clip model
+on a prepare output (WORK/manifests). RUN (--out) gets config.yaml, train.log,
+TensorBoard events, training_curves.png and checkpoints/ (epoch_N.pt, best.pt by val
+official mAP@10, last.pt for --resume, final.pt). Under ``torchrun --nproc_per_node N
+-m traffic_retrieval train ...`` the global batch is split across the processes (DDP).
+
+The job is a short orchestration over the ``train`` package (setup, data, schedule,
+loop, validate, checkpoints, state); ``run(config, callbacks=...)`` lets code watch
+a run (``train/callbacks.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import option
+from ..errors import TrafficRetrievalError
+from ..options import Device, Loss, Precision, ResizeMode
+
+HELP = "contrastive training of an open_clip model"
+PRESET = "cpu-tiny"
+
+
+@dataclass
+class TrainConfig:
+    work: Path | None = option(None, help="prepare output directory (manifests)")
+    out: Path | None = option(None, help="run directory for config, log, TensorBoard events and checkpoints")
+    model: str = option("TR-Tiny-RN", help="open_clip architecture name: ours (model/model_configs) or open_clip's, e.g. ViT-bigG-14")
+    pretrained: str | None = option(None, help="open_clip pretrained tag (laion2b_s39b_b160k), hf-hub: id or weights file")
+    checkpoint: Path | None = option(None, help="start from a traffic-retrieval checkpoint")
+    train_manifest: str = option("train", help="manifest name under WORK/manifests")
+    resize_mode: ResizeMode | None = option(None, help="how images become squares; unset: a --checkpoint's own, pad for a new model")
+    epochs: int = option(30, help="number of epochs", minimum=1)
+    batch_size: int = option(128, help="batch size per step (global: split across torchrun processes)", minimum=1)
+    lr: float = option(1e-3, help="peak learning rate", positive=True)
+    wd: float = option(0.1, help="weight decay", minimum=0)
+    warmup: int = option(100, help="warmup steps", minimum=0)
+    seed: int = option(0, help="random seed")
+    loss: Loss = option("multi-positive", help="multi-positive: equal-ATTR pairs are positives; clip: only the pair itself")
+    precision: Precision = option("auto", help="autocast precision")
+    device: Device = option("auto", help="where to train")
+    workers: int = option(2, help="image decoding processes", minimum=0)
+    threads: int = option(0, help="torch CPU threads (0: all cores)", minimum=0)
+    augment: bool = option(True, help="surveillance-look training augmentations")
+    grad_accum: int = option(1, help="gradient accumulation steps", minimum=1)
+    grad_checkpointing: bool = option(False, help="gradient checkpointing")
+    lock_image: bool = option(False, help="freeze the image tower (LiT)")
+    lock_image_unlocked_groups: int = option(0, help="with --lock-image: last image-tower groups left trainable", minimum=0)
+    lock_image_freeze_bn_stats: bool = option(False, help="with --lock-image: freeze its BatchNorm statistics too")
+    lock_text: bool = option(False, help="freeze the text tower")
+    lock_text_unlocked_layers: int = option(0, help="with --lock-text: last text-tower layers left trainable", minimum=0)
+    attribute_heads: float = option(0.0, help="weight of the auxiliary attribute-head loss (0: off)", minimum=0)
+    validate: bool = option(True, help="validation each epoch")
+    keep_checkpoints: int = option(2, help="epoch_N.pt files to keep (0: all; final.pt and best.pt always)", minimum=0)
+    resume: bool = option(False, help="continue RUN_DIR from its last epoch")
+    progress: bool = option(True, help="progress bars")
+
+
+Config = TrainConfig
+
+
+def _check_config(config: TrainConfig) -> None:
+    """What the config layer cannot know: the folders the run reads and writes."""
+    if config.work is None or config.out is None:
+        raise TrafficRetrievalError("train needs --work (the prepare output) and --out (the run directory)")
+    manifest = Path(config.work) / "manifests" / f"{config.train_manifest}.jsonl"
+    if not manifest.is_file():
+        raise TrafficRetrievalError(f"{manifest}: manifest not found (run `traffic-retrieval prepare` first)")
+
+
+def run(config: TrainConfig, callbacks=()) -> dict:
+    """Train and return a summary: run folder, final checkpoint, history, best val score.
+
+    ``callbacks``: objects with any of ``on_epoch_start(epoch, epochs)`` and
+    ``on_epoch_end(EpochEnd)`` (``train/callbacks.py``), called on every rank.
+    """
+    import json
+    import time
+
+    import torch
+    import yaml
+
+    from ..config import config_to_dict
+    from ..io import atomic_write_text
+    from ..runtime import autocast_dtype, barrier, cleanup, init_distributed, local_device, resolve_device
+    from ..train.callbacks import EpochEnd, notify
+    from ..train.checkpoints import Checkpointer, category_texts
+    from ..train.data import load_run_data
+    from ..train.log import RunLog
+    from ..train.loop import train_epoch
+    from ..train.schedule import plan_schedule
+    from ..train.setup import load_model, lock_towers
+    from ..train.validate import validate
+
+    _check_config(config)
+    run_dir, work = Path(config.out), Path(config.work)
+    device = resolve_device(config.device)
+    context = init_distributed(device)
+    try:
+        device = local_device(device, context)
+        if context.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        dtype = autocast_dtype(config.precision, device)
+
+        loaded = load_model(config.model, config.pretrained, config.checkpoint, config.resize_mode, device, config.grad_checkpointing)
+        model = loaded.model
+        lock_towers(model, loaded.model_name, config.lock_image, config.lock_image_unlocked_groups, config.lock_image_freeze_bn_stats,
+                    config.lock_text, config.lock_text_unlocked_layers)
+        training_set, val_set = load_run_data(work, config.train_manifest, loaded.preprocess, loaded.tokenizer, config.workers, context, config.validate)
+        state, parts = _state_and_step_parts(config, loaded, training_set, device, dtype, context)
+        schedule = plan_schedule(len(training_set.rows), config.batch_size, config.grad_accum, config.epochs, config.lr, config.warmup, context.world_size)
+        checkpointer = Checkpointer(run_dir, loaded, {"category_texts": category_texts(training_set.rows, seed=config.seed),
+                                                      "train_config": config_to_dict(config)}, config.keep_checkpoints)
+
+        log = RunLog(run_dir) if context.is_main else None
+        if config.resume and checkpointer.resume(state) and log:
+            log.line(f"resumed from {checkpointer.last_path} at epoch {state.epoch}")
+        if log:
+            log.line(f"training {loaded.model_name} on {len(training_set.rows)} pairs ({len(training_set.unreadable)} unreadable images skipped), "
+                     f"{config.epochs} epochs x {schedule.steps_per_epoch} steps of {schedule.batch_size} on {context.world_size} process(es)"
+                     f"{' (DDP)' if context.enabled else ''}, device {device}, autocast {dtype}")
+            for message in training_set.unreadable:
+                log.line(f"skipped: {message}")
+
+        def log_step(step: int, loss: float, lr: float) -> None:
+            if log and step % 10 == 0:
+                log.scalars({"train/loss": loss, "train/lr": lr, "train/logit_scale": model.logit_scale.exp().item()}, step)
+
+        show_progress = config.progress and context.is_main
+        model.train()
+        started, samples_seen = time.time(), 0
+        for epoch in range(state.epoch, config.epochs):
+            notify(callbacks, "on_epoch_start", epoch + 1, config.epochs)
+            result = train_epoch(state, parts, schedule, epoch, config.seed, show_progress, log_step)
+            samples_seen += result.samples
+            record = {"epoch": epoch + 1, "step": state.step, "loss": result.loss, "samples_per_second": samples_seen / max(time.time() - started, 1e-9)}
+            if val_set is not None:  # rank 0 only
+                record["val"] = validate(model, val_set, loaded.preprocess, device, dtype)
+                log.scalars({f"val/{k}": v for k, v in record["val"].items() if isinstance(v, float)}, state.step)
+            is_best = state.finish_epoch(record)
+            written = ()
+            if context.is_main:
+                log.line(json.dumps(record))
+                written = tuple(checkpointer.save_epoch(state, is_best))
+            barrier(context)
+            if show_progress:
+                _print_epoch(record, config.epochs)
+            notify(callbacks, "on_epoch_end", EpochEnd(epoch + 1, config.epochs, state.step, record, result.samples, result.seconds, context.rank, written))
+
+        model.eval()
+        if context.is_main:
+            checkpointer.save_final(state)
+            log.line(f"done: {checkpointer.final_path}")
+            log.close()
+            from ..train.curves import write_training_curves
+
+            write_training_curves(run_dir)  # RUN/training_curves.png beside the TensorBoard events
+        barrier(context)
+    finally:
+        cleanup(context)
+    return {"run_dir": str(run_dir), "final_checkpoint": str(checkpointer.final_path), "history": state.history, "best": state.best,
+            "unreadable_images": len(training_set.unreadable)}
+
+
+def _state_and_step_parts(config: TrainConfig, loaded, training_set, device: str, dtype, context):
+    """The optimizer over the model (and the attribute heads, when asked) and what every step uses."""
+    from ..train.augment import AugmentConfig
+    from ..train.loop import Normalization, StepParts
+    from ..train.losses import LOSSES
+    from ..train.setup import contrastive_module, distributed_module, make_optimizer, make_scaler, parameter_groups
+    from ..train.state import TrainingState
+
+    model = loaded.model
+    heads = targets = None
+    groups = parameter_groups(model, config.wd)
+    if config.attribute_heads > 0:
+        from ..data.prepare import load_vocabulary
+        from ..train.attribute_heads import attribute_targets, make_attribute_heads
+
+        vocabulary = load_vocabulary(Path(config.work))
+        targets = attribute_targets(training_set.rows, vocabulary)
+        heads = make_attribute_heads(int(model.visual.output_dim), vocabulary).to(device)
+        groups += parameter_groups(heads, config.wd)
+    state = TrainingState(model, make_optimizer(groups, config.lr), make_scaler(device, dtype), heads)
+    parts = StepParts(distributed_module(contrastive_module(model, heads), context, device), LOSSES[config.loss], training_set,
+                      Normalization.of(loaded.preprocess), device, dtype, context, AugmentConfig() if config.augment else None,
+                      config.attribute_heads, targets)
+    return state, parts
+
+
+def _print_epoch(record: dict, epochs: int) -> None:
+    from tqdm import tqdm
+
+    val_text = f", val official mAP@10 {record['val']['official_mAP@10']:.3f}" if "val" in record else ""
+    tqdm.write(f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.3f}{val_text}, {record['samples_per_second']:.0f} samples/s")
+
+
+def print_result(result: dict, config: TrainConfig) -> None:
+    last = result["history"][-1] if result["history"] else {}
+    print(f"final checkpoint: {result['final_checkpoint']}")
+    if "val" in last:
+        print(f"val official mAP@10 {last['val']['official_mAP@10']:.4f}, strict {last['val']['strict_mAP@10']:.4f}")

@@ -1,0 +1,38 @@
+"""The index's per-category FAISS indexes as a ``retrieval.search.GallerySearch``, so
+``Retriever`` (and through it ``search`` and ``serve``) routes and merges results with
+the same ``search_routed`` as ``predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import TrafficRetrievalError
+from . import faiss_index
+from .faiss_index import AnnIndex
+
+
+class FaissGallerySearch:
+    """One ``AnnIndex`` per category; hits are image ids of the index."""
+
+    def __init__(self, indexes: dict[str, AnnIndex]):
+        self.indexes = indexes
+
+    @classmethod
+    def load(cls, root: str | Path, faiss_info: dict) -> "FaissGallerySearch":
+        """The indexes listed in index.json's ``faiss`` entry, files relative to ``root``."""
+        return cls({category: faiss_index.load(Path(root) / entry["file"], entry["kind"], entry["search_param"], entry["recall@10"], entry["recall_queries"])
+                    for category, entry in faiss_info["indexes"].items()})
+
+    def categories(self) -> list[str]:
+        return [category for category in sorted(self.indexes) if self.indexes[category].count]
+
+    def search(self, query_embeddings, k: int, category: str) -> list[list[tuple[int, float]]]:
+        import numpy as np
+
+        if category not in self.indexes:
+            raise TrafficRetrievalError(f"no FAISS index for category {category!r} (have: {', '.join(sorted(self.indexes)) or 'none'})")
+        queries = query_embeddings.detach().float().cpu().numpy() if hasattr(query_embeddings, "detach") else query_embeddings  # torch or numpy
+        scores, ids = faiss_index.search(self.indexes[category], np.asarray(queries, dtype=np.float32), k)
+        # ties by id, as ``ExactGallerySearch`` and ``search_routed`` break them
+        return [sorted(((int(i), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0), key=lambda hit: (-hit[1], hit[0]))
+                for row_scores, row_ids in zip(scores, ids)]

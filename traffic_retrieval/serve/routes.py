@@ -1,0 +1,258 @@
+"""The routes: ``api`` (search, images by id, health and info) and ``pages`` (the
+search page, the offline API docs page and their assets).
+
+Every app ``create_app`` makes includes these same routes and hands them its own
+``Service`` through ``ServiceDep``. The declarations hold only the fixed rules; the
+limits that come from the settings are checked in the handlers, with the errors
+pydantic gives for the same constraints, and ``document_limits`` writes them into
+each app's OpenAPI schema.
+"""
+
+import asyncio
+import logging
+import mimetypes
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from pydantic_core import ValidationError
+
+from ..errors import TrafficRetrievalError
+from .schemas import DEFAULT_K, ROUTED, BatchSearchRequest, BatchSearchResponse, SearchResponse
+from .settings import ServeSettings
+from .state import Service, ServiceDep
+
+MAX_IMAGE_ID = 2**63 - 1  # SQLite's integer range
+
+log = logging.getLogger("traffic_retrieval.serve")
+
+api = APIRouter()
+pages = APIRouter(include_in_schema=False)
+
+
+def label_text(label: str | None, category: str | None) -> str | None:
+    """A label for people: pedestrian flags become the names of the attributes that are set."""
+    from ..data.schema import PEDESTRIAN, PEDESTRIAN_FLAGS
+
+    if label and category == PEDESTRIAN:
+        flags = label.split(",")
+        if len(flags) == len(PEDESTRIAN_FLAGS) and set(flags) <= {"0", "1"}:
+            return ", ".join(name for name, flag in zip(PEDESTRIAN_FLAGS, flags) if flag == "1") or "no attribute set"
+    return label
+
+
+# -- the limits from the settings -------------------------------------------------------
+def _limit_error(kind: str, loc: tuple, value, **context) -> dict:
+    """The error pydantic itself reports for a broken ``kind`` constraint (same type and message)."""
+    details = {"type": kind, "loc": loc, "input": value, "ctx": context}
+    return ValidationError.from_exception_data("limits", [details]).errors(include_url=False)[0]
+
+
+def _query_errors(settings: ServeSettings, query: str, loc: tuple) -> list[dict]:
+    if len(query) > settings.max_query_chars:
+        return [_limit_error("string_too_long", loc, query, max_length=settings.max_query_chars)]
+    return []
+
+
+def _k_errors(settings: ServeSettings, k: int, loc: tuple) -> list[dict]:
+    return [_limit_error("less_than_equal", loc, k, le=settings.max_k)] if k > settings.max_k else []
+
+
+def check_search_limits(settings: ServeSettings, q: str, k: int) -> None:
+    errors = _query_errors(settings, q, ("query", "q")) + _k_errors(settings, k, ("query", "k"))
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def check_batch_limits(settings: ServeSettings, queries: list[str], k: int) -> None:
+    if len(queries) > settings.max_batch_queries:  # as pydantic does, a list's length before its items
+        errors = [_limit_error("too_long", ("body", "queries"), queries, field_type="List", max_length=settings.max_batch_queries,
+                               actual_length=len(queries))]
+    else:
+        errors = [error for position, query in enumerate(queries) for error in _query_errors(settings, query, ("body", "queries", position))]
+    errors += _k_errors(settings, k, ("body", "k"))
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def document_limits(schema: dict, service: Service) -> dict:
+    """Write one app's limits and categories into the OpenAPI schema of these routes (the /docs page shows them)."""
+    settings = service.settings
+    search = schema["paths"]["/api/search"]
+    parameters = {parameter["name"]: parameter for parameter in search["get"]["parameters"]}
+    parameters["q"]["schema"]["maxLength"] = settings.max_query_chars
+    parameters["k"]["schema"].update(maximum=settings.max_k, default=service.default_k)
+    parameters["category"]["description"] = parameters["category"]["schema"]["description"] = f"one of {', '.join(service.categories)}"
+    batch = schema["components"]["schemas"]["BatchSearchRequest"]["properties"]
+    batch["queries"]["maxItems"] = settings.max_batch_queries
+    batch["queries"]["items"]["maxLength"] = settings.max_query_chars
+    batch["k"].update(maximum=settings.max_k, default=service.default_k)
+    for operation in search.values():
+        operation["responses"]["503"]["description"] = f"the search did not finish within {settings.search_timeout_s:g} s"
+    schema["paths"]["/api/thumbnails/{image_id}"]["get"]["summary"] += f" (at most {settings.thumbnail_size} px a side)"
+    return schema
+
+
+# -- search ------------------------------------------------------------------------------
+def check_query(query: str, where: str) -> None:
+    if not query.strip():
+        raise HTTPException(422, f"{where}: the query is empty")
+
+
+def check_category(service: Service, category: str) -> str | None:
+    if category not in service.categories:
+        raise HTTPException(422, f"category: must be one of {', '.join(service.categories)}, got {category[:50]!r}")
+    return None if category == ROUTED else category
+
+
+def hits(request: Request, results) -> list[dict]:
+    prefix = request.scope.get("root_path", "")
+    return [{"rank": r.rank, "id": r.id, "name": r.name, "score": round(r.score, 6), "category": r.category, "label": r.label,
+             "label_text": label_text(r.label, r.category), "image_url": f"{prefix}/api/images/{r.id}",
+             "thumbnail_url": f"{prefix}/api/thumbnails/{r.id}"} for r in results]
+
+
+async def run_searches(service: Service, queries: list[str], k: int, category: str | None):
+    futures = [asyncio.wrap_future(service.batcher.submit(query, k, category)) for query in queries]
+    timeout_s = service.settings.search_timeout_s
+    try:
+        return await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+    except asyncio.TimeoutError:
+        raise HTTPException(503, f"search timed out after {timeout_s:g} s") from None
+
+
+def _milliseconds_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+BUSY = {503: {"description": "the search did not finish within search_timeout_s"}}
+
+
+@api.get("/api/search", response_model=SearchResponse, tags=["search"], summary="Search the index with one text query", responses=BUSY)
+async def search(request: Request, service: ServiceDep,
+                 q: Annotated[str, Query(min_length=1, description="the query text")],
+                 k: Annotated[int, Query(ge=1, description="number of results")] = DEFAULT_K,
+                 category: Annotated[str, Query()] = ROUTED):
+    started = time.perf_counter()
+    if "k" not in request.query_params:
+        k = service.default_k
+    check_search_limits(service.settings, q, k)
+    check_query(q, "q")
+    (results,) = await run_searches(service, [q], k, check_category(service, category))
+    return {"query": q, "k": k, "category": category, "count": len(results), "took_ms": _milliseconds_since(started),
+            "results": hits(request, results)}
+
+
+@api.post("/api/search", response_model=BatchSearchResponse, tags=["search"], summary="Search with a batch of queries", responses=BUSY)
+async def search_many(request: Request, service: ServiceDep, body: BatchSearchRequest):
+    started = time.perf_counter()
+    k = body.k if "k" in body.model_fields_set else service.default_k
+    check_batch_limits(service.settings, body.queries, k)
+    for position, query in enumerate(body.queries):
+        check_query(query, f"queries[{position}]")
+    target = check_category(service, body.category)
+    batches = await run_searches(service, body.queries, k, target)
+    return {"k": k, "category": body.category, "took_ms": _milliseconds_since(started),
+            "results": [{"query": query, "count": len(results), "results": hits(request, results)} for query, results in zip(body.queries, batches)]}
+
+
+# -- images by id ------------------------------------------------------------------------
+ImageId = Annotated[int, PathParam(ge=0, le=MAX_IMAGE_ID, description="the image's id in the index")]
+NOT_FOUND = {404: {"description": "no indexed image with this id, or its file is gone"}}
+CACHED = {"Cache-Control": "private, max-age=3600"}
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    """``path`` lies under ``root`` by its normalised text (symlinks in the gallery are the gallery's business)."""
+    path, root = os.path.normpath(path), os.path.normpath(root)
+    return os.path.isabs(path) and os.path.commonpath([path, root]) == root
+
+
+def image_file(service: Service, image_id: int) -> Path:
+    """The gallery file the index recorded for ``image_id``; never a path a client gave."""
+    try:
+        record = service.retriever.record(image_id)
+    except TrafficRetrievalError:
+        raise HTTPException(404, f"no image with id {image_id}") from None
+    if record.state != "indexed":  # unreadable or not yet encoded: no search returns it
+        raise HTTPException(404, f"no image with id {image_id}")
+    path = Path(record.path)
+    if not _is_inside(path, service.images_root):  # a tampered row: never serve it
+        log.warning("image %s: recorded path lies outside the gallery, refused", image_id)
+        raise HTTPException(404, f"no image with id {image_id}")
+    if not path.is_file():
+        raise HTTPException(404, f"image {image_id}: file missing from the gallery")
+    return path
+
+
+@api.get("/api/images/{image_id}", tags=["images"], summary="The full image", response_class=FileResponse, responses=NOT_FOUND)
+def image(service: ServiceDep, image_id: ImageId):
+    path = image_file(service, image_id)
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers=CACHED)
+
+
+@api.get("/api/thumbnails/{image_id}", tags=["images"], summary="A JPEG thumbnail", response_class=Response, responses=NOT_FOUND)
+def thumbnail(service: ServiceDep, image_id: ImageId):
+    path = image_file(service, image_id)
+    try:
+        data = service.thumbnails.get(image_id, path)
+    except TrafficRetrievalError:
+        raise HTTPException(404, f"image {image_id}: cannot be read") from None
+    return Response(data, media_type="image/jpeg", headers=CACHED)
+
+
+# -- service -----------------------------------------------------------------------------
+@api.get("/api/health", tags=["service"])
+def health(service: ServiceDep):
+    return {"status": "ok", "count": service.info["count"]}
+
+
+@api.get("/api/info", tags=["service"], summary="The model, index size and categories, and the service's limits")
+def about(service: ServiceDep):
+    info, settings = service.info, service.settings
+    return {
+        "model": info["model"],
+        "checkpoint": Path(info["checkpoint"]).name,  # no server paths in responses
+        "checkpoint_sha256": info["identity"],
+        "count": info["count"],
+        "categories": info["categories"],
+        "category_choices": service.categories,
+        "kind": info["kind"],
+        "recall@10": info["recall@10"],
+        "dim": info["dim"],
+        "built_at": info["built_at"],
+        "device": info["device"],
+        "limits": {"max_k": settings.max_k, "max_query_chars": settings.max_query_chars, "max_batch_queries": settings.max_batch_queries},
+        "examples": list(settings.examples),
+        "batching": service.batcher.stats(),
+        "thumbnails": service.thumbnails.stats(),
+    }
+
+
+# -- the page ----------------------------------------------------------------------------
+def static_response(service: Service, name: str) -> Response:
+    found = service.static_files.get(name)
+    if found is None:
+        raise HTTPException(404, "not found")
+    data, media_type = found
+    return Response(data, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+@pages.get("/")
+def page(service: ServiceDep):
+    return static_response(service, "index.html")
+
+
+@pages.get("/docs")
+def docs(service: ServiceDep):
+    return static_response(service, "docs.html")
+
+
+@pages.get("/static/{name}")
+def static(service: ServiceDep, name: str):
+    return static_response(service, name)
