@@ -36,7 +36,11 @@ def rows(results_dir: Path) -> list[str]:
             out.append(f"| encode {model}, {r['images']} images | {m['ours']:.1f} img/s{fp32} | {m['peer']:.1f} img/s | {r['speedup']:.2f}x ({_x(r.get('speedup_paired_median'))}) "
                        f"| >= 1.5x | {'yes' if r['speedup'] >= 1.5 else 'no'} | {_others(r['repetitions']['ours'] + r['repetitions']['peer'])} | {encode['written'][:16]} |")
     train = _load(results_dir, "bench_train")
-    if train:
+    if train and "peer" not in train["medians"]:  # an --ours-only run
+        m = train["medians"]["ours"]
+        out.append(f"| train {train['parameters']['model']}, batch {train['parameters']['batch_size']}, steady | {m['steady_samples_per_second']:.1f} samples/s "
+                   f"| not run ({train.get('peer_skipped')}) | | >= 1.2x | | {_others(train['repetitions']['ours'])} | {train['written'][:16]} |")
+    elif train:
         m = train["medians"]
         out.append(f"| train {train['parameters']['model']}, batch {train['parameters']['batch_size']}, steady | {m['ours']['steady_samples_per_second']:.1f} samples/s "
                    f"| {m['peer']['steady_samples_per_second']:.1f} samples/s | {train['speedup']:.2f}x ({_x(train.get('speedup_paired_median'))}) | >= 1.2x "

@@ -4,6 +4,7 @@ result to a temporary folder, never over the recorded ``benchmarks/results``."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,5 +27,7 @@ def test_quick_run_finishes_and_leaves_the_recorded_results_alone(name):
     assert finished.returncode == 0, (finished.stdout + finished.stderr)[-3000:]
     written = re.findall(r"wrote (\S+\.json)", finished.stdout)
     assert written, finished.stdout[-2000:]
-    assert Path(written[-1]).is_file() and BENCH_DIR not in Path(written[-1]).resolve().parents
+    result = Path(written[-1])
+    assert result.is_file() and BENCH_DIR not in result.resolve().parents
     assert {p.name: p.stat().st_mtime_ns for p in (BENCH_DIR / "results").glob("*")} == recorded
+    shutil.rmtree(result.parent)  # the quick run's own temporary folder

@@ -166,3 +166,45 @@ def test_a_bogus_resize_mode_is_a_config_error_before_any_model_loads(tmp_path):
         build_config(TrainConfig, None, {"checkpoint": tmp_path / "missing.pt", "resize_mode": "bogus"})
     assert build_config(TrainConfig, "cpu-tiny", {}).resize_mode == "squash"  # the preset's own choice
     assert build_config(TrainConfig, None, {}).resize_mode is None  # unset: the checkpoint's, or pad
+
+
+def test_cli_refuses_a_bogus_resize_mode_in_one_line(tmp_path, capsys):
+    from traffic_retrieval.cli import main
+
+    assert main(["train", "--checkpoint", str(tmp_path / "missing.pt"), "--resize-mode", "bogus", "--work", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: resize_mode must be one of") and "'bogus'" in error
+    assert not (tmp_path / "run").exists()  # refused before anything ran
+
+
+def test_run_reports_each_epoch_to_its_callbacks(tmp_path):
+    """The public hook: ``run(config, callbacks=...)`` on a tiny synthetic dataset."""
+    from traffic_retrieval.commands.prepare import PrepareConfig
+    from traffic_retrieval.commands.prepare import run as prepare
+    from traffic_retrieval.commands.train import TrainConfig, run
+    from traffic_retrieval.synth import SynthConfig, generate_dataset
+    from traffic_retrieval.train.callbacks import TrainCallback
+
+    generate_dataset(SynthConfig(out=tmp_path / "data", seed=2, train_pedestrians=8, train_vehicles=8, val_pedestrians=2, val_vehicles=2,
+                                 test_pedestrians=2, test_vehicles=2, workers=1), progress=False)
+    prepare(PrepareConfig(data=tmp_path / "data", work=tmp_path / "work"))
+
+    class Recorder(TrainCallback):
+        def __init__(self):
+            self.events = []
+
+        def on_epoch_start(self, epoch, epochs):
+            self.events.append(("start", epoch, epochs))
+
+        def on_epoch_end(self, event):
+            self.events.append(("end", event))
+
+    recorder = Recorder()
+    result = run(TrainConfig(work=tmp_path / "work", out=tmp_path / "run", epochs=2, batch_size=8, warmup=1, precision="fp32", workers=0,
+                             validate=False, progress=False), callbacks=[recorder, object()])  # an object without the methods is fine
+    assert [e[0] for e in recorder.events] == ["start", "end", "start", "end"]
+    assert recorder.events[0] == ("start", 1, 2) and recorder.events[2] == ("start", 2, 2)
+    first, second = recorder.events[1][1], recorder.events[3][1]
+    assert (first.epoch, first.epochs, first.step, first.samples) == (1, 2, 2, 16) and second.step == 4
+    assert first.train_seconds > 0 and first.record == result["history"][0] and first.rank == 0
+    assert {p.name for p in second.checkpoints} == {"epoch_2.pt", "last.pt"} and all(p.is_file() for p in second.checkpoints)

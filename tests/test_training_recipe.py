@@ -25,7 +25,8 @@ def test_schedule_splits_an_epoch_into_micro_batches():
     assert (schedule.steps_per_epoch, schedule.total_steps, schedule.samples_per_step) == (3, 9, 16)
     order = torch.arange(50)
     assert [m.tolist() for m in schedule.micro_batches(order, 1)] == [list(range(16, 24)), list(range(24, 32))]
-    assert plan_schedule(num_samples=5, batch_size=8, grad_accum=1, epochs=1, lr=1.0, warmup=0).batch_size == 5  # never more than the data
+    tiny = plan_schedule(num_samples=5, batch_size=8, grad_accum=2, epochs=1, lr=1.0, warmup=0)
+    assert (tiny.batch_size, tiny.grad_accum, tiny.steps_per_epoch) == (5, 1, 1)  # never more than the data, never an empty micro-batch
 
 
 def test_seed_preset_builds_real_vit_bigg_with_gradient_checkpointing_without_weights():

@@ -76,3 +76,15 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_input_bytes(path: str | Path, what: str) -> bytes:
+    """A user's input file, whole; a one-line error naming it and ``what`` it should be otherwise."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise TrafficRetrievalError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise TrafficRetrievalError(f"{path}: {what} is a directory, expected a file") from None
+    except OSError as exc:
+        raise TrafficRetrievalError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None

@@ -66,6 +66,8 @@ def _check_config(config: TrainConfig) -> None:
     manifest = Path(config.work) / "manifests" / f"{config.train_manifest}.jsonl"
     if not manifest.is_file():
         raise TrafficRetrievalError(f"{manifest}: manifest not found (run `traffic-retrieval prepare` first)")
+    if config.checkpoint is not None and not Path(config.checkpoint).is_file():
+        raise TrafficRetrievalError(f"{config.checkpoint}: checkpoint not found")
 
 
 def run(config: TrainConfig, callbacks=()) -> dict:
@@ -80,7 +82,7 @@ def run(config: TrainConfig, callbacks=()) -> dict:
     import torch
     import yaml
 
-    from ..config import config_to_dict
+    from ..config import checked, config_to_dict
     from ..io import atomic_write_text
     from ..runtime import autocast_dtype, barrier, cleanup, init_distributed, local_device, resolve_device
     from ..train.callbacks import EpochEnd, notify
@@ -92,6 +94,7 @@ def run(config: TrainConfig, callbacks=()) -> dict:
     from ..train.setup import load_model, lock_towers
     from ..train.validate import validate
 
+    config = checked(config)  # a config made in code gets the checks a YAML one gets
     _check_config(config)
     run_dir, work = Path(config.out), Path(config.work)
     device = resolve_device(config.device)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..errors import TrafficRetrievalError, at
+from ..io import read_input_bytes
 
 GROUND_TRUTH_SEPARATOR = "$"
 _SHOWN_TEXT_CHARS = 60
@@ -49,11 +50,7 @@ def _shorten(text: str, limit: int = _SHOWN_TEXT_CHARS) -> str:
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise TrafficRetrievalError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise TrafficRetrievalError(f"{path}: {what} is a directory, expected a file") from None
+        return read_input_bytes(path, what).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise TrafficRetrievalError(f"{path}: not UTF-8 (byte {exc.start})") from None
 

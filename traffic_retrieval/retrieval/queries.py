@@ -21,6 +21,7 @@ from pathlib import Path
 from ..config import option
 from ..data.schema import VEHICLE
 from ..errors import TrafficRetrievalError
+from ..io import read_input_bytes
 
 SEED_PROMPT_SUFFIX = " image taken by traffic surveillance cameras"
 _VEHICLE_PREFIX = re.compile(r"^\s*(?:this\s+is\s+(?:a|an)|a|an)\s+", re.IGNORECASE)
@@ -50,14 +51,7 @@ def text_to_encode(query: str, category: str, config: QueryConfig) -> str:
 
 def read_queries(path: Path) -> list[str]:
     """Every line of the query file, in order (identical lines repeat and are all answered)."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise TrafficRetrievalError(f"{path}: query file not found") from None
-    except IsADirectoryError:
-        raise TrafficRetrievalError(f"{path}: query file is a directory, expected a file") from None
-    except OSError as exc:
-        raise TrafficRetrievalError(f"{path}: cannot read query file ({exc.strerror})") from None
+    raw = read_input_bytes(path, "query file")
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
     lines = raw.split(b"\n")

@@ -46,10 +46,12 @@ class Schedule:
 
 
 def plan_schedule(num_samples: int, batch_size: int, grad_accum: int, epochs: int, lr: float, warmup: int, world_size: int = 1) -> Schedule:
-    """The schedule for ``num_samples`` training rows; a batch larger than the data shrinks to it,
-    and an epoch is at least one step (so a tiny data set still trains)."""
+    """The schedule for ``num_samples`` training rows. A batch larger than the data shrinks to
+    it, and so does the accumulation (a micro-batch past the data would be empty), so a tiny
+    data set still trains one full step per epoch."""
     batch_size = min(batch_size, num_samples)
     if batch_size % world_size:
         raise TrafficRetrievalError(f"batch_size {batch_size} must be divisible by the number of processes ({world_size})")
-    steps_per_epoch = max(1, num_samples // batch_size // grad_accum)
+    grad_accum = max(1, min(grad_accum, num_samples // batch_size))
+    steps_per_epoch = num_samples // batch_size // grad_accum
     return Schedule(batch_size, grad_accum, steps_per_epoch, epochs, lr, warmup)
