@@ -446,7 +446,7 @@ def test_reduced_graph_that_misses_the_target_is_rebuilt_on_full_vectors():
 def test_config_errors_are_one_line(source, tmp_path):
     for overrides, message in ((dict(images=tmp_path / "missing"), "gallery directory not found"), (dict(kind="annoy"), "kind must be one of"),
                                (dict(shard_size=0), "shard_size must be at least 1"), (dict(labels=tmp_path / "missing.txt"), "label file not found"),
-                               (dict(device="gpu"), "--device must be"), (dict(recall_target=1.5), "recall_target must be at most 1"),
+                               (dict(device="gpu"), "device must be"), (dict(recall_target=1.5), "recall_target must be at most 1"),
                                (dict(checkpoint=None), "index needs --checkpoint")):
         with pytest.raises(TrafficRetrievalError, match=message):
             build_index(config(source, tmp_path / "INDEX", **overrides))

@@ -96,7 +96,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str):
             import re
 
             if not re.fullmatch(pattern.regex, coerced):
-                raise TrafficRetrievalError(f"--{key.replace('_', '-')} must be {pattern.describe}, got {coerced!r}")
+                raise TrafficRetrievalError(f"{key} must be {pattern.describe}, got {coerced!r}")
         return coerced
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

@@ -25,7 +25,7 @@ def resolve_device(name: str) -> str:
         return name
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if not match:
-        raise TrafficRetrievalError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise TrafficRetrievalError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if not torch.cuda.is_available():
         raise TrafficRetrievalError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():

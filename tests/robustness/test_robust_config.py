@@ -65,7 +65,7 @@ def test_train_checkpoint_missing_or_not_a_checkpoint(prepared, tmp_path, cli):
 
 def test_train_out_inside_a_file(prepared, tmp_path, cli):
     (tmp_path / "file").write_text("x")
-    cli.error(["train", "--work", prepared, "--out", tmp_path / "file" / "run"], f"{tmp_path / 'file' / 'run' / 'checkpoints'}: Not a directory")
+    cli.error(["train", "--work", prepared, "--out", tmp_path / "file" / "run"], f"{tmp_path / 'file' / 'run'}: Not a directory")
 
 
 def test_prepare_missing_data_and_work_that_is_a_file(synth_data, tmp_path, cli):
@@ -100,7 +100,7 @@ def test_predict_out_that_is_a_directory_or_inside_a_file(synth_data, random_che
         (["--lr", "-1"], "lr must be a positive number"),
         (["--lr", "nan"], "lr must be a positive number"),
         (["--wd", "-0.1"], "wd must be zero or more"),
-        (["--device", "gpu"], "--device must be auto, cpu, cuda"),
+        (["--device", "gpu"], "device must be auto, cpu, cuda"),
     ],
 )
 def test_bad_training_numbers_and_devices_are_one_line_errors(prepared, tmp_path, cli, flags, message):
@@ -109,4 +109,4 @@ def test_bad_training_numbers_and_devices_are_one_line_errors(prepared, tmp_path
 
 def test_bad_predict_batch_size_is_a_one_line_error(synth_data, random_checkpoint, tmp_path, cli):
     cli.error(["predict", "--data", synth_data, "--checkpoint", random_checkpoint, "--out", tmp_path / "s.json", "--batch-size", "0"],
-              "--batch-size must be at least 1")
+              "batch_size must be at least 1, got 0")
