@@ -21,11 +21,12 @@ import dataclasses
 import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import TrafficRetrievalError
-from .options import Pattern
+from .options import Device, Pattern, Precision
 
 ConfigT = TypeVar("ConfigT")
 
@@ -43,6 +44,33 @@ def option(default: Any = dataclasses.MISSING, *, help: str = "", minimum: float
     metadata = {"help": help, "minimum": minimum, "maximum": maximum, "positive": positive, "flag": flag, "short": short,
                 "positional": positional, "metavar": metavar, "cli": cli}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+# -- settings shared by several commands (declared once, inherited) --------------------
+@dataclass
+class RuntimeOptions:
+    """Where a model runs and in which precision: every command that runs a model."""
+
+    device: Device = option("auto", help="where the model runs (auto: cuda when available; under torchrun, cuda is this rank's GPU)")
+    precision: Precision = option("auto", help="autocast (auto: bf16 where the hardware has it, fp16 on GPUs without it; fp32: none)")
+
+
+@dataclass
+class ReaderOptions:
+    """How a command reads and encodes images: batches, decoding processes, progress bars."""
+
+    batch_size: int = option(256, minimum=1, help="images per encoding batch")
+    workers: int = option(2, minimum=0, help="image decoding processes")
+    progress: bool = option(True, help="progress bars")
+
+
+@dataclass
+class ModelSource:
+    """The model a command encodes with: a trained checkpoint, or an open_clip model zero-shot."""
+
+    checkpoint: Path | None = option(None, help="a traffic-retrieval checkpoint")
+    model: str | None = option(None, help="zero-shot: open_clip model name instead of a checkpoint")
+    pretrained: str | None = option(None, help="zero-shot: open_clip pretrained tag, hf-hub: id or weights file")
 
 
 # -- types -------------------------------------------------------------------------

@@ -88,3 +88,16 @@ def read_input_bytes(path: str | Path, what: str) -> bytes:
         raise TrafficRetrievalError(f"{path}: {what} is a directory, expected a file") from None
     except OSError as exc:
         raise TrafficRetrievalError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
+class Closeable:
+    """A resource used as ``with resource:``, closed on leaving the block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

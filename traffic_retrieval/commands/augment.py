@@ -14,28 +14,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import option
+from ..config import ModelSource, ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import Device, Precision
 
 HELP = "attribute augmentation: complete vehicle captions with the best-scoring missing fields"
 REPORT_NAME = "augment_report.json"
 
 
 @dataclass
-class AugmentCaptionsConfig:
+class AugmentCaptionsConfig(ModelSource, RuntimeOptions, ReaderOptions):
     work: Path | None = option(None, help="prepare output directory (manifests, vehicle_vocabulary.json)")
-    checkpoint: Path | None = option(None, help="a traffic-retrieval checkpoint (self-enhancement)")
-    model: str | None = option(None, help="zero-shot: open_clip model name")
-    pretrained: str | None = option(None, help="zero-shot: open_clip pretrained tag or weights file")
     manifest: str = option("train", help="input manifest name under WORK/manifests")
     out_manifest: str = option("train_augmented", help="output manifest name")
     keep_original: bool = option(False, help="also keep the original caption as a training pair")
-    batch_size: int = option(256, minimum=1, help="images per encoding batch")
-    workers: int = option(2, minimum=0, help="image decoding processes")
-    device: Device = option("auto", help="where the model runs")
-    precision: Precision = option("auto", help="autocast while encoding")
-    progress: bool = option(True, help="progress bars")
 
 
 Config = AugmentCaptionsConfig

@@ -10,15 +10,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import option
+from ..config import ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import Device, IndexKind, Precision
+from ..options import IndexKind
 
 HELP = "build or update a persistent gallery index (SQLite + embedding shards + FAISS)"
 
 
 @dataclass
-class IndexConfig:
+class IndexConfig(RuntimeOptions, ReaderOptions):
     images: Path | None = option(None, help="gallery folder, walked recursively (.jpg .jpeg .png .bmp .webp)")
     checkpoint: Path | None = option(None, help="traffic-retrieval checkpoint that encodes the images (recorded in the index)")
     out: Path | None = option(None, help="index folder (created, or updated incrementally)")
@@ -29,12 +29,7 @@ class IndexConfig:
     recall_target: float = option(0.95, positive=True, maximum=1, help="recall@10 the approximate search is tuned to")
     reduce_dim: int = option(128, minimum=0, help="hnsw: build the graph on this many principal directions and re-score candidates exactly "
                                                   "(0: full vectors; falls back to full vectors when the recall target is missed)")
-    batch_size: int = option(256, minimum=1, help="images per batch")
-    workers: int = option(2, minimum=0, help="image decoding processes")
     shard_size: int = option(4096, minimum=1, help="images per embedding shard, the unit of resumption")
-    device: Device = option("auto", help="where the model runs (under torchrun, cuda is this rank's GPU)")
-    precision: Precision = option("auto", help="autocast while encoding")
-    progress: bool = option(True, help="progress bars")
     json: bool = option(False, help="print the whole report as JSON")
 
 

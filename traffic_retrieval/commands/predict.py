@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import option
+from ..config import ModelSource, ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import Device, Precision
 from ..retrieval.queries import QueryConfig
 from ..retrieval.rerank import RerankConfig
 
@@ -18,11 +17,8 @@ HELP = "rank the test gallery for every query and write the submission JSON"
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(ModelSource, RuntimeOptions, ReaderOptions):
     data: Path | None = option(None, help="dataset root (uses test/test_text.txt and test/test_images/)")
-    checkpoint: Path | None = option(None, help="a traffic-retrieval checkpoint")
-    model: str | None = option(None, help="zero-shot: open_clip model name instead of a checkpoint")
-    pretrained: str | None = option(None, help="zero-shot: open_clip pretrained tag or weights file")
     out: Path = option(Path("submission.json"), help="the submission JSON")
     top_k: int = option(10, minimum=1, maximum=1000, help="results per query")
     vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for query routing (default: the published vocabulary)")
@@ -31,11 +27,6 @@ class PredictConfig:
     index: Path | None = option(None, help="a built index of the gallery (traffic-retrieval index): reuse it instead of re-encoding")
     contact_sheet: Path | None = option(None, metavar="OUT.png",
                                         help="also draw the first 20 queries' top results (relevant ones outlined when DATA/ground_truth/test_gt.txt exists)")
-    batch_size: int = option(256, minimum=1, help="images per encoding batch")
-    workers: int = option(2, minimum=0, help="image decoding processes")
-    device: Device = option("auto", help="where the model runs")
-    precision: Precision = option("auto", help="autocast while encoding")
-    progress: bool = option(True, help="progress bars")
     query: QueryConfig = field(default_factory=QueryConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
 
@@ -88,7 +79,7 @@ def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool) ->
         indexed = read_indexed_gallery(config.index, identity=loaded.identity)
         if not indexed.names:
             raise TrafficRetrievalError(f"{config.index}: the index holds no images")
-        return _Gallery(ExactGallerySearch(indexed.embeddings, indexed.categories), indexed.names, indexed.embeddings, None, indexed.categories,
+        return _Gallery(indexed.exact_search(), indexed.names, indexed.embeddings, None, indexed.categories,
                         list(indexed.unreadable), len(indexed.names) + len(indexed.unreadable), Path(indexed.info["images"]))
     gallery_dir = Path(config.gallery or Path(config.data) / "test" / "test_images")
     paths = list_gallery_images(gallery_dir)

@@ -8,23 +8,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import option
+from ..config import RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import Device, Precision, SearchCategory
+from ..options import SearchCategory
 
 HELP = "text-to-image search in an index"
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RuntimeOptions):
     text: list[str] = option(default_factory=list, positional=True, help="query text (several: one search each, encoded in one batch)")
     index: Path | None = option(None, help="the index folder (traffic-retrieval index --out)")
     k: int = option(10, short="-k", minimum=1, maximum=1000, help="results per query")  # maximum: index.retriever.MAX_K
     category: SearchCategory = option("routed", help="where to search: routed (each query by the vehicle vocabulary), one category, or all of them")
     vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for routing (default: the published vocabulary)")
     checkpoint: Path | None = option(None, help="the index's checkpoint at another path (must be the same model)")
-    device: Device = option("auto", help="where the text model runs")
-    precision: Precision = option("auto", help="autocast while encoding the queries")
     json: bool = option(False, help="one JSON object per query: {query, results: [{rank, id, name, path, score, category, label}]}")
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..config import option
+from ..config import RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import Device, Precision, SoupMethod
+from ..options import SoupMethod
 
 HELP = "average checkpoints' weights (uniform or greedy on the val split)"
 # Per-run results of the first ingredient that would mislabel the soup.
@@ -19,13 +19,11 @@ _DROPPED_KEYS = ("metrics", "history", "epoch", "optimizer", "scaler")
 
 
 @dataclass
-class SoupConfig:
+class SoupConfig(RuntimeOptions):
     checkpoints: list[Path] = option(default_factory=list, help="the checkpoints to average (two or more)")
     val: Path | None = option(None, help="dataset root whose val split scores the ingredients (needed for greedy)")
     out: Path | None = option(None, help="the soup checkpoint to write")
     method: SoupMethod = option("greedy", help="greedy keeps an ingredient only when the val score improves")
-    device: Device = option("auto", help="where the model runs while scoring")
-    precision: Precision = option("auto", help="autocast while scoring")
     workers: int = option(2, minimum=0, help="image decoding processes for the val split")
     progress: bool = option(True, help="progress bars")
 

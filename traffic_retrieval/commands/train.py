@@ -13,16 +13,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import option
+from ..config import RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import Device, Loss, Precision, ResizeMode
+from ..options import Loss, ResizeMode
 
 HELP = "contrastive training of an open_clip model"
 PRESET = "cpu-tiny"
 
 
 @dataclass
-class TrainConfig:
+class TowerLocking:
+    """Freezing the towers, LiT-style, with open_clip's ``lock_image_tower``/``lock_text_tower``."""
+
+    lock_image: bool = option(False, help="freeze the image tower (LiT)")
+    lock_image_unlocked_groups: int = option(0, minimum=0, help="with --lock-image: last image-tower groups left trainable")
+    lock_image_freeze_bn_stats: bool = option(False, help="with --lock-image: freeze its BatchNorm statistics too")
+    lock_text: bool = option(False, help="freeze the text tower")
+    lock_text_unlocked_layers: int = option(0, minimum=0, help="with --lock-text: last text-tower layers left trainable")
+
+
+@dataclass
+class TrainConfig(RuntimeOptions, TowerLocking):
     work: Path | None = option(None, help="prepare output directory (manifests)")
     out: Path | None = option(None, help="run directory for config, log, TensorBoard events and checkpoints")
     model: str = option("TR-Tiny-RN", help="open_clip architecture name: ours (model/model_configs) or open_clip's, e.g. ViT-bigG-14")
@@ -30,28 +41,21 @@ class TrainConfig:
     checkpoint: Path | None = option(None, help="start from a traffic-retrieval checkpoint")
     train_manifest: str = option("train", help="manifest name under WORK/manifests")
     resize_mode: ResizeMode | None = option(None, help="how images become squares; unset: a --checkpoint's own, pad for a new model")
-    epochs: int = option(30, help="number of epochs", minimum=1)
-    batch_size: int = option(128, help="batch size per step (global: split across torchrun processes)", minimum=1)
-    lr: float = option(1e-3, help="peak learning rate", positive=True)
-    wd: float = option(0.1, help="weight decay", minimum=0)
-    warmup: int = option(100, help="warmup steps", minimum=0)
+    epochs: int = option(30, minimum=1, help="number of epochs")
+    batch_size: int = option(128, minimum=1, help="batch size per step (global: split across torchrun processes)")
+    lr: float = option(1e-3, positive=True, help="peak learning rate")
+    wd: float = option(0.1, minimum=0, help="weight decay")
+    warmup: int = option(100, minimum=0, help="warmup steps")
     seed: int = option(0, help="random seed")
     loss: Loss = option("multi-positive", help="multi-positive: equal-ATTR pairs are positives; clip: only the pair itself")
-    precision: Precision = option("auto", help="autocast precision")
-    device: Device = option("auto", help="where to train")
-    workers: int = option(2, help="image decoding processes", minimum=0)
-    threads: int = option(0, help="torch CPU threads (0: all cores)", minimum=0)
+    workers: int = option(2, minimum=0, help="image decoding processes")
+    threads: int = option(0, minimum=0, help="torch CPU threads (0: all cores)")
     augment: bool = option(True, help="surveillance-look training augmentations")
-    grad_accum: int = option(1, help="gradient accumulation steps", minimum=1)
+    grad_accum: int = option(1, minimum=1, help="gradient accumulation steps")
     grad_checkpointing: bool = option(False, help="gradient checkpointing")
-    lock_image: bool = option(False, help="freeze the image tower (LiT)")
-    lock_image_unlocked_groups: int = option(0, help="with --lock-image: last image-tower groups left trainable", minimum=0)
-    lock_image_freeze_bn_stats: bool = option(False, help="with --lock-image: freeze its BatchNorm statistics too")
-    lock_text: bool = option(False, help="freeze the text tower")
-    lock_text_unlocked_layers: int = option(0, help="with --lock-text: last text-tower layers left trainable", minimum=0)
-    attribute_heads: float = option(0.0, help="weight of the auxiliary attribute-head loss (0: off)", minimum=0)
+    attribute_heads: float = option(0.0, minimum=0, help="weight of the auxiliary attribute-head loss (0: off)")
     validate: bool = option(True, help="validation each epoch")
-    keep_checkpoints: int = option(2, help="epoch_N.pt files to keep (0: all; final.pt and best.pt always)", minimum=0)
+    keep_checkpoints: int = option(2, minimum=0, help="epoch_N.pt files to keep (0: all; final.pt and best.pt always)")
     resume: bool = option(False, help="continue RUN_DIR from its last epoch")
     progress: bool = option(True, help="progress bars")
 

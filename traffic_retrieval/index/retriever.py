@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TrafficRetrievalError
+from ..io import Closeable
 from ..retrieval.search import ALL
 
 MAX_K = 1000
@@ -67,7 +68,7 @@ def check_k(k) -> int:
     return k
 
 
-class Retriever:
+class Retriever(Closeable):
     def __init__(self, layout, info: dict, store, gallery, query_encoder, device: str):
         self.layout = layout
         self._info = info
@@ -115,12 +116,6 @@ class Retriever:
 
     def close(self) -> None:
         self._store.close()
-
-    def __enter__(self) -> "Retriever":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- search --------------------------------------------------------------------
     @property

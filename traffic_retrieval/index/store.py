@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 from ..errors import TrafficRetrievalError
-from ..io import atomic_path
+from ..io import Closeable, atomic_path
 
 INDEX_FORMAT = "traffic-retrieval-index/1"  # index.json (independent of the SQLite schema version)
 SHARD_FORMAT = "traffic-retrieval-shard/1"
@@ -186,7 +186,7 @@ def _stored_version(db: sqlite3.Connection) -> int:
     return version
 
 
-class IndexStore:
+class IndexStore(Closeable):
     """The SQLite metadata of an index, and the only code that speaks SQL to it. Writes
     happen on one process (rank 0); every method is thread-safe (one connection, a lock).
 
@@ -277,12 +277,6 @@ class IndexStore:
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> "IndexStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

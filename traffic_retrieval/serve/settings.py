@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import checked, option
+from ..config import RuntimeOptions, checked, option
 from ..errors import TrafficRetrievalError
-from ..options import Device, LogLevel, Precision
+from ..options import LogLevel
 
 DEFAULT_EXAMPLES = [
     "A walking woman between 18 and 60 years old with a backpack.",
@@ -23,7 +23,7 @@ DEFAULT_EXAMPLES = [
 
 
 @dataclass
-class ServeSettings:
+class ServeSettings(RuntimeOptions):
     index: Path | None = option(None, help="the index folder (traffic-retrieval index --out)")
     host: str = option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     port: int = option(8000, minimum=0, maximum=65535, help="port (0: any free port)")
@@ -31,8 +31,6 @@ class ServeSettings:
                                     help="let pages from these origins call the API (e.g. http://localhost:3000); default: CORS off")
     checkpoint: Path | None = option(None, help="the index's checkpoint at another path (must be the same model)")
     vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for routing queries")
-    device: Device = option("auto", help="where the text tower runs")
-    precision: Precision = option("auto", help="autocast while encoding queries")
     max_k: int = option(100, minimum=1, help="largest k a client may ask for")
     max_query_chars: int = option(1000, minimum=1, help="longest query accepted")
     max_batch_queries: int = option(64, minimum=1, help="queries in one POST /api/search")
