@@ -20,12 +20,6 @@ class IndexedGallery:
     unreadable: list[str]  # one-line errors of the gallery files that could not be read
     info: dict  # index.json
 
-    def as_image_encoding(self):
-        """The gallery as ``retrieval.encode.ImageEncoding`` (no flipped embeddings)."""
-        from ..retrieval.encode import ImageEncoding
-
-        return ImageEncoding(self.embeddings, list(range(len(self.ids))), list(self.unreadable))
-
     def exact_search(self, by_id: bool = False):
         """Exact search over these embeddings (``retrieval.search.ExactGallerySearch``), each
         image in its category; hits are row positions in this gallery's lists, or
