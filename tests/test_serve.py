@@ -71,7 +71,7 @@ def retriever(index):
 
 @pytest.fixture(scope="module")
 def client(retriever):
-    with TestClient(create_app(retriever, ServeSettings())) as test_client:
+    with TestClient(create_app(retriever, ServeSettings()), base_url="http://localhost") as test_client:  # testserver is a foreign Host
         yield test_client
 
 
@@ -338,7 +338,7 @@ def test_micro_batcher_groups_requests_and_isolates_failures():
 
 # -- service, page, docs, CORS ------------------------------------------------------------------
 def test_health_info_and_docs(client):
-    assert client.get("/api/health").json() == {"status": "ok", "count": 50}
+    assert client.get("/api/health").json() == {"status": "ok", "count": 50, "batcher": {"alive": True, "queued": 0, "max_queued": 1024}}
     info = client.get("/api/info").json()
     assert info["model"] == "TR-Tiny-RN" and info["checkpoint"] == "tiny.pt" and len(info["checkpoint_sha256"]) == 64
     assert info["count"] == 50 and info["categories"] == {"pedestrian": 30, "vehicle": 20}
@@ -369,7 +369,7 @@ def test_cors_is_off_unless_configured(client, retriever):
     assert "access-control-allow-origin" not in client.get("/api/health", headers=headers).headers
     preflight = {"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in client.options("/api/search", headers=preflight).headers
-    with TestClient(create_app(retriever, ServeSettings(cors_origin=["http://localhost:3000"]))) as allowed:
+    with TestClient(create_app(retriever, ServeSettings(cors_origin=["http://localhost:3000"])), base_url="http://localhost") as allowed:
         response = allowed.get("/api/health", headers={"Origin": "http://localhost:3000"})
         assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
         assert "access-control-allow-origin" not in allowed.get("/api/health", headers=headers).headers
@@ -414,7 +414,7 @@ def test_serve_command_runs_uvicorn_on_loopback(index):
 # -- one app's settings, the routes every app shares -------------------------------------------
 def test_each_app_enforces_and_documents_its_own_limits(client, retriever):
     settings = ServeSettings(max_k=5, max_query_chars=20, max_batch_queries=2, thumbnail_size=64, search_timeout_s=2.5)
-    with TestClient(create_app(retriever, settings)) as small:
+    with TestClient(create_app(retriever, settings), base_url="http://localhost") as small:
         assert small.get("/api/search", params={"q": AUDI[:20]}).json()["k"] == 5  # the default k is max_k when that is under 10
         assert small.post("/api/search", json={"queries": [AUDI[:20]]}).json()["k"] == 5
         for params, reason in (({"q": "a car", "k": 6}, "k: Input should be less than or equal to 5"),

@@ -370,7 +370,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
         if inner is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(inner) in (list, tuple):
-            kwargs.update(nargs="+", type=(typing.get_args(inner) or (str,))[0])
+            kwargs.update(action="extend", nargs="+", type=(typing.get_args(inner) or (str,))[0])  # --x a b and --x a --x b alike
         elif choices:
             kwargs.update(type=type(choices[0]), metavar="{" + ",".join(str(c) for c in choices) + "}")
         elif inner in (int, float, str, Path):

@@ -17,3 +17,13 @@ class TrafficRetrievalError(Exception):
 def at(path, line_number: int | None = None) -> str:
     """Format a location as ``path:line`` (or just ``path``) for error messages."""
     return f"{path}:{line_number}" if line_number is not None else str(path)
+
+
+def printable(value, limit: int | None = None) -> str:
+    """``value`` safe to show on a terminal: characters that are not printable (ESC, BEL,
+    C1 controls such as CSI, bidi overrides, line breaks) written as Python escapes
+    (``\\x1b``, ``\\u202e``), after cutting it to ``limit`` characters plus "…"."""
+    text = str(value)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

@@ -101,3 +101,20 @@ class Closeable:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def folder_lock(folder, command):  # TEMPORARY: the old flock, to see the tests fail first
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise TrafficRetrievalError(f"{folder}: another `{command}` run is using this folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -103,11 +103,12 @@ def test_decompression_bomb_header_is_refused_before_decoding(make, tmp_path):
 
 
 @pytest.mark.parametrize("limit", [1000, 3000])  # over twice the limit (PIL raises), between 1x and 2x (PIL only warns)
-def test_image_over_the_pixel_limit_is_refused(tmp_path, monkeypatch, limit, recwarn):
+def test_image_over_the_pixel_limit_is_refused(tmp_path, monkeypatch, limit):
+    # PIL's own DecompressionBombWarning may still be issued (warning filters are process-wide,
+    # so load_image leaves them alone: tests/security/test_inputs.py); the image is refused either way
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     path = save(tmp_path / "big.png", Image.new("RGB", (64, 64)))  # 4096 pixels
     assert_image_error(path, "image is too large", f"over {limit} pixels")
-    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_directory_named_like_an_image(tmp_path):

@@ -143,6 +143,8 @@ def _contact_sheet(config: PredictConfig, queries: list[str], ranked_names: list
 
 
 def print_result(summary: dict, config: PredictConfig) -> None:
+    from ..errors import printable
+
     print(f"wrote {summary['submission']}: {summary['queries']} queries over {summary['gallery_images']} gallery images "
           f"({', '.join(f'{n} {c}' for c, n in summary['gallery_per_category'].items())})")
     if summary["empty_queries"]:
@@ -152,6 +154,6 @@ def print_result(summary: dict, config: PredictConfig) -> None:
     if summary.get("contact_sheet"):
         print(f"wrote {summary['contact_sheet']}")
     for message in summary["unreadable_images"][:10]:
-        print(f"skipped unreadable image: {message}")
+        print(f"skipped unreadable image: {printable(message)}")  # the message quotes a gallery file's name
     if summary["unreadable_images"]:
         print(f"{len(summary['unreadable_images'])} gallery images could not be read and were skipped")

@@ -77,6 +77,9 @@ def run(config: PrepareConfig) -> dict:
 
 
 def format_report(report: dict) -> str:
+    """The report for a terminal: values from the label file shortened, control characters escaped."""
+    from ..errors import printable
+
     lines = [f"{'split':<6} {'lines':>7} {'used':>7} {'skipped':>8} {'missing':>8} {'pedestrian':>11} {'vehicle':>8}"]
     for split, stats in report["splits"].items():
         if stats is None:
@@ -87,11 +90,12 @@ def format_report(report: dict) -> str:
             f"{stats['missing_images']:>8} {stats['per_category']['pedestrian']:>11} {stats['per_category']['vehicle']:>8}"
         )
     for skipped in report["skipped_lines"][:10]:
-        lines.append(f"skipped {skipped['source']}: {skipped['reason']}")
+        lines.append(f"skipped {printable(skipped['source'])}: {printable(skipped['reason'], 200)}")
     if len(report["skipped_lines"]) > 10:
         lines.append(f"... and {len(report['skipped_lines']) - 10} more skipped lines (see prepare_report.json)")
     for missing in report["missing_images"][:5]:
-        lines.append(f"missing image {missing['image']!r} ({missing['source']})")
+        name = missing["image"] if len(missing["image"]) <= 80 else missing["image"][:80] + "…"
+        lines.append(f"missing image {name!r} ({printable(missing['source'])})")
     if len(report["missing_images"]) > 5:
         lines.append(f"... and {len(report['missing_images']) - 5} more missing images (see prepare_report.json)")
     vocab = report.get("vocabulary", {})

@@ -48,14 +48,29 @@ def run(config: SearchConfig) -> dict:
 
 
 def format_results(results: list[dict]) -> str:
-    return "\n".join(f"{r['rank']:>4}  {r['score']:7.4f}  {r['category'] or '-':<10}  {r['name']}  {r['path']}" for r in results) or "(no results)"
+    """One line per result; names and paths come from the gallery's files, so control characters are escaped."""
+    from ..errors import printable
+
+    return "\n".join(f"{r['rank']:>4}  {r['score']:7.4f}  {printable(r['category'] or '-'):<10}  {printable(r['name'])}  {printable(r['path'])}"
+                     for r in results) or "(no results)"
+
+
+def json_line(value) -> str:
+    """JSON on one line, non-ASCII kept, but every character that is not printable (C1 controls
+    such as CSI, bidi overrides, lone surrogates from undecodable file names) written as
+    ``\\uXXXX``: ``json.dumps`` escapes only the C0 controls. Such characters occur only
+    inside JSON strings, where an escape means the same character."""
+    text = json.dumps(value, ensure_ascii=False)
+    return "".join(char if char.isprintable() else json.dumps(char)[1:-1] for char in text)
 
 
 def print_result(result: dict, config: SearchConfig) -> None:
+    from ..errors import printable
+
     for search in result["searches"]:
         if config.json:
-            print(json.dumps(search, ensure_ascii=False))
+            print(json_line(search))
         else:
             if len(result["searches"]) > 1:
-                print(f"query: {search['query']}")
+                print(f"query: {printable(search['query'])}")
             print(format_results(search["results"]))

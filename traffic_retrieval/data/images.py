@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TrafficRetrievalError
+from ..errors import TrafficRetrievalError, printable
 from ..options import ResizeMode
 
 RESIZE_MODES = typing.get_args(ResizeMode)  # what a user may write: open_clip's names and the aliases
@@ -99,19 +99,22 @@ class PreprocessConfig:
 def load_image(path: str | Path):
     """Open an image as RGB, honouring EXIF orientation; one-line error on failure.
 
-    Images over PIL's ``Image.MAX_IMAGE_PIXELS`` are refused, not decoded: PIL
-    itself only warns below twice the limit, after which decoding would take
-    gigabytes (a decompression bomb).
+    Any failure to read one file is that file's error, whatever the decoder raised
+    (malformed EXIF has raised ``struct.error`` and ``TypeError``), so one odd image
+    is counted, never the end of a build; only ``MemoryError`` (and interrupts) pass.
+    Images over PIL's ``Image.MAX_IMAGE_PIXELS`` are refused from their header, not
+    decoded (a decompression bomb). The limit is checked here rather than by turning
+    PIL's warning into an error: warning filters are process-wide, and thumbnails
+    are loaded from many threads at once.
     """
-    import warnings
-
     from PIL import Image, ImageOps
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+        image = Image.open(path)  # reads the header only; PIL itself raises past twice the limit
         with image:
+            width, height = image.size
+            if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{width} x {height} pixels")
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 image = image.convert("RGBA")
@@ -120,12 +123,27 @@ def load_image(path: str | Path):
             elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 image = image.point(lambda value: value * (1 / 256)).convert("L")
             return image.convert("RGB")
+    except MemoryError:
+        raise
     except FileNotFoundError:
         raise TrafficRetrievalError(f"{path}: image not found") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise TrafficRetrievalError(f"{path}: image is too large (over {Image.MAX_IMAGE_PIXELS} pixels; decompression bomb protection)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise TrafficRetrievalError(f"{path}: cannot read image ({exc})") from None
+    except OSError as exc:
+        raise TrafficRetrievalError(f"{path}: cannot read image ({_reason(exc.strerror or exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever one file makes the decoder raise is that file's error
+        raise TrafficRetrievalError(f"{path}: cannot read image ({_reason(exc, _kind(exc))})") from None
+
+
+def _reason(exc, kind: str | None = None) -> str:
+    """A decoder's complaint, bounded and safe to print (it may quote the file's bytes)."""
+    text = printable(" ".join(str(exc).split()), 120)
+    return f"{kind}: {text}" if kind and text else kind or text or "unknown error"
+
+
+def _kind(exc: Exception) -> str:
+    module = type(exc).__module__
+    return type(exc).__name__ if module == "builtins" else f"{module}.{type(exc).__name__}"
 
 
 def to_square(image, size: int, resize_mode: str, fill_color: int = 0, interpolation: str = "bicubic"):
@@ -223,6 +241,10 @@ class _ImageFiles:
             return position, image_to_uint8_tensor(path, self.preprocess), None, facts
         except TrafficRetrievalError as exc:
             return position, None, str(exc), facts
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - squaring or resizing one odd image: counted, never the end of the batch
+            return position, None, f"{path}: cannot read image ({_reason(exc, _kind(exc))})", facts
 
 
 def _collate(items) -> ImageBatch:

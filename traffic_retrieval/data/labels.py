@@ -2,7 +2,9 @@
 
 One parser for every label file the tool reads. A bad line raises
 ``LabelError`` naming the file and line; callers either stop (``--strict``) or
-skip the line and count it in their report.
+skip the line and count it in their report. A label file may come from someone
+else: lines are read with a bounded length (a longer one is skipped as "line too
+long" without being held), and values echoed in errors are shortened.
 """
 
 from __future__ import annotations
@@ -15,6 +17,16 @@ from typing import Iterator
 from ..errors import TrafficRetrievalError, at
 from .schema import NUM_PEDESTRIAN_FLAGS, PEDESTRIAN, VEHICLE, VEHICLE_TYPES
 from .vocabulary import parse_vehicle_attr, strip_vehicle_attr
+
+
+MAX_LINE_BYTES = 64 * 1024  # a real line is a few hundred bytes; a longer one is skipped, not read
+MAX_NAME_BYTES = 255  # no common file system has a longer file name (NAME_MAX)
+ECHO_CHARS = 80  # the most of a value an error quotes
+
+
+def quoted(value: str, limit: int = ECHO_CHARS) -> str:
+    """``repr`` of ``value`` cut to ``limit`` characters plus "…" (control characters escaped, as by ``repr``)."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
 class LabelError(TrafficRetrievalError):
@@ -52,19 +64,19 @@ def canonical_attr(raw_attr: str, vehicle_types=VEHICLE_TYPES) -> tuple[str, str
     items = [item.strip() for item in attr.split(",")]
     if len(items) > 1 or attr.isdigit():
         if not all(item.lstrip("-").isdigit() for item in items):
-            raise ValueError(f"ATTR looks like pedestrian flags but has non-numeric items: {attr[:60]!r}")
+            raise ValueError(f"ATTR looks like pedestrian flags but has non-numeric items: {quoted(attr)}")
         if len(items) != NUM_PEDESTRIAN_FLAGS:
             raise ValueError(f"pedestrian ATTR must have {NUM_PEDESTRIAN_FLAGS} flags, found {len(items)}")
         bad = [item for item in items if item not in ("0", "1")]
         if bad:
-            raise ValueError(f"pedestrian flags must be 0 or 1, found {bad[0]!r}")
+            raise ValueError(f"pedestrian flags must be 0 or 1, found {quoted(bad[0])}")
         return PEDESTRIAN, ",".join(items)
     vehicle = strip_vehicle_attr(attr)
     if not vehicle:
         raise ValueError("empty ATTR field")
     fields = parse_vehicle_attr(vehicle, vehicle_types)
     if fields.color and not (fields.brand or fields.type):
-        raise ValueError(f"vehicle ATTR {attr!r} has a color but no brand or type")
+        raise ValueError(f"vehicle ATTR {quoted(attr)} has a color but no brand or type")
     return VEHICLE, vehicle + "."
 
 
@@ -80,7 +92,9 @@ def parse_label_line(line: str, path="<labels>", line_number: int | None = None,
     if not image_name:
         raise LabelError(path, line_number, "empty IMAGE field")
     if "/" in image_name or "\\" in image_name or image_name in (".", ".."):
-        raise LabelError(path, line_number, f"image name {image_name!r} must be a plain file name (no path separators)")
+        raise LabelError(path, line_number, f"image name {quoted(image_name)} must be a plain file name (no path separators)")
+    if len(image_name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise LabelError(path, line_number, f"image name {quoted(image_name)} is longer than {MAX_NAME_BYTES} bytes (no file can have it)")
     if not text:
         raise LabelError(path, line_number, "empty TEXT field")
     try:
@@ -100,9 +114,11 @@ def decode_line(raw: bytes, path, line_number: int) -> str:
 def iter_label_lines(path: str | Path) -> Iterator[tuple[int, str | LabelError]]:
     """Stream ``(line_number, text)`` pairs from a label file without loading it whole.
 
-    A UTF-8 BOM and CRLF line ends are accepted; a line that is not UTF-8 is
-    yielded as a ``LabelError`` instead of its text so the caller can count it.
-    Blank lines are skipped silently only at the very end of the file.
+    A UTF-8 BOM and CRLF line ends are accepted; a line that is not UTF-8, or longer
+    than ``MAX_LINE_BYTES``, is yielded as a ``LabelError`` instead of its text so the
+    caller can count it (the rest of a long line is skipped in bounded pieces, so a
+    file without line ends is never held whole). Blank lines are skipped silently
+    only at the very end of the file.
     """
     path = Path(path)
     try:
@@ -112,17 +128,26 @@ def iter_label_lines(path: str | Path) -> Iterator[tuple[int, str | LabelError]]
     except OSError as exc:
         raise TrafficRetrievalError(f"{path}: cannot read label file ({exc.strerror})") from None
     pending_blank: list[int] = []
+    line_number = 0
     with handle:
-        for line_number, raw in enumerate(handle, start=1):
+        while raw := handle.readline(MAX_LINE_BYTES + 2):  # + 2: room for the line end, so a line of exactly the limit fits
+            line_number += 1
+            too_long = not raw.endswith(b"\n") and len(raw) == MAX_LINE_BYTES + 2
+            while too_long and (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass  # the rest of the line, dropped piece by piece
             if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
             raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
+            too_long = too_long or len(raw) > MAX_LINE_BYTES
+            if not too_long and not raw.strip():
                 pending_blank.append(line_number)
                 continue
             for blank in pending_blank:
                 yield blank, LabelError(path, blank, "empty line")
             pending_blank.clear()
+            if too_long:
+                yield line_number, LabelError(path, line_number, f"line too long (over {MAX_LINE_BYTES} bytes; a label line is IMAGE$ATTR$TEXT)")
+                continue
             try:
                 yield line_number, decode_line(raw, path, line_number)
             except LabelError as exc:
@@ -144,7 +169,7 @@ def read_label_file(path: str | Path, strict: bool = False, vehicle_types=VEHICL
                 raise line
             record = parse_label_line(line, path, line_number, vehicle_types)
             if record.image_name in first_line_of:
-                raise LabelError(path, line_number, f"duplicate image name {record.image_name!r} (first on line {first_line_of[record.image_name]})")
+                raise LabelError(path, line_number, f"duplicate image name {quoted(record.image_name)} (first on line {first_line_of[record.image_name]})")
         except LabelError as exc:
             if strict:
                 raise

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import TrafficRetrievalError
 from .schema import PEDESTRIAN, VEHICLE, VEHICLE_BRANDS, VEHICLE_COLORS, VEHICLE_TYPES
 
 # Words that name a vehicle without naming a brand or type ("a white car").
@@ -45,23 +46,47 @@ class VehicleVocabulary:
         return {"colors": sorted(self.colors), "types": sorted(self.types), "brands": sorted(self.brands)}
 
     @classmethod
-    def from_json_dict(cls, data: dict) -> "VehicleVocabulary":
-        # Accept both our lower-case keys and the seed's capitalised ones.
+    def from_json_dict(cls, data: dict, source: str = "vocabulary") -> "VehicleVocabulary":
+        """The vocabulary a JSON object states: ``colors``, ``types`` and ``brands`` (or the
+        seed's ``Colors``, ``Types``, ``Brands``), each a list of non-empty strings; other keys
+        are ignored. Anything else is a one-line error naming ``source`` and the key."""
+        if not isinstance(data, dict):
+            raise TrafficRetrievalError(f"{source}: not a vocabulary JSON object (expected {{\"colors\": [...], \"types\": [...], "
+                                        f"\"brands\": [...]}}, got {type(data).__name__})")
+
         def pick(key: str) -> list[str]:
-            return list(data.get(key, data.get(key.capitalize(), [])))
+            name = key if key in data else key.capitalize()
+            if name not in data:
+                raise TrafficRetrievalError(f"{source}: missing key {key!r} (or {key.capitalize()!r}), a list of strings")
+            values = data[name]
+            if not isinstance(values, list):
+                raise TrafficRetrievalError(f"{source}: key {name!r} must be a list of strings, got {type(values).__name__}")
+            for number, value in enumerate(values, start=1):
+                if not isinstance(value, str):
+                    raise TrafficRetrievalError(f"{source}: key {name!r} item {number} must be a string, got {type(value).__name__}")
+                if not value.strip():
+                    raise TrafficRetrievalError(f"{source}: key {name!r} item {number} is empty")
+            return list(values)
 
         return cls(pick("colors"), pick("types"), pick("brands"))
 
     @classmethod
     def load(cls, path: str | Path) -> "VehicleVocabulary":
-        from ..errors import TrafficRetrievalError
-
         try:
-            return cls.from_json_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise TrafficRetrievalError(f"{path}: vocabulary file not found") from None
-        except (json.JSONDecodeError, AttributeError, TypeError) as exc:
-            raise TrafficRetrievalError(f"{path}: not a vocabulary JSON object ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise TrafficRetrievalError(f"{path}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+        except OSError as exc:
+            raise TrafficRetrievalError(f"{path}: cannot read vocabulary file ({exc.strerror or exc})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TrafficRetrievalError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        except RecursionError:
+            raise TrafficRetrievalError(f"{path}: not valid JSON (nested too deeply)") from None
+        return cls.from_json_dict(data, source=str(path))
 
 
 def strip_vehicle_attr(attr: str) -> str:

@@ -162,19 +162,10 @@ class IndexLayout:
 
 @contextmanager
 def index_lock(layout: IndexLayout) -> Iterator[None]:
-    """One writer per index: a second ``index`` run on the same folder is refused, not interleaved."""
-    import fcntl
+    from ..io import folder_lock
 
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with layout.lock.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise TrafficRetrievalError(f"{layout.root}: another `index` run is updating this index") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with folder_lock(layout.root, "index"):
+        yield
 
 
 def _stored_version(db: sqlite3.Connection) -> int:

@@ -70,12 +70,16 @@ def read_queries(path: Path) -> list[str]:
 
 def count_truncated(tokenizer, texts: list[str]) -> int:
     """How many of ``texts`` exceed the tokenizer's context (open_clip cuts them silently)."""
+    from ..model.tokens import bound_tokenizer, bounded_text
+
     context_length = getattr(tokenizer, "context_length", None) or 77
+    bound_tokenizer(tokenizer)
     is_long: dict[str, bool] = {}
     for text in texts:
         if text not in is_long:
             if hasattr(tokenizer, "encode") and getattr(tokenizer, "reduction_fn", None) is None:  # open_clip's CLIP BPE
-                is_long[text] = len(tokenizer.encode(text)) + 2 > context_length  # + start and end tokens
+                # the part that can reach the model: past the context it is still over it, at a bounded cost
+                is_long[text] = len(tokenizer.encode(bounded_text(tokenizer, text))) + 2 > context_length  # + start and end tokens
             elif hasattr(tokenizer, "tokenizer"):  # open_clip's HFTokenizer: the wrapped tokenizer, untruncated
                 is_long[text] = len(tokenizer.tokenizer(text)["input_ids"]) > context_length
             else:  # anything else: the text fills the whole context

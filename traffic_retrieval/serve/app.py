@@ -6,13 +6,17 @@ Routes (all JSON unless said otherwise; ``routes.py``):
   ``{"queries": [...], "k": 10, "category": "routed"}``;
 - ``GET /api/images/{id}``, ``/api/thumbnails/{id}``: image bytes by integer index
   id; the file is the one the index recorded, never a path a client gave;
-- ``GET /api/health``, ``/api/info``; ``GET /openapi.json`` and ``/docs`` (a
-  self-contained page, no CDN: FastAPI's Swagger UI would load from one);
+- ``GET /api/health`` (503 when the search worker is not running), ``/api/info``;
+  ``GET /openapi.json`` and ``/docs`` (a self-contained page, no CDN: FastAPI's
+  Swagger UI would load from one);
 - ``GET /``: the search page, ``/static/NAME``: its assets (a fixed set read at
   start-up, so no request ever reaches the file system by name).
 
 The retriever is opened once by the caller; searches go through one
-``MicroBatcher`` so concurrent queries are encoded together. The ``serve`` command
+``MicroBatcher`` so concurrent queries are encoded together (a bounded queue: 503
+when full). Requests addressed to a host name the server does not answer are
+refused (400, ``HostAllowList``); bodies are bounded by the bytes received and
+``Transfer-Encoding`` is refused (``GuardMiddleware``). The ``serve`` command
 imports this module inside its handler: FastAPI is not loaded for ``--help``.
 """
 
@@ -27,9 +31,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import TrafficRetrievalError
-from .middleware import GuardMiddleware
+from .batching import ServiceUnavailable
+from .middleware import GuardMiddleware, HostAllowList
 from .routes import api, document_limits, label_text, pages
-from .settings import ServeSettings, check_settings
+from .settings import ServeSettings, allowed_hosts, check_settings
 from .state import Service
 
 __all__ = ["ServeSettings", "check_settings", "create_app", "label_text"]  # the names callers import from here
@@ -45,7 +50,8 @@ def create_app(retriever, settings: ServeSettings | None = None) -> FastAPI:
                   exception_handlers={RequestValidationError: validation_error, TrafficRetrievalError: retrieval_error})
     if settings.cors_origin:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origin), allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
-    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes)  # added last: the outermost
+    app.add_middleware(HostAllowList, allowed_hosts=allowed_hosts(settings))  # before anything else looks at the request
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes)  # added last: the outermost (its headers go on every answer)
     app.include_router(api)
     app.include_router(pages)
     app.openapi = partial(openapi_with_limits, app)
@@ -77,7 +83,7 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 async def retrieval_error(request: Request, exc: TrafficRetrievalError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=422)
+    return JSONResponse({"detail": str(exc)}, status_code=503 if isinstance(exc, ServiceUnavailable) else 422)
 
 
 def _error_location(loc) -> str:

@@ -8,6 +8,10 @@ one, plus those arriving within ``max_wait_s`` (0: none, so a lone request never
 waits). Requests are grouped by
 (k, category) because ``search_batch`` takes one of each; results are the same
 as ``Retriever.search`` would give for each request alone.
+
+The queue is bounded (``max_queued`` queries waiting for the model): past it, or
+once the worker has stopped or died, ``submit`` raises ``ServiceUnavailable`` at
+once (the server answers 503) instead of letting a flood queue without end.
 """
 
 from __future__ import annotations
@@ -22,12 +26,17 @@ from dataclasses import dataclass, field
 from ..errors import TrafficRetrievalError
 
 
+class ServiceUnavailable(TrafficRetrievalError):
+    """The search cannot be taken now (queue full, shutting down, worker stopped): a 503, not the client's fault."""
+
+
 @dataclass
 class _Request:
     query: str
     k: int
     category: str | None
     future: Future = field(default_factory=Future)
+    waiting: bool = True  # counted in the queue's bound until the worker takes it or it is cancelled
 
 
 _STOP = object()
@@ -38,18 +47,23 @@ class MicroBatcher:
 
     ``search_batch(queries, k, category)`` is the retriever's method; ``max_batch``
     bounds one encoding call; ``max_wait_s`` is how long the worker waits for more
-    requests after the first one of a batch.
+    requests after the first one of a batch; ``max_queued`` bounds the queries
+    waiting for the worker (cancelled ones stop counting at once).
     """
 
-    def __init__(self, search_batch, max_batch: int = 32, max_wait_s: float = 0.0):
+    def __init__(self, search_batch, max_batch: int = 32, max_wait_s: float = 0.0, max_queued: int = 1024):
         if max_batch < 1:
             raise TrafficRetrievalError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_s < 0:
             raise TrafficRetrievalError(f"max_wait_s must be at least 0, got {max_wait_s}")
+        if max_queued < 1:
+            raise TrafficRetrievalError(f"max_queued must be at least 1, got {max_queued}")
         self._search_batch = search_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._queue: queue.Queue = queue.Queue()
+        self.max_queued = max_queued
+        self._queue: queue.Queue = queue.Queue()  # bounded by ``_waiting`` in ``submit``: a full queue.Queue would block close()
+        self._waiting = 0
         self._closed = False
         self._lock = threading.Lock()
         self.batches = 0  # search_batch calls made
@@ -59,13 +73,35 @@ class MicroBatcher:
         self._worker = threading.Thread(target=self._run, name="search-batcher", daemon=True)
         self._worker.start()
 
+    @property
+    def alive(self) -> bool:
+        """The worker thread is running and takes requests."""
+        return self._worker.is_alive() and not self._closed
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
     def submit(self, query: str, k: int, category: str | None) -> Future:
         request = _Request(query, k, category)
         with self._lock:
             if self._closed:
-                raise TrafficRetrievalError("the search service is shutting down")
+                raise ServiceUnavailable("the search service is shutting down")
+            if not self._worker.is_alive():
+                raise ServiceUnavailable("the search worker has stopped; restart the service")
+            if self._waiting >= self.max_queued:
+                raise ServiceUnavailable(f"the search service is busy ({self._waiting} queries waiting); try again shortly")
+            self._waiting += 1
             self._queue.put(request)
+        request.future.add_done_callback(lambda future: self._taken(request) if future.cancelled() else None)
         return request.future
+
+    def _taken(self, request: _Request) -> None:
+        """``request`` no longer waits: the worker took it, or its caller cancelled it."""
+        with self._lock:
+            if request.waiting:
+                request.waiting = False
+                self._waiting -= 1
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish the queued requests, then stop the worker."""
@@ -93,6 +129,7 @@ class MicroBatcher:
             if item is _STOP:
                 stop = True
                 break
+            self._taken(item)
             batch.append(item)
         return batch, stop
 
@@ -102,6 +139,7 @@ class MicroBatcher:
             item = self._queue.get()
             if item is _STOP:
                 break
+            self._taken(item)
             batch, stop = self._collect(item)
             self._answer(batch)
         # requests that were queued behind the stop marker still get an answer
@@ -111,6 +149,7 @@ class MicroBatcher:
             except queue.Empty:
                 break
             if item is not _STOP:
+                self._taken(item)
                 self._answer([item])
 
     def _answer(self, batch: list[_Request]) -> None:
@@ -151,4 +190,4 @@ class MicroBatcher:
     def stats(self) -> dict:
         return {"batches": self.batches, "queries": self.batched_queries, "largest_batch": self.largest_batch,
                 "mean_batch": round(self.batched_queries / self.batches, 2) if self.batches else None,
-                "max_batch": self.max_batch, "max_wait_ms": self.max_wait_s * 1000}
+                "max_batch": self.max_batch, "max_wait_ms": self.max_wait_s * 1000, "queued": self.queued, "max_queued": self.max_queued}

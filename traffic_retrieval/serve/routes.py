@@ -10,7 +10,6 @@ each app's OpenAPI schema.
 
 import asyncio
 import logging
-import mimetypes
 import os
 import time
 from pathlib import Path
@@ -18,13 +17,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic_core import ValidationError
 
 from ..errors import TrafficRetrievalError
+from .batching import ServiceUnavailable
 from .schemas import DEFAULT_K, ROUTED, BatchSearchRequest, BatchSearchResponse, SearchResponse
 from .settings import ServeSettings
 from .state import Service, ServiceDep
+from .thumbnails import ThumbnailsBusy
 
 MAX_IMAGE_ID = 2**63 - 1  # SQLite's integer range
 
@@ -117,7 +118,15 @@ def hits(request: Request, results) -> list[dict]:
 
 
 async def run_searches(service: Service, queries: list[str], k: int, category: str | None):
-    futures = [asyncio.wrap_future(service.batcher.submit(query, k, category)) for query in queries]
+    submitted = []
+    try:
+        for query in queries:
+            submitted.append(service.batcher.submit(query, k, category))
+    except ServiceUnavailable as exc:  # queue full, shutting down, worker gone: 503 at once, and nothing of this request stays queued
+        for future in submitted:
+            future.cancel()
+        raise HTTPException(503, str(exc)) from None
+    futures = [asyncio.wrap_future(future) for future in submitted]
     timeout_s = service.settings.search_timeout_s
     try:
         return await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
@@ -129,7 +138,7 @@ def _milliseconds_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
-BUSY = {503: {"description": "the search did not finish within search_timeout_s"}}
+BUSY = {503: {"description": "the search did not finish within search_timeout_s, or the service is busy or shutting down"}}
 
 
 @api.get("/api/search", response_model=SearchResponse, tags=["search"], summary="Search the index with one text query", responses=BUSY)
@@ -189,10 +198,30 @@ def image_file(service: Service, image_id: int) -> Path:
     return path
 
 
+# The formats an index accepts, by their first bytes: a response's media type is what the file is,
+# never guessed from its name, and a file that is none of them is not served at all.
+IMAGE_SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"BM", "image/bmp"))
+
+
+def image_media_type(path: Path) -> str | None:
+    """``image/jpeg``, ``image/png``, ``image/bmp`` or ``image/webp`` from the file's signature; None for anything else."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return next((media_type for signature, media_type in IMAGE_SIGNATURES if head.startswith(signature)), None)
+
+
 @api.get("/api/images/{image_id}", tags=["images"], summary="The full image", response_class=FileResponse, responses=NOT_FOUND)
 def image(service: ServiceDep, image_id: ImageId):
     path = image_file(service, image_id)
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    media_type = image_media_type(path)
+    if media_type is None:  # replaced on disk by something that is not an image: never serve it
+        log.warning("image %s: the file is not a JPEG, PNG, BMP or WebP image, refused", image_id)
+        raise HTTPException(404, f"image {image_id}: not an image")
     return FileResponse(path, media_type=media_type, headers=CACHED)
 
 
@@ -201,15 +230,21 @@ def thumbnail(service: ServiceDep, image_id: ImageId):
     path = image_file(service, image_id)
     try:
         data = service.thumbnails.get(image_id, path)
+    except ThumbnailsBusy as exc:
+        raise HTTPException(503, str(exc)) from None
     except TrafficRetrievalError:
         raise HTTPException(404, f"image {image_id}: cannot be read") from None
-    return Response(data, media_type="image/jpeg", headers=CACHED)
+    return Response(data, media_type="image/jpeg", headers=CACHED)  # made here: always a JPEG
 
 
 # -- service -----------------------------------------------------------------------------
-@api.get("/api/health", tags=["service"])
-def health(service: ServiceDep):
-    return {"status": "ok", "count": service.info["count"]}
+@api.get("/api/health", tags=["service"], responses={503: {"description": "the search worker is not running"}})
+async def health(service: ServiceDep):
+    batcher = service.batcher
+    alive = batcher.alive
+    body = {"status": "ok" if alive else "unavailable", "count": service.info["count"],
+            "batcher": {"alive": alive, "queued": batcher.queued, "max_queued": batcher.max_queued}}
+    return body if alive else JSONResponse(body | {"detail": "the search worker is not running"}, status_code=503)
 
 
 @api.get("/api/info", tags=["service"], summary="The model, index size and categories, and the service's limits")

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ..errors import TrafficRetrievalError
-from .settings import ServeSettings, check_settings
+from .settings import ServeSettings, allowed_hosts, check_settings
 
 
 def is_loopback(host: str) -> bool:
@@ -70,10 +70,16 @@ def serve(settings: ServeSettings) -> None:
         info = retriever.info()
         print(f"serving {info['count']} images ({info['model']}) on http://{shown}:{port}/  (API: /api/search, docs: /docs)", flush=True)
         if not is_loopback(settings.host):
-            print(f"warning: listening on {settings.host}: anyone who can reach this machine can search the index and view its images",
-                  file=sys.stderr, flush=True)
-        config = uvicorn.Config(app, log_level=settings.log_level, lifespan="on")
-        uvicorn.Server(config).run(sockets=[sock])
+            print(f"warning: listening on {settings.host}: anyone who can reach this machine can search the index and view its images "
+                  f"(requests must name {', '.join(allowed_hosts(settings))}; --allowed-host adds a name)", file=sys.stderr, flush=True)
+        uvicorn.Server(uvicorn_config(app, settings.log_level)).run(sockets=[sock])
+
+
+def uvicorn_config(app, log_level: str):
+    """uvicorn's settings for ``app``: its connection limit (past it uvicorn answers 503 itself), the lifespan."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level=log_level, lifespan="on", limit_concurrency=app.state.settings.max_connections)
 
 
 @contextmanager
@@ -82,7 +88,7 @@ def running_server(app, host: str = "127.0.0.1", port: int = 0, timeout_s: float
     import uvicorn
 
     sock = bind_socket(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, "warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

@@ -50,8 +50,10 @@ class Service:
     def start(cls, retriever, settings: ServeSettings) -> Service:
         """Start the micro-batching worker and read what is read once; ``close`` stops the worker."""
         return cls(retriever=retriever, settings=settings,
-                   batcher=MicroBatcher(retriever.search_batch, settings.batch_size, settings.batch_wait_ms / 1000),
-                   thumbnails=ThumbnailCache(settings.thumbnail_size, settings.thumbnail_cache), info=retriever.info(),
+                   batcher=MicroBatcher(retriever.search_batch, settings.batch_size, settings.batch_wait_ms / 1000, settings.max_queued_queries),
+                   thumbnails=ThumbnailCache(settings.thumbnail_size, settings.thumbnail_cache, max_decodes=settings.thumbnail_decodes,
+                                             decode_wait_s=settings.search_timeout_s),
+                   info=retriever.info(),
                    categories=[ROUTED, "all", *sorted({"pedestrian", "vehicle", *retriever.categories})], static_files=read_static_files())
 
     @property

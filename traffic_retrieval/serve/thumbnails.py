@@ -1,5 +1,13 @@
-"""Thumbnails for the results grid: the one image loader, PIL's ``thumbnail``, JPEG,
-kept in a bounded in-memory LRU cache.
+"""Thumbnails for the results grid: JPEG, kept in a bounded in-memory LRU cache.
+
+Decoding is what costs (a gallery may hold 90-megapixel photos, and the route runs
+in up to 40 threads), so it is bounded three ways: at most ``max_decodes`` at once
+(a semaphore; a request that waits too long gets a 503), an image over PIL's
+``Image.MAX_IMAGE_PIXELS`` is refused from its header before decoding (an explicit
+width x height check: warning filters are process-wide, so turning PIL's warning
+into an error is not safe across threads), and a JPEG is decoded at a reduced scale
+(``Image.draft``: JPEG's DCT scaling, 1/2 to 1/8, never below the thumbnail's size).
+Other formats go through the one image loader, ``data.images.load_image``.
 
 The cache key includes the file's size and modification time, so a gallery file
 replaced on disk (and re-indexed under the same id) gets a fresh thumbnail.
@@ -16,11 +24,48 @@ from ..data.images import load_image
 from ..errors import TrafficRetrievalError
 
 
+class ThumbnailsBusy(TrafficRetrievalError):
+    """Every decoding slot stayed taken for the whole wait: a 503, not the image's fault."""
+
+
+def check_image_pixels(path: str | Path, image) -> None:
+    """Refuse an opened (not yet decoded) image over PIL's ``Image.MAX_IMAGE_PIXELS``; thread-safe."""
+    from PIL import Image
+
+    width, height = image.size
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+        raise TrafficRetrievalError(f"{path}: image is too large ({width} x {height} pixels, over {Image.MAX_IMAGE_PIXELS}; "
+                                    "decompression bomb protection)")
+
+
+def decode_for_thumbnail(path: str | Path, size: int):
+    """The image at ``path`` as RGB, at least ``size`` pixels a side where it has them; a JPEG at reduced scale."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:  # the header only; PIL itself refuses past twice the pixel limit
+            check_image_pixels(path, image)
+            if image.format == "JPEG":  # no alpha, no 16-bit modes: orientation and RGB are all load_image would add
+                image.draft("RGB", (size, size))
+                return ImageOps.exif_transpose(image).convert("RGB")
+    except TrafficRetrievalError:
+        raise
+    except FileNotFoundError:
+        raise TrafficRetrievalError(f"{path}: image not found") from None
+    except Image.DecompressionBombError:
+        raise TrafficRetrievalError(f"{path}: image is too large (over {Image.MAX_IMAGE_PIXELS} pixels; decompression bomb protection)") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever one file makes the decoder raise is that file's error
+        raise TrafficRetrievalError(f"{path}: cannot read image ({type(exc).__name__})") from None
+    return load_image(path)  # checked above; load_image checks again and handles alpha and 16-bit modes
+
+
 def make_thumbnail(path: str | Path, size: int, quality: int = 85) -> bytes:
     """JPEG bytes of the image at ``path`` shrunk to fit ``size`` x ``size`` (never enlarged)."""
     from PIL import Image
 
-    image = load_image(path)
+    image = decode_for_thumbnail(path, size)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality, optimize=True)
@@ -28,14 +73,21 @@ def make_thumbnail(path: str | Path, size: int, quality: int = 85) -> bytes:
 
 
 class ThumbnailCache:
-    """At most ``max_entries`` thumbnails and ``max_bytes`` bytes, least recently used out first."""
+    """At most ``max_entries`` thumbnails and ``max_bytes`` bytes, least recently used out first;
+    at most ``max_decodes`` decodes at once, each waiting at most ``decode_wait_s`` for its turn."""
 
-    def __init__(self, size: int = 256, max_entries: int = 2048, max_bytes: int = 64 * 2**20):
+    def __init__(self, size: int = 256, max_entries: int = 2048, max_bytes: int = 64 * 2**20, max_decodes: int = 2,
+                 decode_wait_s: float = 30.0):
         if size < 16:
             raise TrafficRetrievalError(f"thumbnail size must be at least 16 pixels, got {size}")
+        if max_decodes < 1:
+            raise TrafficRetrievalError(f"max_decodes must be at least 1, got {max_decodes}")
         self.size = size
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.max_decodes = max_decodes
+        self.decode_wait_s = decode_wait_s
+        self._decodes = threading.BoundedSemaphore(max_decodes)
         self._entries: OrderedDict[tuple, bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -59,7 +111,12 @@ class ThumbnailCache:
                 self.hits += 1
                 return data
             self.misses += 1
-        data = make_thumbnail(path, self.size)  # outside the lock: decoding is the slow part
+        if not self._decodes.acquire(timeout=self.decode_wait_s):
+            raise ThumbnailsBusy(f"thumbnails are busy ({self.max_decodes} being made); try again shortly")
+        try:
+            data = make_thumbnail(path, self.size)  # outside the lock: decoding is the slow part
+        finally:
+            self._decodes.release()
         with self._lock:
             if key not in self._entries and self.max_entries > 0 and len(data) <= self.max_bytes:
                 self._entries[key] = data
@@ -72,4 +129,4 @@ class ThumbnailCache:
     def stats(self) -> dict:
         with self._lock:
             return {"entries": len(self._entries), "bytes": self._bytes, "hits": self.hits, "misses": self.misses,
-                    "max_entries": self.max_entries, "max_bytes": self.max_bytes, "size": self.size}
+                    "max_entries": self.max_entries, "max_bytes": self.max_bytes, "size": self.size, "max_decodes": self.max_decodes}

@@ -1,0 +1,177 @@
+"""``index.json`` checked before any of it is used, and the gallery paths rows may name.
+
+An index may come from someone else, so nothing in it is used as it is: every field
+``Retriever``, ``read_indexed_gallery`` and an incremental build read is checked for its
+type and range (``check_index_info``), a bad one being a one-line error naming the field
+(``faiss.indexes.vehicle.search_param.efSearch: ...``). FAISS files are named only by the
+pattern the build writes, ``faiss/<category>.<12 hex>.index`` (``faiss_file_name``),
+never by a path taken from the file; search settings are bounded, since FAISS allocates
+per query in proportion to them. A row's gallery path must be a plain relative path
+(``check_relative_path``); which file may be served is ``Retriever.image_path``'s check.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+from ..errors import TrafficRetrievalError
+
+MAX_INDEX_JSON_BYTES = 64 * 2**20  # a real one is a few kilobytes
+MAX_DIM = 16_384  # embedding widths are 256 to 1,280 today
+MAX_COUNT = 2**40
+MAX_EF_SEARCH = 4096  # the largest value the build tunes to (faiss_index.HNSW_EF_CANDIDATES)
+MAX_NPROBE = 2**20  # FAISS clamps nprobe to the number of lists
+MAX_K_FACTOR = 256  # re-scoring candidates per result (the build tunes 8, 32 or 128)
+MAX_CATEGORIES = 1000
+MAX_NAME_CHARS = 200
+MAX_PATH_CHARS = 4096
+BUILT_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+SEARCH_PARAMS = {  # kind -> the settings it may carry, with their bounds
+    "flat": {},
+    "hnsw": {"efSearch": MAX_EF_SEARCH, "k_factor": MAX_K_FACTOR},
+    "ivf": {"nprobe": MAX_NPROBE, "k_factor": MAX_K_FACTOR},
+    "ivfpq": {"nprobe": MAX_NPROBE, "k_factor": MAX_K_FACTOR},
+}
+HEX64 = re.compile(r"[0-9a-f]{64}")
+FAISS_FILE = re.compile(r"faiss/[A-Za-z0-9_-]+\.[0-9a-f]{12}\.index")
+
+
+def category_file_stem(category: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", category) or "_"
+
+
+def faiss_file_name(category: str, fingerprint: str) -> str:
+    """The one name a category's FAISS file may have, relative to the index folder."""
+    return f"faiss/{category_file_stem(category)}.{fingerprint[:12]}.index"
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value from a file, short enough for a one-line error."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_relative_path(path) -> str | None:
+    """Why ``path`` is not a plain ``/``-separated path inside a folder, or None when it is."""
+    if not isinstance(path, str) or not path:
+        return "is not a path"
+    if len(path) > MAX_PATH_CHARS or "\0" in path:
+        return "is not a usable path"
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        return "is not a relative path inside the gallery"
+    return None
+
+
+class _Fields:
+    """Reads fields of a JSON document, each failure a one-line error naming the field."""
+
+    def __init__(self, where):
+        self.where = where
+
+    def fail(self, field: str, reason: str):
+        raise TrafficRetrievalError(f"{self.where}: {field}: {reason}")
+
+    def get(self, document: dict, field: str, key: str, required: bool = True):
+        if key not in document:
+            if required:
+                self.fail(field, "missing")
+            return None
+        return document[key]
+
+    def mapping(self, value, field: str, limit: int = MAX_CATEGORIES) -> dict:
+        if not isinstance(value, dict):
+            self.fail(field, f"must be an object, got {shown(value)}")
+        if len(value) > limit:
+            self.fail(field, f"has {len(value)} entries, at most {limit} allowed")
+        return value
+
+    def integer(self, value, field: str, minimum: int, maximum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            self.fail(field, f"must be an integer from {minimum} to {maximum}, got {shown(value)}")
+        return value
+
+    def fraction(self, value, field: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+            self.fail(field, f"must be a number from 0 to 1, got {shown(value)}")
+        return value
+
+    def text(self, value, field: str, limit: int = MAX_NAME_CHARS) -> str:
+        if not isinstance(value, str) or not value or len(value) > limit or "\0" in value:
+            self.fail(field, f"must be a non-empty string of at most {limit} characters, got {shown(value)}")
+        return value
+
+    def absolute_path(self, value, field: str) -> str:
+        self.text(value, field, MAX_PATH_CHARS)
+        if not os.path.isabs(value):
+            self.fail(field, f"must be an absolute path, got {shown(value)}")
+        return value
+
+    def choice(self, value, field: str, choices) -> str:
+        if not isinstance(value, str) or value not in choices:
+            self.fail(field, f"must be one of {', '.join(choices)}, got {shown(value)}")
+        return value
+
+
+def check_index_info(info, where) -> dict:
+    """``info`` (index.json, parsed) when every field it is used by is well formed; else a
+    one-line ``TrafficRetrievalError`` ``"<where>: <field>: <reason>"``. Unknown fields are
+    left alone (a newer build may add some)."""
+    fields = _Fields(where)
+    if not isinstance(info, dict):
+        fields.fail("(document)", f"must be a JSON object, got {type(info).__name__}")
+    images = fields.absolute_path(fields.get(info, "images", "images"), "images")
+    if os.path.normpath(images) == os.sep or os.path.normpath(images) == "//":
+        fields.fail("images", "the file system root cannot be a gallery")
+    fields.absolute_path(fields.get(info, "checkpoint", "checkpoint"), "checkpoint")
+    identity = fields.get(info, "identity", "identity")
+    if not isinstance(identity, str) or not HEX64.fullmatch(identity):
+        fields.fail("identity", f"must be the checkpoint's sha256 (64 hex digits), got {shown(identity)}")
+    fields.text(fields.get(info, "model", "model"), "model")
+    fields.integer(fields.get(info, "dim", "dim"), "dim", 1, MAX_DIM)
+    dtype = fields.get(info, "embedding_dtype", "embedding_dtype", required=False)
+    if dtype is not None and dtype != "float16":
+        fields.fail("embedding_dtype", f"must be float16, got {shown(dtype)}")
+    for key in ("count", "unreadable"):
+        fields.integer(fields.get(info, key, key), key, 0, MAX_COUNT)
+    if "pending" in info:
+        fields.integer(info["pending"], "pending", 0, MAX_COUNT)
+    for category, count in fields.mapping(fields.get(info, "categories", "categories"), "categories").items():
+        fields.integer(count, f"categories.{shown(category, 40)}", 0, MAX_COUNT)
+    for category, kind in fields.mapping(fields.get(info, "kind", "kind"), "kind").items():
+        fields.choice(kind, f"kind.{shown(category, 40)}", BUILT_KINDS)
+    fields.fraction(fields.get(info, "recall@10", "recall@10"), "recall@10")
+    fields.text(fields.get(info, "built_at", "built_at"), "built_at")
+    labels = info.get("labels")
+    if labels is not None and not isinstance(labels, dict):
+        fields.fail("labels", f"must be an object or null, got {shown(labels)}")
+    _check_faiss(fields, fields.mapping(fields.get(info, "faiss", "faiss"), "faiss"))
+    return info
+
+
+def _check_faiss(fields: _Fields, faiss_info: dict) -> None:
+    fingerprint = fields.get(faiss_info, "faiss.fingerprint", "fingerprint")
+    if not isinstance(fingerprint, str) or not HEX64.fullmatch(fingerprint):
+        fields.fail("faiss.fingerprint", f"must be 64 hex digits, got {shown(fingerprint)}")
+    indexes = fields.mapping(fields.get(faiss_info, "faiss.indexes", "indexes"), "faiss.indexes")
+    for category, entry in indexes.items():
+        if not isinstance(category, str) or not category or len(category) > MAX_NAME_CHARS:
+            fields.fail("faiss.indexes", f"category names must be short strings, got {shown(category)}")
+        prefix = f"faiss.indexes.{category}"
+        entry = fields.mapping(entry, prefix, limit=64)
+        name = fields.get(entry, f"{prefix}.file", "file")
+        expected = faiss_file_name(category, fingerprint)
+        if not isinstance(name, str) or not FAISS_FILE.fullmatch(name) or name != expected:
+            fields.fail(f"{prefix}.file", f"must be {expected} (FAISS files are named by the build, inside the index folder), got {shown(name)}")
+        kind = fields.choice(fields.get(entry, f"{prefix}.kind", "kind"), f"{prefix}.kind", BUILT_KINDS)
+        fields.integer(fields.get(entry, f"{prefix}.count", "count"), f"{prefix}.count", 0, MAX_COUNT)
+        fields.fraction(fields.get(entry, f"{prefix}.recall@10", "recall@10"), f"{prefix}.recall@10")
+        fields.integer(fields.get(entry, f"{prefix}.recall_queries", "recall_queries"), f"{prefix}.recall_queries", 0, MAX_COUNT)
+        params = fields.mapping(fields.get(entry, f"{prefix}.search_param", "search_param"), f"{prefix}.search_param", limit=8)
+        allowed = SEARCH_PARAMS[kind]
+        for key, value in params.items():
+            if key not in allowed:
+                fields.fail(f"{prefix}.search_param.{shown(key, 40).strip(chr(39))}",
+                            f"not a setting of a {kind} index (allowed: {', '.join(allowed) or 'none'})")
+            fields.integer(value, f"{prefix}.search_param.{key}", 1, allowed[key])
