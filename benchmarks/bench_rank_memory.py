@@ -97,7 +97,7 @@ def run_variant(variant: str, args, workdir: Path) -> tuple[dict, object]:
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         return {"variant": variant, "error": (completed.stderr.strip().splitlines() or [f"exit {completed.returncode}"])[-1], "returncode": completed.returncode}, None
-    payload = torch.load(out, weights_only=False)
+    payload = torch.load(out, weights_only=True)
     out.unlink()
     return payload["report"], (payload["scores"], payload["indices"])
 

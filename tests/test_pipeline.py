@@ -71,9 +71,9 @@ def test_resume_continues_from_the_last_epoch(trained_run, tmp_path):
     assert (run / "checkpoints" / "epoch_3.pt").is_file()
     import torch
 
-    final = torch.load(run / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)
+    final = torch.load(run / "checkpoints" / "final.pt", map_location="cpu", weights_only=True)
     assert [record["epoch"] for record in final["history"]] == [1, 2, 3]  # the epochs before the resume too
-    assert "scaler" in torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert "scaler" in torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

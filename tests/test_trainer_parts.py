@@ -110,7 +110,7 @@ def test_resume_from_state_dict_repeats_an_uninterrupted_run_exactly(tiny):
     torch.save(first.state_dict(), saved)
     resumed, parts = fresh_run(tiny, augment=augment, seed=99)  # other initial weights: all must come from the file
     saved.seek(0)
-    resumed.load_state_dict(torch.load(saved, weights_only=False))
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
     assert (resumed.epoch, resumed.step, len(resumed.history)) == (1, 1, 1)
     run_epochs(resumed, parts, schedule, range(resumed.epoch, 2))
 

@@ -1,13 +1,15 @@
 """Atomic file writes and JSON-lines helpers: every output file is written to a
 temporary file in the same directory and renamed, so a killed run never leaves
-a half-written file behind."""
+a half-written file behind. ``folder_lock``: one run per output folder."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -103,18 +105,56 @@ class Closeable:
         self.close()
 
 
+LOCK_FILE = ".lock"
+_held_locks: dict[tuple[int, int], list[int]] = {}  # (device, inode) of a lock file this process holds -> its descriptors
+_held_locks_guard = threading.Lock()
+
+
 @contextmanager
-def folder_lock(folder, command):  # TEMPORARY: the old flock, to see the tests fail first
+def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
+    """One run per folder: hold ``FOLDER/.lock`` while ``command`` (``index``, ``train``,
+    ``prepare``) writes in ``folder``; a second run on it, here or in another process, is
+    a one-line error naming the folder. Yields the folder (created if needed).
+
+    A POSIX record lock (``fcntl.lockf``), not ``flock``: the kernel releases it the moment
+    its process dies, and processes forked while it is held (DataLoader workers, which
+    outlive a killed parent by seconds) do not hold it, so a killed run can be restarted
+    at once. Record locks belong to a process and closing *any* descriptor of the file
+    drops them, so a second take in this process is refused here without closing anything.
+    """
     import fcntl
+    import stat
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("a") as handle:
+    path = folder / LOCK_FILE
+    busy = TrafficRetrievalError(f"{folder}: another `{command}` run is using this folder (it holds {LOCK_FILE}); "
+                                 "wait for it to finish, or use another folder")
+    try:  # no link followed, no FIFO waited on, not inherited by programs this run starts
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        reason = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
+        raise TrafficRetrievalError(f"{path}: cannot open the lock file ({reason})") from None
+    with _held_locks_guard:
+        info = os.fstat(fd)
+        key = (info.st_dev, info.st_ino)
+        if key in _held_locks:  # held by this process: keep this descriptor open until the holder lets go
+            _held_locks[key].append(fd)
+            raise busy
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise TrafficRetrievalError(f"{path}: the lock file is not a regular file")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise TrafficRetrievalError(f"{folder}: another `{command}` run is using this folder") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise busy from None
+            raise TrafficRetrievalError(f"{path}: cannot lock ({exc.strerror or exc})") from None
+        _held_locks[key] = [fd]
+    try:
+        yield folder
+    finally:
+        with _held_locks_guard:
+            for descriptor in _held_locks.pop(key):
+                os.close(descriptor)  # the first close releases the lock

@@ -73,7 +73,7 @@ def test_train_killed_mid_epoch_resumes_to_the_same_weights(work, tmp_path):
     finally:
         victim.kill()
     assert not (run / "checkpoints" / "final.pt").exists()
-    interrupted_at = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"]
+    interrupted_at = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"]
     assert interrupted_at in (1, 2)
 
     resumed = subprocess.run(command("train", "--work", work, "--out", run, *TRAIN_FLAGS, "--resume"), capture_output=True, text=True,

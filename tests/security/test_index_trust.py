@@ -233,6 +233,23 @@ def test_a_faiss_file_that_disagrees_with_index_json_is_refused(index_copy):
         Retriever.open(index_copy, device="cpu")
 
 
+def test_metadata_with_triggers_or_rows_past_their_shard_is_refused(index_copy, tmp_path):
+    """meta.sqlite comes with the index: SQL of its own (a trigger fires on our writes) is refused,
+    and a row naming an embedding its shard does not hold is a one-line error, not an IndexError."""
+    with sqlite3.connect(index_copy / "meta.sqlite") as db:
+        db.execute("UPDATE images SET row = 10000 WHERE id = (SELECT min(id) FROM images WHERE state = 'indexed')")
+    with pytest.raises(TrafficRetrievalError) as excinfo:
+        read_indexed_gallery(index_copy)
+    assert "shard_00000.npy" in one_line_error(excinfo) and "10000" in str(excinfo.value)
+
+    with sqlite3.connect(index_copy / "meta.sqlite") as db:
+        db.execute("CREATE TRIGGER on_update AFTER UPDATE ON images BEGIN DELETE FROM meta; END")
+    for open_it in (lambda: Retriever.open(index_copy, device="cpu"), lambda: IndexStore(index_copy / "meta.sqlite")):
+        with pytest.raises(TrafficRetrievalError) as excinfo:
+            open_it()
+        assert "meta.sqlite" in one_line_error(excinfo) and "trigger" in str(excinfo.value)
+
+
 # -- finding 4: the file served for an image id ----------------------------------------------
 def tamper_row(index: Path, image_id: int, **values) -> None:
     with sqlite3.connect(index / "meta.sqlite") as db:
@@ -316,11 +333,11 @@ def test_the_server_never_serves_a_tampered_row(gallery_and_index, tmp_path):
 
     gallery, index = gallery_and_index
     outside = tmp_path / "secret.jpg"
-    outside.write_bytes(SECRET)
+    outside.write_bytes(next(gallery.glob("*.jpg")).read_bytes() + SECRET)  # a real JPEG (decoders ignore what follows its end)
     (gallery / "link.jpg").symlink_to(outside)
     image_id, _ = first_indexed(index)
     tamper_row(index, image_id, path="link.jpg", **stat_of(outside))
-    with Retriever.open(index, device="cpu") as retriever, TestClient(create_app(retriever, ServeSettings())) as client:
+    with Retriever.open(index, device="cpu") as retriever, TestClient(create_app(retriever, ServeSettings()), base_url="http://localhost") as client:
         for route in ("images", "thumbnails"):
             response = client.get(f"/api/{route}/{image_id}")
             assert response.status_code == 404 and SECRET not in response.content, (route, response.status_code)

@@ -429,9 +429,9 @@ def test_thumbnail_size_check_is_explicit_and_touches_no_warning_filters(tmp_pat
     Image.new("RGB", (100, 100), (10, 10, 10)).save(tmp_path / "fine.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
     touched = []
-    monkeypatch.setattr(warnings, "simplefilter", lambda *a, **k: touched.append(("simplefilter", a)))
-    monkeypatch.setattr(warnings, "filterwarnings", lambda *a, **k: touched.append(("filterwarnings", a)))
-    monkeypatch.setattr(warnings, "catch_warnings", lambda *a, **k: touched.append(("catch_warnings", a)) or pytest.fail("catch_warnings"))
+    for name in ("simplefilter", "filterwarnings", "catch_warnings", "resetwarnings"):  # process-wide state: recorded, then done
+        original = getattr(warnings, name)
+        monkeypatch.setattr(warnings, name, lambda *a, _name=name, _original=original, **k: touched.append(_name) or _original(*a, **k))
     loads = []
     original_load = Image.Image.load
     monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(self.size) or original_load(self))

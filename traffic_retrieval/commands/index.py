@@ -66,6 +66,12 @@ def format_report(report: dict) -> str:
                      "the widest search of this kind cannot reach it; try --kind hnsw or --kind flat")
     if report["pending"]:
         lines.append(f"{report['pending']} images are still pending: run index again to finish")
+    skipped = report.get("skipped") or {}
+    if any(skipped.values()):
+        kinds = {"not_regular": "not regular files", "outside_gallery": "links out of the gallery", "linked_folders": "linked folders"}
+        lines.append(f"skipped {sum(skipped.values())} gallery entries, never read: "
+                     + ", ".join(f"{count} {kinds.get(kind, kind)}" for kind, count in skipped.items() if count)
+                     + f" (see {Path(report['index']) / 'build_report.json'})")
     for message in report["unreadable_images"][:10]:
         lines.append(f"unreadable image: {message}")
     if report["unreadable"] > 10:

@@ -30,11 +30,9 @@ Config = PrepareConfig
 
 def run(config: PrepareConfig) -> dict:
     """Write the manifests, the vocabulary and the report; return the report."""
-    from ..data.prepare import SPLITS, label_file, split_rows
-    from ..data.schema import CATEGORIES, VEHICLE
-    from ..data.vocabulary import extract_vocabulary
+    from ..data.prepare import label_file
     from ..errors import TrafficRetrievalError
-    from ..io import atomic_write_json, atomic_write_jsonl
+    from ..io import folder_lock
 
     if config.data is None or config.work is None:
         raise TrafficRetrievalError("prepare needs --data DIR and --work DIR")
@@ -43,6 +41,16 @@ def run(config: PrepareConfig) -> dict:
         raise TrafficRetrievalError(f"{data_dir}: data directory not found")
     if not label_file(data_dir, "train").is_file():
         raise TrafficRetrievalError(f"{label_file(data_dir, 'train')}: train label file not found")
+    with folder_lock(work_dir, "prepare"):  # one prepare per WORK folder
+        return _write_outputs(config, data_dir, work_dir)
+
+
+def _write_outputs(config: PrepareConfig, data_dir: Path, work_dir: Path) -> dict:
+    from ..data.prepare import SPLITS, label_file, split_rows
+    from ..data.schema import CATEGORIES, VEHICLE
+    from ..data.vocabulary import extract_vocabulary
+    from ..errors import TrafficRetrievalError
+    from ..io import atomic_write_json, atomic_write_jsonl
 
     report: dict = {"data": str(data_dir.resolve()), "splits": {}, "skipped_lines": [], "missing_images": []}
     vehicle_attrs: list[str] = []

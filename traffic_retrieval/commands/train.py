@@ -82,12 +82,13 @@ def run(config: TrainConfig, callbacks=()) -> dict:
     """
     import json
     import time
+    from contextlib import ExitStack
 
     import torch
     import yaml
 
     from ..config import checked, config_to_dict
-    from ..io import atomic_write_text
+    from ..io import atomic_write_text, folder_lock
     from ..runtime import autocast_dtype, barrier, cleanup, init_distributed, local_device, resolve_device
     from ..train.callbacks import EpochEnd, notify
     from ..train.checkpoints import Checkpointer, category_texts
@@ -103,10 +104,12 @@ def run(config: TrainConfig, callbacks=()) -> dict:
     run_dir, work = Path(config.out), Path(config.work)
     device = resolve_device(config.device)
     context = init_distributed(device)
+    held = ExitStack()
     try:
+        if context.is_main:
+            held.enter_context(folder_lock(run_dir, "train"))  # one run per RUN folder (creates it)
         device = local_device(device, context)
         if context.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -168,6 +171,7 @@ def run(config: TrainConfig, callbacks=()) -> dict:
             write_training_curves(run_dir)  # RUN/training_curves.png beside the TensorBoard events
         barrier(context)
     finally:
+        held.close()
         cleanup(context)
     return {"run_dir": str(run_dir), "final_checkpoint": str(checkpointer.final_path), "history": state.history, "best": state.best,
             "unreadable_images": len(training_set.unreadable)}

@@ -8,7 +8,9 @@
   ``.npy`` embedding shards (the on-disk layout);
 - ``faiss_index.py``: exact / HNSW / IVF indexes, tuned and measured for recall;
 - ``faiss_search.py``: those per-category indexes as a ``retrieval.search.GallerySearch``;
-- ``retriever.py``: ``Retriever.open(INDEX).search(text)``, the documented search API;
+- ``info.py``: index.json checked field by field (an index may come from someone else);
+- ``retriever.py``: ``Retriever.open(INDEX).search(text)``, the documented search API, and
+  ``image_path(id)``, the checked gallery file the server serves;
 - ``gallery.py``: an index read back as a gallery (embeddings, names, categories).
 
 The ``index`` and ``search`` commands are ``commands/index.py`` and ``commands/search.py``.

@@ -14,7 +14,7 @@ the ``index`` command, ``commands/index.py``), in one process or under torchrun.
 
 from __future__ import annotations
 
-import re
+import os
 import time
 import traceback
 from contextlib import nullcontext
@@ -25,6 +25,7 @@ from pathlib import Path
 from ..errors import TrafficRetrievalError
 from ..runtime import DistributedContext
 from .faiss_index import AnnConfig, check_kind
+from .info import faiss_file_name
 from .store import EMBEDDING_DTYPE, INDEX_FORMAT, IndexLayout, IndexStore, ShardReader, index_lock, read_shard_rows, shard_files_on_disk
 
 CATEGORIZE_BLOCK = 65536
@@ -91,6 +92,8 @@ def build_index(images: str | Path, checkpoint: str | Path, out: str | Path, *, 
     try:
         device = local_device(device, context)
         return _build(settings, context, device, autocast_dtype(precision, device), started)
+    except OSError as exc:  # a full disk, a read-only folder: one line naming the file; the next run resumes
+        raise TrafficRetrievalError(f"{exc.filename2 or exc.filename or settings.out}: {exc.strerror or exc}") from None
     finally:
         cleanup(context)
 
@@ -180,19 +183,23 @@ def _remove_stale_files(layout: IndexLayout, store: IndexStore) -> None:
 def _prepare(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loaded) -> dict:
     from ..io import file_sha256
     from .plan import plan_update
-    from .scan import scan_gallery
+    from .scan import scan_gallery_entries
 
     _check_identity(settings, store, loaded)
     recovered = _recover_written_shards(layout, store, loaded.identity)
     _remove_stale_files(layout, store)
     root = settings.images
-    files = scan_gallery(root)
+    scan = scan_gallery_entries(root)
+    files = scan.files
     if not files:
-        raise TrafficRetrievalError(f"{root}: no images (.jpg, .jpeg, .png, .bmp, .webp) found")
+        raise TrafficRetrievalError(f"{root}: no images (.jpg, .jpeg, .png, .bmp, .webp) found"
+                                    + (f" ({sum(scan.counts().values())} entries skipped: not regular files or links out of the gallery)"
+                                       if any(scan.counts().values()) else ""))
     plan = plan_update(files, store.stats_by_path(), root, file_sha256)
     store.apply_plan(plan, settings.shard_size)
     store.set_meta("images", str(root.resolve()))
-    return {"plan": plan, "files": len(files), "recovered": recovered, "shards": store.pending_shards()}
+    return {"plan": plan, "files": len(files), "recovered": recovered, "shards": store.pending_shards(), "skipped": scan.counts(),
+            "skipped_entries": [entry for entries in scan.skipped.values() for entry in entries][:100]}
 
 
 def _apply_labels(labels_file: Path | None, store: IndexStore) -> dict | None:
@@ -202,6 +209,8 @@ def _apply_labels(labels_file: Path | None, store: IndexStore) -> dict | None:
     from .scan import label_for, read_labels
 
     recorded = store.meta("labels")
+    if not (isinstance(recorded, dict) and isinstance(recorded.get("file"), str) and os.path.isabs(recorded["file"])):
+        recorded = None  # not what a build records: forget it
     path = labels_file
     if path is None and recorded and Path(recorded["file"]).is_file():
         path = Path(recorded["file"])
@@ -234,10 +243,6 @@ def _categorize(store: IndexStore, reader: ShardReader, loaded, device: str, dty
     return len(locations)
 
 
-def category_file_stem(category: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", category) or "_"
-
-
 def _fingerprint(store: IndexStore, ann_config: AnnConfig) -> str:
     """Changes when the indexed set, a category or an embedding location, or the ANN settings change."""
     import hashlib
@@ -264,7 +269,7 @@ def _build_faiss(ann_config: AnnConfig, layout: IndexLayout, store: IndexStore, 
 
     fingerprint = _fingerprint(store, ann_config)
     old = (previous or {}).get("faiss") or {}
-    if old.get("fingerprint") == fingerprint and all((layout.root / entry["file"]).is_file() for entry in old.get("indexes", {}).values()):
+    if old.get("fingerprint") == fingerprint and all((layout.root / entry["file"]).is_file() for entry in old["indexes"].values()):
         return old, False
     indexes = {}
     for category in sorted(c for c in store.category_counts() if c != "?"):
@@ -272,7 +277,7 @@ def _build_faiss(ann_config: AnnConfig, layout: IndexLayout, store: IndexStore, 
         vectors = reader.gather([(shard, row) for _, shard, row in locations])
         ids = np.array([image_id for image_id, _, _ in locations], dtype=np.int64)
         ann = faiss_index.build(vectors, ids, ann_config, _category_text_queries(loaded, category, device, dtype))
-        relative = f"faiss/{category_file_stem(category)}.{fingerprint[:12]}.index"
+        relative = faiss_file_name(category, fingerprint)
         faiss_index.save(ann, layout.root / relative)
         indexes[category] = {"file": relative, **ann.describe()}
     return {"kind": ann_config.kind, "fingerprint": fingerprint, "indexes": indexes}, True
@@ -343,6 +348,8 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         "pending": states["pending"],
         "unreadable": len(unreadable),
         "unreadable_images": unreadable,
+        "skipped": prepared["skipped"],  # gallery entries never read: not regular files, links out of the gallery, linked folders
+        "skipped_entries": prepared["skipped_entries"],
         "categories": categories,
         "kind": info["kind"],
         "recall@10": info["recall@10"],

@@ -344,17 +344,62 @@ def recall_of_ids(queries, found_ids, vectors, ids, exact_scores, k: int) -> flo
     return recall_at_k(scores.astype(np.float32), exact_scores, k)
 
 
+def _faiss_reason(exc: Exception) -> str:
+    """The useful end of a FAISS error (``... failed: write error in X: 4014 != 51200 (No space left on device)``)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.rsplit("failed: ", 1)[-1][:200]
+
+
 def save(ann: AnnIndex, path: str | Path) -> None:
     from ..io import atomic_path
 
-    with atomic_path(path) as tmp:
-        _faiss().write_index(ann.index, str(tmp))
+    try:
+        with atomic_path(path) as tmp:
+            _faiss().write_index(ann.index, str(tmp))
+    except (RuntimeError, OSError) as exc:  # a full disk: a one-line error; the next run builds the file again
+        raise TrafficRetrievalError(f"{path}: cannot write the FAISS index ({_faiss_reason(exc)})") from None
 
 
 def load(path: str | Path, kind: str, search_param: dict, recall: float = 1.0, recall_queries: int = 0) -> AnnIndex:
+    """The FAISS file at ``path``, which must be a regular file (no link, FIFO or device) and
+    hold what ``build`` writes: an ``IndexIDMap2`` over an inner-product index of ``kind``."""
+    import os
+    import stat
+
     faiss = _faiss()
     try:
-        index = faiss.read_index(str(path))
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        raise TrafficRetrievalError(f"{path}: cannot read FAISS index ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise TrafficRetrievalError(f"{path}: cannot read FAISS index (a {'symbolic link' if stat.S_ISLNK(mode) else 'special file'}, not a regular file)")
+    try:
+        index = faiss.read_index(str(path))  # already of its own type (and owning it: never re-wrap it with downcast_index)
     except RuntimeError as exc:
-        raise TrafficRetrievalError(f"{path}: cannot read FAISS index ({str(exc).splitlines()[0][:200]})") from None
-    return AnnIndex(index, kind, int(index.ntotal), dict(search_param), recall, recall_queries)
+        raise TrafficRetrievalError(f"{path}: cannot read FAISS index ({_faiss_reason(exc)})") from None
+    ann = AnnIndex(index, kind, int(index.ntotal), dict(search_param), recall, recall_queries)
+    found = loaded_kind(ann)
+    if found != kind:
+        raise TrafficRetrievalError(f"{path}: holds {found}, not a {kind} index as index.json says")
+    return ann
+
+
+def loaded_kind(ann: AnnIndex) -> str:
+    """What a loaded FAISS file is, in ``KINDS``' words, or a description of what else it is."""
+    faiss = _faiss()
+    if not isinstance(ann.index, faiss.IndexIDMap2):
+        return f"a {type(ann.index).__name__}"
+    inner = _inner(ann)
+    if inner.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return "an index of another metric than inner product"
+    if isinstance(inner, faiss.IndexRefine):
+        base = faiss.downcast_index(inner.base_index)
+        if isinstance(base, faiss.IndexIVFPQ):
+            return "ivfpq"
+        if isinstance(base, faiss.IndexPreTransform) and isinstance(faiss.downcast_index(base.index), faiss.IndexHNSW):
+            return "hnsw"
+        return f"a re-scored {type(base).__name__}"
+    for kind, types in (("flat", faiss.IndexFlat), ("hnsw", faiss.IndexHNSW), ("ivf", faiss.IndexIVFFlat)):
+        if isinstance(inner, types):
+            return kind
+    return f"a {type(inner).__name__}"

@@ -18,10 +18,20 @@ class FaissGallerySearch:
         self.indexes = indexes
 
     @classmethod
-    def load(cls, root: str | Path, faiss_info: dict) -> "FaissGallerySearch":
-        """The indexes listed in index.json's ``faiss`` entry, files relative to ``root``."""
-        return cls({category: faiss_index.load(Path(root) / entry["file"], entry["kind"], entry["search_param"], entry["recall@10"], entry["recall_queries"])
-                    for category, entry in faiss_info["indexes"].items()})
+    def load(cls, root: str | Path, faiss_info: dict, dim: int | None = None) -> "FaissGallerySearch":
+        """The indexes listed in index.json's ``faiss`` entry (checked by ``info.check_index_info``:
+        files named by their pattern inside ``root``), each holding what the entry says: its
+        kind, ``count`` vectors of ``dim`` dimensions."""
+        indexes = {}
+        for category, entry in faiss_info["indexes"].items():
+            path = Path(root) / entry["file"]
+            ann = faiss_index.load(path, entry["kind"], entry["search_param"], entry["recall@10"], entry["recall_queries"])
+            if dim is not None and ann.index.d != dim:
+                raise TrafficRetrievalError(f"{path}: holds {ann.index.d}-dimensional vectors, index.json's dim is {dim}")
+            if ann.count != entry["count"]:
+                raise TrafficRetrievalError(f"{path}: holds {ann.count} vectors, index.json's faiss.indexes.{category}.count is {entry['count']}")
+            indexes[category] = ann
+        return cls(indexes)
 
     def categories(self) -> list[str]:
         return [category for category in sorted(self.indexes) if self.indexes[category].count]

@@ -34,6 +34,7 @@ def read_indexed_gallery(index: str | Path, identity: str | None = None) -> Inde
     the index's, since query and gallery embeddings must come from one model."""
     import torch
 
+    from .info import check_relative_path, shown
     from .store import IndexLayout, IndexStore, ShardReader
 
     layout = IndexLayout(index)
@@ -44,6 +45,10 @@ def read_indexed_gallery(index: str | Path, identity: str | None = None) -> Inde
     with IndexStore(layout.meta_db, readonly=True) as store:
         images = store.indexed_images()
         unreadable = [row.error or row.path for row in store.unreadable()]
+    for image in images:  # a row naming anything but a file under the gallery root is a tampered index
+        problem = check_relative_path(image.path)
+        if problem:
+            raise TrafficRetrievalError(f"{layout.meta_db}: image {image.id}: recorded path {shown(image.path)} {problem}")
     root = Path(info["images"])
     embeddings = ShardReader(layout, info["dim"]).gather([(image.shard, image.row) for image in images])
     return IndexedGallery([image.id for image in images], [image.name for image in images], [root / image.path for image in images],

@@ -35,6 +35,7 @@ SEARCH_PARAMS = {  # kind -> the settings it may carry, with their bounds
     "ivfpq": {"nprobe": MAX_NPROBE, "k_factor": MAX_K_FACTOR},
 }
 HEX64 = re.compile(r"[0-9a-f]{64}")
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_@-]{1,40}")
 FAISS_FILE = re.compile(r"faiss/[A-Za-z0-9_-]+\.[0-9a-f]{12}\.index")
 
 
@@ -51,6 +52,11 @@ def shown(value, limit: int = 60) -> str:
     """A value from a file, short enough for a one-line error."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key(name) -> str:
+    """A key from the file as it appears in a field name: itself when plain, else quoted and shortened."""
+    return name if isinstance(name, str) and PLAIN_KEY.fullmatch(name) else shown(name, 40)
 
 
 def check_relative_path(path) -> str | None:
@@ -138,9 +144,9 @@ def check_index_info(info, where) -> dict:
     if "pending" in info:
         fields.integer(info["pending"], "pending", 0, MAX_COUNT)
     for category, count in fields.mapping(fields.get(info, "categories", "categories"), "categories").items():
-        fields.integer(count, f"categories.{shown(category, 40)}", 0, MAX_COUNT)
+        fields.integer(count, f"categories.{_key(category)}", 0, MAX_COUNT)
     for category, kind in fields.mapping(fields.get(info, "kind", "kind"), "kind").items():
-        fields.choice(kind, f"kind.{shown(category, 40)}", BUILT_KINDS)
+        fields.choice(kind, f"kind.{_key(category)}", BUILT_KINDS)
     fields.fraction(fields.get(info, "recall@10", "recall@10"), "recall@10")
     fields.text(fields.get(info, "built_at", "built_at"), "built_at")
     labels = info.get("labels")
@@ -158,7 +164,7 @@ def _check_faiss(fields: _Fields, faiss_info: dict) -> None:
     for category, entry in indexes.items():
         if not isinstance(category, str) or not category or len(category) > MAX_NAME_CHARS:
             fields.fail("faiss.indexes", f"category names must be short strings, got {shown(category)}")
-        prefix = f"faiss.indexes.{category}"
+        prefix = f"faiss.indexes.{_key(category)}"
         entry = fields.mapping(entry, prefix, limit=64)
         name = fields.get(entry, f"{prefix}.file", "file")
         expected = faiss_file_name(category, fingerprint)
@@ -172,6 +178,6 @@ def _check_faiss(fields: _Fields, faiss_info: dict) -> None:
         allowed = SEARCH_PARAMS[kind]
         for key, value in params.items():
             if key not in allowed:
-                fields.fail(f"{prefix}.search_param.{shown(key, 40).strip(chr(39))}",
+                fields.fail(f"{prefix}.search_param.{_key(key)}",
                             f"not a setting of a {kind} index (allowed: {', '.join(allowed) or 'none'})")
             fields.integer(value, f"{prefix}.search_param.{key}", 1, allowed[key])

@@ -26,12 +26,15 @@ call, the store serialises its reads.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TrafficRetrievalError
 from ..io import Closeable
 from ..retrieval.search import ALL
+from .info import check_relative_path, shown
 
 MAX_K = 1000
 
@@ -103,7 +106,7 @@ class Retriever(Closeable):
                                         "queries must be encoded by the model that encoded the gallery")
         for attempt in range(2):
             try:
-                gallery = FaissGallerySearch.load(layout.root, info["faiss"])
+                gallery = FaissGallerySearch.load(layout.root, info["faiss"], info["dim"])
                 break
             except TrafficRetrievalError:
                 if attempt:  # a build finishing meanwhile replaces the FAISS files: read its index.json once more
@@ -154,7 +157,7 @@ class Retriever(Closeable):
         results = []
         for row in hits:
             found = [(records[image_id], score) for image_id, score in row if image_id in records]  # a row deleted by a build in progress is skipped
-            results.append([SearchResult(rank, record.id, record.name, str(self._images_root / record.path), score, record.category, record.label)
+            results.append([SearchResult(rank, record.id, record.name, self._gallery_path(record), score, record.category, record.label)
                             for rank, (record, score) in enumerate(found, start=1)])
         return results
 
@@ -178,12 +181,53 @@ class Retriever(Closeable):
             "device": self._device,
         }
 
+    def _gallery_path(self, row) -> str:
+        """The absolute path a row names: its relative path under the gallery root (a row
+        naming anything else is a tampered index, refused)."""
+        problem = check_relative_path(row.path)
+        if problem:
+            raise TrafficRetrievalError(f"{self.layout.meta_db}: image {row.id}: recorded path {shown(row.path)} {problem}")
+        return os.path.join(self._images_root, row.path)
+
     def record(self, image_id: int) -> ImageRecord:
+        """What the index holds about an image. ``path`` is where the row says the file is;
+        the file to read or serve is ``image_path``'s, which is checked."""
         row = self._store.record(image_id)
         if row is None:
             raise TrafficRetrievalError(f"no image with id {image_id!r} in index {self.layout.root}")
-        return ImageRecord(row.id, row.name, str(self._images_root / row.path), row.path, row.category, row.predicted_category, row.label, row.caption,
+        return ImageRecord(row.id, row.name, self._gallery_path(row), row.path, row.category, row.predicted_category, row.label, row.caption,
                            row.size, row.sha256, row.state)
 
     def image_path(self, image_id: int) -> Path:
-        return Path(self.record(image_id).path)
+        """The gallery file of an indexed image, the only path the server reads for an image
+        id: its real path (links resolved) lies inside the gallery's real root, it has an
+        image suffix, is a regular file, and its size and mtime are those recorded when it
+        was encoded. Anything else is a one-line error (a tampered row, or a file changed,
+        replaced or removed since it was indexed)."""
+        from ..data.prepare import IMAGE_SUFFIXES
+        from .scan import inside
+
+        row = self._store.record(image_id)
+        if row is None:
+            raise TrafficRetrievalError(f"no image with id {image_id!r} in index {self.layout.root}")
+        where = f"image {row.id}"
+        if row.state != "indexed":
+            raise TrafficRetrievalError(f"{where}: not indexed ({row.state})")
+        self._gallery_path(row)
+        if os.path.splitext(row.path)[1].lower() not in IMAGE_SUFFIXES:
+            raise TrafficRetrievalError(f"{where}: {shown(row.path)} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        real_root = os.path.realpath(self._images_root)
+        real = os.path.realpath(os.path.join(real_root, row.path))
+        if not inside(real, real_root):
+            raise TrafficRetrievalError(f"{where}: {shown(row.path)} leads outside the gallery {self._images_root}")
+        try:
+            found = os.stat(real)
+        except FileNotFoundError:
+            raise TrafficRetrievalError(f"{where}: {shown(row.path)} is missing from the gallery") from None
+        except OSError as exc:
+            raise TrafficRetrievalError(f"{where}: {shown(row.path)} cannot be read ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(found.st_mode):
+            raise TrafficRetrievalError(f"{where}: {shown(row.path)} is not a regular file")
+        if (found.st_size, found.st_mtime_ns) != (row.size, row.mtime_ns):
+            raise TrafficRetrievalError(f"{where}: {shown(row.path)} changed since it was indexed (run `traffic-retrieval index` again)")
+        return Path(real)

@@ -10,8 +10,14 @@ INDEX/
   shards/shard_00000.npy      float16 [rows, dim] L2-normalised image embeddings
   shards/shard_00000.json     the shard's rows: id, path, checksum, size, mtime_ns, row or error
   faiss/<category>.<fingerprint>.index   one FAISS index per category, FAISS ids = image ids
-  build_report.json           the last build's report (counts, unreadable images, timings)
+  build_report.json           the last build's report (counts, unreadable and skipped gallery entries, timings)
+  .lock                       held by the one ``index`` run updating the index (``io.folder_lock``)
 ```
+
+An index may come from someone else: index.json is checked field by field before use
+(``info.py``), its parts must not be symbolic links (``IndexLayout.check_parts``: a
+build deletes stale files in ``shards/`` and ``faiss/``), a database carrying triggers
+or views is refused, and a row naming a shard row that does not exist is an error.
 
 A row goes ``pending`` (planned into a shard) -> ``indexed`` (its embedding is row
 ``row`` of shard ``shard``) or ``unreadable`` (``error`` says why). A shard is written
@@ -30,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,24 +154,62 @@ class IndexLayout:
     def shard_rows(self, shard: int) -> Path:
         return self.shards / f"shard_{shard:05d}.json"
 
+    def check_parts(self) -> None:
+        """Refuse an index whose parts are symbolic links or not what they should be: a
+        rebuild deletes stale files in ``shards/`` and ``faiss/`` (through a link: in the
+        link's target), and SQLite writes through a linked ``meta.sqlite``."""
+        parts = [(self.shards, True), (self.faiss, True)]
+        parts += [(path, False) for path in (self.index_json, self.meta_db, self.root / "meta.sqlite-wal", self.root / "meta.sqlite-shm",
+                                             self.report, self.lock)]
+        for path, is_folder in parts:
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise TrafficRetrievalError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            if stat.S_ISLNK(mode):
+                raise TrafficRetrievalError(f"{path}: is a symbolic link; an index's files and folders must be its own "
+                                            "(a build writes and deletes in them)")
+            if is_folder and not stat.S_ISDIR(mode):
+                raise TrafficRetrievalError(f"{path}: not a folder")
+            if not is_folder and not stat.S_ISREG(mode):
+                raise TrafficRetrievalError(f"{path}: not a regular file")
+
     def read_index_json(self) -> dict:
+        """index.json, every field checked (``info.check_index_info``): an index may come from someone else."""
+        from .info import MAX_INDEX_JSON_BYTES, check_index_info
+
+        self.check_parts()
         try:
-            info = json.loads(self.index_json.read_text(encoding="utf-8"))
+            with self.index_json.open("rb") as handle:
+                data = handle.read(MAX_INDEX_JSON_BYTES + 1)
         except FileNotFoundError:
             hint = "an interrupted build: run `traffic-retrieval index` again to finish it" if self.meta_db.exists() else "run `traffic-retrieval index` first"
             raise TrafficRetrievalError(f"{self.root}: not an index (no index.json; {hint})") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TrafficRetrievalError(f"{self.index_json}: cannot read ({exc})") from None
+        except OSError as exc:
+            raise TrafficRetrievalError(f"{self.index_json}: cannot read ({exc.strerror or exc})") from None
+        if len(data) > MAX_INDEX_JSON_BYTES:
+            raise TrafficRetrievalError(f"{self.index_json}: larger than {MAX_INDEX_JSON_BYTES // 2**20} MiB, not an index.json")
+        try:
+            info = json.loads(data.decode("utf-8"))
+        except RecursionError:
+            raise TrafficRetrievalError(f"{self.index_json}: cannot read (nested too deeply)") from None
+        except ValueError as exc:  # not UTF-8, not JSON
+            raise TrafficRetrievalError(f"{self.index_json}: cannot read ({str(exc)[:200]})") from None
         if not isinstance(info, dict) or info.get("format") != INDEX_FORMAT:
-            raise TrafficRetrievalError(f"{self.index_json}: not a traffic-retrieval index (format {info.get('format') if isinstance(info, dict) else None!r})")
-        return info
+            found = info.get("format") if isinstance(info, dict) else None
+            raise TrafficRetrievalError(f"{self.index_json}: not a traffic-retrieval index (format {found!r:.60})")
+        return check_index_info(info, self.index_json)
 
 
 @contextmanager
 def index_lock(layout: IndexLayout) -> Iterator[None]:
+    """One writer per index (``io.folder_lock``); the index's parts checked once it is held."""
     from ..io import folder_lock
 
     with folder_lock(layout.root, "index"):
+        layout.check_parts()
         yield
 
 
@@ -200,6 +245,11 @@ class IndexStore(Closeable):
 
     def _open(self, readonly: bool) -> None:
         try:
+            # this code creates neither: in a database from someone else they would run SQL of theirs on our reads and writes
+            found = self._db.execute("SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')").fetchone()
+            if found:
+                raise TrafficRetrievalError(f"{self.path}: holds a {found[0]} ({str(found[1])[:60]!r}), which traffic-retrieval never creates: "
+                                            "refusing it")
             if readonly:
                 version = self._checked_version()
                 if 0 < version < SCHEMA_VERSION:
@@ -247,7 +297,7 @@ class IndexStore(Closeable):
             return
         version = None
         try:
-            with self._transaction() as db:
+            with self._transaction(one_line_errors=False) as db:
                 version = self._checked_version()  # again under the write lock: another process may have migrated meanwhile
                 if version == 0:
                     for statement in SCHEMA_V1:
@@ -270,19 +320,35 @@ class IndexStore(Closeable):
         self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, one_line_errors: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a SQLite failure in it (a full disk: ``database or disk is
+        full``) rolls it back and is a one-line error naming the database."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # SQLite rolled back already (it does on a full disk)
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if not one_line_errors:
+                    raise
+                raise self._error(exc) from None
+
+    def _error(self, exc: sqlite3.DatabaseError) -> TrafficRetrievalError:
+        return TrafficRetrievalError(f"{self.path}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._error(exc) from None
 
     # -- key/values ----------------------------------------------------------------
     def meta(self, key: str, default=None):
@@ -412,15 +478,20 @@ def write_shard(layout: IndexLayout, shard: int, embeddings, rows: list[dict], i
     import numpy as np
 
     embeddings = np.ascontiguousarray(embeddings, dtype=EMBEDDING_DTYPE)
-    with atomic_path(layout.shard_embeddings(shard)) as tmp, tmp.open("wb") as handle:
-        np.save(handle, embeddings)
-        handle.flush()
-        os.fsync(handle.fileno())
-    document = {"format": SHARD_FORMAT, "shard": shard, "identity": identity, "dim": int(embeddings.shape[1]), "dtype": EMBEDDING_DTYPE, "rows": rows}
-    with atomic_path(layout.shard_rows(shard)) as tmp, tmp.open("w", encoding="utf-8") as handle:
-        json.dump(document, handle, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
+    target = layout.shard_embeddings(shard)
+    try:  # a full disk is a one-line error; the shard stays pending and the next run writes it again
+        with atomic_path(target) as tmp, tmp.open("wb") as handle:
+            np.save(handle, embeddings)
+            handle.flush()
+            os.fsync(handle.fileno())
+        document = {"format": SHARD_FORMAT, "shard": shard, "identity": identity, "dim": int(embeddings.shape[1]), "dtype": EMBEDDING_DTYPE, "rows": rows}
+        target = layout.shard_rows(shard)
+        with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8") as handle:
+            json.dump(document, handle, ensure_ascii=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise TrafficRetrievalError(f"{target}: cannot write ({exc.strerror or exc})") from None
 
 
 def read_shard_rows(layout: IndexLayout, shard: int) -> dict | None:
@@ -432,11 +503,25 @@ def read_shard_rows(layout: IndexLayout, shard: int) -> dict | None:
         shape = np.load(layout.shard_embeddings(shard), mmap_mode="r").shape
     except (OSError, ValueError):
         return None
-    if not isinstance(document, dict) or document.get("format") != SHARD_FORMAT:
+    if not isinstance(document, dict) or document.get("format") != SHARD_FORMAT or not _well_formed_rows(document.get("rows")):
         return None
     if shape[0] != sum(1 for r in document["rows"] if r["row"] is not None):
         return None
     return document
+
+
+def _well_formed_rows(rows) -> bool:
+    """The rows of a shard's ``.json`` have the types ``commit_shard`` records (a file from
+    someone else's index is re-encoded rather than trusted when they do not)."""
+    def integer(value, optional=False):
+        return (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool))
+
+    def text(value):
+        return value is None or isinstance(value, str)
+
+    return isinstance(rows, list) and all(
+        isinstance(r, dict) and integer(r.get("id")) and integer(r.get("row"), optional=True) and integer(r.get("size")) and integer(r.get("mtime_ns"))
+        and text(r.get("sha256")) and text(r.get("error")) and isinstance(r.get("path"), str) for r in rows)
 
 
 def shard_files_on_disk(layout: IndexLayout) -> tuple[dict[int, list[Path]], list[Path]]:
@@ -469,7 +554,17 @@ class ShardReader:
         if shard not in self._open:
             if len(self._open) >= 64:
                 self._open.pop(next(iter(self._open)))
-            self._open[shard] = np.load(self.layout.shard_embeddings(shard), mmap_mode="r")
+            path = self.layout.shard_embeddings(shard)
+            try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):  # never a link, a FIFO or a device from someone else's index
+                    raise TrafficRetrievalError(f"{path}: not a regular file")
+                embeddings = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise TrafficRetrievalError(f"{path}: cannot read embedding shard ({getattr(exc, 'strerror', None) or str(exc)[:200]})") from None
+            if embeddings.ndim != 2 or embeddings.dtype != np.dtype(EMBEDDING_DTYPE) or (self.dim is not None and embeddings.shape[1] != self.dim):
+                raise TrafficRetrievalError(f"{path}: not an embedding shard of this index ({embeddings.dtype} {list(embeddings.shape)}, "
+                                            f"expected {EMBEDDING_DTYPE} [rows, {self.dim}])")
+            self._open[shard] = embeddings
         return self._open[shard]
 
     def gather(self, locations: list[tuple[int, int]]):
@@ -483,7 +578,12 @@ class ShardReader:
         out = None
         for shard in np.unique(shards):
             positions = np.flatnonzero(shards == shard)
-            block = self._shard(int(shard))[rows[positions]]
+            embeddings = self._shard(int(shard))
+            wanted = rows[positions]
+            if wanted.min() < 0 or wanted.max() >= len(embeddings):
+                raise TrafficRetrievalError(f"{self.layout.shard_embeddings(int(shard))}: has {len(embeddings)} rows, the index's metadata names row "
+                                            f"{int(wanted.max() if wanted.max() >= len(embeddings) else wanted.min())}")
+            block = embeddings[wanted]
             if out is None:
                 out = np.empty((len(locations), block.shape[1]), dtype=np.float32)
             out[positions] = block

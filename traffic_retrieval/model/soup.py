@@ -20,7 +20,6 @@ from typing import Callable
 from ..errors import TrafficRetrievalError
 
 
-
 def average_state_dicts(state_dicts: list[dict]) -> dict:
     """Element-wise mean of floating-point tensors (accumulated in float32, cast back
     to the first dict's dtype); other tensors (step counters, ids) come from the first."""
@@ -82,12 +81,14 @@ def greedy_soup(
 
 
 def read_ingredients(paths: list[Path]) -> list[dict]:
-    """Every checkpoint's payload, checked to share the first one's model and tensor layout."""
-    from .factory import read_checkpoint
+    """Every checkpoint's payload, checked whole (``check_checkpoint``: it may come from
+    someone else) and checked to share the first one's model and tensor layout."""
+    from .factory import check_checkpoint, read_checkpoint
 
     payloads = []
     for path in paths:
         payload = read_checkpoint(path)
+        check_checkpoint(payload, path)
         if payloads:
             check_compatible(payloads[0], paths[0], payload, path)
         payloads.append(payload)

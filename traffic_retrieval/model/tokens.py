@@ -27,10 +27,10 @@ class BoundedWordCache(OrderedDict):
     threads at once (``QueryEncoder`` tokenizes under its lock)."""
 
     def __init__(self, initial: dict, max_words: int = MAX_CACHED_WORDS):
-        super().__init__(initial)
         self.pinned = frozenset(initial)
         self.max_words = max_words
         self._lock = threading.Lock()
+        super().__init__(initial)  # through __setitem__: set what it uses first
 
     def __getitem__(self, word):
         value = super().__getitem__(word)

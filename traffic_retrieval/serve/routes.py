@@ -10,7 +10,6 @@ each app's OpenAPI schema.
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -175,12 +174,6 @@ NOT_FOUND = {404: {"description": "no indexed image with this id, or its file is
 CACHED = {"Cache-Control": "private, max-age=3600"}
 
 
-def _is_inside(path: Path, root: Path) -> bool:
-    """``path`` lies under ``root`` by its normalised text (symlinks in the gallery are the gallery's business)."""
-    path, root = os.path.normpath(path), os.path.normpath(root)
-    return os.path.isabs(path) and os.path.commonpath([path, root]) == root
-
-
 def image_file(service: Service, image_id: int) -> Path:
     """The gallery file the index recorded for ``image_id``; never a path a client gave."""
     try:
@@ -189,13 +182,11 @@ def image_file(service: Service, image_id: int) -> Path:
         raise HTTPException(404, f"no image with id {image_id}") from None
     if record.state != "indexed":  # unreadable or not yet encoded: no search returns it
         raise HTTPException(404, f"no image with id {image_id}")
-    path = Path(record.path)
-    if not _is_inside(path, service.images_root):  # a tampered row: never serve it
-        log.warning("image %s: recorded path lies outside the gallery, refused", image_id)
-        raise HTTPException(404, f"no image with id {image_id}")
-    if not path.is_file():
-        raise HTTPException(404, f"image {image_id}: file missing from the gallery")
-    return path
+    try:  # the checked path: real path inside the real gallery root, an image suffix, a regular file, size and mtime as indexed
+        return service.retriever.image_path(image_id)
+    except TrafficRetrievalError as exc:  # a tampered row, or a file changed or gone since it was indexed: never serve it
+        log.warning("%s: refused", exc)
+        raise HTTPException(404, f"image {image_id}: file missing from the gallery or changed since it was indexed") from None
 
 
 # The formats an index accepts, by their first bytes: a response's media type is what the file is,

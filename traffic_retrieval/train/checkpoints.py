@@ -87,14 +87,21 @@ class Checkpointer:
         return self.final_path
 
     def resume(self, state) -> bool:
-        """Load ``last.pt`` into ``state`` when there is one; a damaged or foreign file is a one-line error."""
-        import torch
+        """Load ``last.pt`` into ``state`` when there is one; a damaged or foreign file is a one-line error.
+
+        Loaded as data only (tensors and plain values, ``weights_only``): a run folder from
+        someone else cannot run code; ``TrainingState.state_dict`` writes nothing else.
+        """
+        from ..model.factory import load_plain
 
         if not self.last_path.is_file():
             return False
+        payload = load_plain(self.last_path, "cannot resume from it")
         try:
-            state.load_state_dict(torch.load(self.last_path, map_location="cpu", weights_only=False))
-        except Exception as exc:  # torch raises many types for a damaged or foreign file
+            state.load_state_dict(payload)
+        except TrafficRetrievalError as exc:
+            raise TrafficRetrievalError(f"{self.last_path}: cannot resume from it ({exc}); delete it to start over") from None
+        except Exception as exc:  # torch raises many types for weights that do not fit
             reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             raise TrafficRetrievalError(f"{self.last_path}: cannot resume from it ({reason}); delete it to start over") from None
         return True

@@ -8,8 +8,11 @@ order and augmentation of an epoch are seeded by the epoch number, see ``loop.py
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..errors import TrafficRetrievalError
 
 BEST_METRIC = "official_mAP@10"
 
@@ -45,8 +48,11 @@ class TrainingState:
         return payload
 
     def load_state_dict(self, payload: dict) -> None:
+        """Put back what ``state_dict`` returned; checked whole first, so a bad payload
+        (a one-line ``TrafficRetrievalError``) changes nothing."""
         from ..model.factory import unwrap
 
+        check_resume_payload(payload, unwrap(self.model), self.heads)
         unwrap(self.model).load_state_dict(payload["state_dict"])
         if self.heads is not None and "attribute_heads" in payload:
             self.heads.load_state_dict(payload["attribute_heads"])
@@ -66,3 +72,37 @@ class TrainingState:
             return False
         self.best = {BEST_METRIC: score, "epoch": record["epoch"]}
         return True
+
+
+def check_resume_payload(payload, model, heads=None) -> None:
+    """``payload`` has the keys and types ``TrainingState.state_dict`` writes, and weights of
+    the shapes ``model`` (and ``heads``) have; else a one-line error naming the key."""
+    import torch
+
+    if not isinstance(payload, dict):
+        raise TrafficRetrievalError(f"not a training state (a {type(payload).__name__})")
+    for key, expected in (("state_dict", dict), ("optimizer", dict), ("epoch", int), ("step", int)):
+        if key not in payload:
+            raise TrafficRetrievalError(f"{key} is missing")
+        if not isinstance(payload[key], expected) or isinstance(payload[key], bool) or (expected is int and payload[key] < 0):
+            raise TrafficRetrievalError(f"{key} must be a {'non-negative integer' if expected is int else expected.__name__}")
+    for key, expected in (("scaler", dict), ("best", dict), ("history", list), ("attribute_heads", dict)):
+        if payload.get(key) is not None and not isinstance(payload[key], expected):
+            raise TrafficRetrievalError(f"{key} must be a {expected.__name__}")
+    best = payload.get("best") or no_best_yet()
+    score = best.get(BEST_METRIC)
+    if not (isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)):
+        raise TrafficRetrievalError(f"best.{BEST_METRIC} must be a number")
+    if not all(isinstance(record, dict) for record in payload.get("history") or []):
+        raise TrafficRetrievalError("history must be a list of epoch records")
+    weights = [("state_dict", payload["state_dict"], model)]
+    if heads is not None and payload.get("attribute_heads") is not None:
+        weights.append(("attribute_heads", payload["attribute_heads"], heads))
+    for key, stored, module in weights:
+        expected = module.state_dict()
+        if set(stored) != set(expected):
+            missing, extra = sorted(set(expected) - set(stored), key=str), sorted(set(stored) - set(expected), key=str)
+            raise TrafficRetrievalError(f"{key} {'lacks ' + repr(missing[0]) if missing else 'has unexpected ' + repr(extra[0])[:80]}")
+        for name, value in expected.items():
+            if not isinstance(stored[name], torch.Tensor) or stored[name].shape != value.shape:
+                raise TrafficRetrievalError(f"{key}: {name!r} does not have shape {list(value.shape)}")
