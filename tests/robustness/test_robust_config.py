@@ -71,7 +71,7 @@ def test_train_out_inside_a_file(prepared, tmp_path, cli):
 def test_prepare_missing_data_and_work_that_is_a_file(synth_data, tmp_path, cli):
     cli.error(["prepare", "--data", tmp_path / "nodata", "--work", tmp_path / "w"], f"{tmp_path / 'nodata'}: data directory not found")
     (tmp_path / "file").write_text("x")
-    cli.error(["prepare", "--data", synth_data, "--work", tmp_path / "file"], f"{tmp_path / 'file' / 'manifests'}: Not a directory")
+    cli.error(["prepare", "--data", synth_data, "--work", tmp_path / "file"], f"{tmp_path / 'file'}: exists and is not a directory")
 
 
 def test_predict_missing_paths(synth_data, random_checkpoint, tmp_path, cli):

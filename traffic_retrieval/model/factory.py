@@ -460,7 +460,9 @@ def encode_text(model, tokens, normalize: bool = True):
     if not (hasattr(inner, "transformer") and hasattr(inner, "token_embedding") and getattr(inner, "text_pool_type", "") == "argmax" and inner.attn_mask is not None):
         return inner.encode_text(tokens, normalize=normalize)
     length = int((tokens != 0).sum(dim=1).max().item()) if tokens.numel() else 1
-    length = max(1, min(length, tokens.shape[1]))
+    # rounded up to a multiple of 16: every new input shape costs the CPU's bf16 kernels a cached primitive,
+    # and a server fed random query lengths grew by ~750 MB (benchmarks/bench_serve_memory.py); still exact
+    length = min(tokens.shape[1], max(16, -(-length // 16) * 16))
     tokens = tokens[:, :length]
     cast_dtype = inner.transformer.get_cast_dtype()
     x = inner.token_embedding(tokens).to(cast_dtype)
