@@ -79,7 +79,8 @@ def uvicorn_config(app, log_level: str):
     """uvicorn's settings for ``app``: its connection limit (past it uvicorn answers 503 itself), the lifespan."""
     import uvicorn
 
-    return uvicorn.Config(app, log_level=log_level, lifespan="on", limit_concurrency=app.state.settings.max_connections)
+    settings = getattr(app.state, "settings", None) or ServeSettings()  # an app create_app made keeps its settings there
+    return uvicorn.Config(app, log_level=log_level, lifespan="on", limit_concurrency=settings.max_connections)
 
 
 @contextmanager
