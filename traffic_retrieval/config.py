@@ -65,7 +65,16 @@ class ReaderOptions:
 
 
 @dataclass
-class ModelSource:
+class CheckpointTrust:
+    """Whether a checkpoint's architecture may make open_clip load code, weights, configs or a
+    tokenizer from elsewhere (a checkpoint is data: by default it may not)."""
+
+    trust_checkpoint: bool = option(False, help="let the checkpoint's architecture load from elsewhere (hf-hub:, local-dir:, timm, "
+                                                "Hugging Face towers and tokenizers); only for checkpoints whose author you trust")
+
+
+@dataclass
+class ModelSource(CheckpointTrust):
     """The model a command encodes with: a trained checkpoint, or an open_clip model zero-shot."""
 
     checkpoint: Path | None = option(None, help="a traffic-retrieval checkpoint")

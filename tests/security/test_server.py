@@ -275,9 +275,10 @@ def test_bounded_tokenization_gives_open_clips_tokens_for_real_texts():
 
 def test_text_encoding_runs_in_few_shapes():
     """Each distinct input shape costs the CPU's bf16 kernels a new cached primitive: a flood of random
-    queries (each batch cut to its longest caption) grew the server by ~750 MB before levelling off."""
-    from traffic_retrieval.model.factory import encode_text
+    queries (each batch cut to its longest caption) grew the server by ~750 MB before levelling off.
+    Inference rounds the cut up to a multiple of 16 tokens (training keeps the exact cut)."""
     from traffic_retrieval.model.tokens import tokenize
+    from traffic_retrieval.retrieval.encode import encode_tokens
 
     loaded = create_model("TR-Tiny-RN")
     model = loaded.model.eval()
@@ -288,8 +289,8 @@ def test_text_encoding_runs_in_few_shapes():
         with torch.no_grad():
             for words in range(1, 60):
                 text = " ".join(random_words(words, rng))
-                single = encode_text(model, tokenize(loaded.tokenizer, [text]))
-                padded = encode_text(model, tokenize(loaded.tokenizer, [text, "a"]))[:1]
+                single = encode_tokens(model, tokenize(loaded.tokenizer, [text]), "cpu", None)  # the inference path
+                padded = encode_tokens(model, tokenize(loaded.tokenizer, [text, "a"]), "cpu", None)[:1]
                 assert torch.allclose(single, padded, atol=1e-5)  # the cut is still exact
     finally:
         hook.remove()

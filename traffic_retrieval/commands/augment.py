@@ -103,7 +103,7 @@ def run(config: AugmentCaptionsConfig) -> dict:
 
         runtime = resolve_runtime(config.device, config.precision)
         device, dtype = runtime.device, runtime.dtype
-        loaded = load_model_for_inference(config.checkpoint, config.model, config.pretrained, device)
+        loaded = load_model_for_inference(config.checkpoint, config.model, config.pretrained, device, config.trust_checkpoint)
         model_identity = loaded.identity
         tick = time.perf_counter()
         text_embeddings = _encode_captions(loaded, plan.captions, device, dtype, config.progress)

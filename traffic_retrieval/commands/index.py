@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ReaderOptions, RuntimeOptions, option
+from ..config import CheckpointTrust, ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
 from ..options import IndexKind
 
@@ -18,7 +18,7 @@ HELP = "build or update a persistent gallery index (SQLite + embedding shards + 
 
 
 @dataclass
-class IndexConfig(RuntimeOptions, ReaderOptions):
+class IndexConfig(RuntimeOptions, ReaderOptions, CheckpointTrust):
     images: Path | None = option(None, help="gallery folder, walked recursively (.jpg .jpeg .png .bmp .webp)")
     checkpoint: Path | None = option(None, help="traffic-retrieval checkpoint that encodes the images (recorded in the index)")
     out: Path | None = option(None, help="index folder (created, or updated incrementally)")
@@ -49,7 +49,8 @@ def run(config: IndexConfig) -> dict:
             raise TrafficRetrievalError(f"index needs --{key}")
     ann = AnnConfig(kind=config.kind, flat_max=config.flat_max, recall_target=config.recall_target, reduce_dim=config.reduce_dim, progress=config.progress)
     return build_index(config.images, config.checkpoint, config.out, labels=config.labels, ann=ann, shard_size=config.shard_size,
-                       batch_size=config.batch_size, workers=config.workers, device=config.device, precision=config.precision, progress=config.progress)
+                       batch_size=config.batch_size, workers=config.workers, device=config.device, precision=config.precision, progress=config.progress,
+                       trust_checkpoint=config.trust_checkpoint)
 
 
 def format_report(report: dict) -> str:

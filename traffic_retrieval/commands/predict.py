@@ -45,11 +45,11 @@ def list_gallery_images(gallery_dir: Path) -> list[Path]:
     return images
 
 
-def load_model_for_inference(checkpoint, model_name, pretrained, device):
+def load_model_for_inference(checkpoint, model_name, pretrained, device, trust_checkpoint: bool = False):
     from ..model.factory import create_model, load_checkpoint
 
     if checkpoint:
-        return load_checkpoint(checkpoint, device=device)
+        return load_checkpoint(checkpoint, device=device, trust_architecture=trust_checkpoint)
     if model_name:
         return create_model(model_name, pretrained, None, device)
     raise TrafficRetrievalError("give --checkpoint (a trained model) or --model/--pretrained (zero-shot)")
@@ -104,7 +104,7 @@ def run(config: PredictConfig) -> dict:
         raise TrafficRetrievalError("predict needs --data DIR (or --queries with --gallery or --index)")
     queries = read_queries(Path(config.queries or Path(config.data) / "test" / "test_text.txt"))
     runtime = resolve_runtime(config.device, config.precision)
-    loaded = load_model_for_inference(config.checkpoint, config.model, config.pretrained, runtime.device)
+    loaded = load_model_for_inference(config.checkpoint, config.model, config.pretrained, runtime.device, config.trust_checkpoint)
     router = QueryRouter(VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
     gallery = _read_gallery(config, loaded, runtime, with_flipped=config.rerank.enabled)
 

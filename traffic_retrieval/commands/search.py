@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RuntimeOptions, option
+from ..config import CheckpointTrust, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
 from ..options import SearchCategory
 
@@ -16,7 +16,7 @@ HELP = "text-to-image search in an index"
 
 
 @dataclass
-class SearchConfig(RuntimeOptions):
+class SearchConfig(RuntimeOptions, CheckpointTrust):
     text: list[str] = option(default_factory=list, positional=True, help="query text (several: one search each, encoded in one batch)")
     index: Path | None = option(None, help="the index folder (traffic-retrieval index --out)")
     k: int = option(10, short="-k", minimum=1, maximum=1000, help="results per query")  # maximum: index.retriever.MAX_K
@@ -42,7 +42,7 @@ def run(config: SearchConfig) -> dict:
     if not config.text:
         raise TrafficRetrievalError("search needs at least one query text")
     with Retriever.open(config.index, device=config.device, checkpoint=config.checkpoint, vocabulary=config.vocabulary,
-                        precision=config.precision) as retriever:
+                        precision=config.precision, trust_checkpoint=config.trust_checkpoint) as retriever:
         batches = retriever.search_batch(config.text, k=config.k, category=None if config.category == "routed" else config.category)
     return {"index": str(config.index), "searches": [{"query": query, "results": [asdict(r) for r in results]} for query, results in zip(config.text, batches)]}
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..config import RuntimeOptions, option
+from ..config import CheckpointTrust, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
 from ..options import SoupMethod
 
@@ -19,7 +19,7 @@ _DROPPED_KEYS = ("metrics", "history", "epoch", "optimizer", "scaler")
 
 
 @dataclass
-class SoupConfig(RuntimeOptions):
+class SoupConfig(RuntimeOptions, CheckpointTrust):
     checkpoints: list[Path] = option(default_factory=list, help="the checkpoints to average (two or more)")
     val: Path | None = option(None, help="dataset root whose val split scores the ingredients (needed for greedy)")
     out: Path | None = option(None, help="the soup checkpoint to write")
@@ -51,7 +51,7 @@ def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[
         raise TrafficRetrievalError(f"{labels}: no usable val records (run `traffic-retrieval prepare` to see why)")
     runtime = resolve_runtime(config.device, config.precision)
     device, dtype = runtime.device, runtime.dtype
-    loaded = load_checkpoint(first_path, device=device)
+    loaded = load_checkpoint(first_path, device=device, trust_architecture=config.trust_checkpoint)
     val_set = build_training_set(rows, loaded.preprocess, loaded.tokenizer, None, config.workers)
 
     def score(state_dict: dict) -> float:
@@ -95,20 +95,23 @@ def run(config: SoupConfig) -> dict:
 
     _check_config(config)
     paths = [Path(p) for p in config.checkpoints]
-    payloads = read_ingredients(paths)
+    payloads = read_ingredients(paths, config.trust_checkpoint)
     state_dicts = [payload["state_dict"] for payload in payloads]
 
-    score, bar, ingredient_scores = None, None, None
+    score: Callable[[dict], float] | None = None  # val official mAP@10 of a state dict, when --val is given
+    bar, ingredient_scores = None, None
     if config.val is not None:
         val_score = val_scorer(paths[0], Path(config.val), config)
         # every ingredient, then (greedy) each candidate and the uniform soup
         evaluations = len(paths) + (len(paths) if config.method == "greedy" else 1)
         bar = tqdm(total=evaluations, desc="val scores", unit="model", leave=False, disable=not config.progress)
 
-        def score(state_dict: dict) -> float:
+        def counted_score(state_dict: dict) -> float:
             value = val_score(state_dict)
             bar.update(1)
             return value
+
+        score = counted_score
 
         ingredient_scores = [score(state) for state in state_dicts]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RuntimeOptions, option
+from ..config import CheckpointTrust, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
 from ..options import Loss, ResizeMode
 
@@ -33,7 +33,7 @@ class TowerLocking:
 
 
 @dataclass
-class TrainConfig(RuntimeOptions, TowerLocking):
+class TrainConfig(RuntimeOptions, TowerLocking, CheckpointTrust):
     work: Path | None = option(None, help="prepare output directory (manifests)")
     out: Path | None = option(None, help="run directory for config, log, TensorBoard events and checkpoints")
     model: str = option("TR-Tiny-RN", help="open_clip architecture name: ours (model/model_configs) or open_clip's, e.g. ViT-bigG-14")
@@ -116,7 +116,8 @@ def run(config: TrainConfig, callbacks=()) -> dict:
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         dtype = autocast_dtype(config.precision, device)
 
-        loaded = load_model(config.model, config.pretrained, config.checkpoint, config.resize_mode, device, config.grad_checkpointing)
+        loaded = load_model(config.model, config.pretrained, config.checkpoint, config.resize_mode, device, config.grad_checkpointing,
+                            trust_checkpoint=config.trust_checkpoint)
         model = loaded.model
         lock_towers(model, loaded.model_name, config.lock_image, config.lock_image_unlocked_groups, config.lock_image_freeze_bn_stats,
                     config.lock_text, config.lock_text_unlocked_layers)

@@ -46,6 +46,7 @@ class BuildSettings:
     device: str
     precision: str
     progress: bool
+    trust_checkpoint: bool = False
 
     def describe(self) -> dict:
         ann = {key: value for key, value in vars(self.ann).items() if key != "progress"}
@@ -70,7 +71,7 @@ def _check(settings: BuildSettings) -> None:
 
 def build_index(images: str | Path, checkpoint: str | Path, out: str | Path, *, labels: str | Path | None = None, ann: AnnConfig | None = None,
                 shard_size: int = 4096, batch_size: int = 256, workers: int = 2, device: str = "auto", precision: str = "auto",
-                progress: bool = True) -> dict:
+                progress: bool = True, trust_checkpoint: bool = False) -> dict:
     """Build or update the index at ``out`` of the gallery folder ``images`` with the
     model of ``checkpoint``; returns the build report (rank 0's is complete; under
     torchrun the other ranks return their encoding counts and ``rank``).
@@ -83,7 +84,7 @@ def build_index(images: str | Path, checkpoint: str | Path, out: str | Path, *, 
 
     ann = ann or AnnConfig(progress=progress)
     settings = BuildSettings(Path(images), Path(checkpoint), Path(out), Path(labels) if labels is not None else None, ann, shard_size, batch_size,
-                             workers, device, precision, progress)
+                             workers, device, precision, progress, trust_checkpoint)
     _check(settings)
     started = time.perf_counter()
     device = resolve_device(device)
@@ -103,7 +104,7 @@ def _build(settings: BuildSettings, context: DistributedContext, device: str, dt
     from ..runtime import all_gather_objects, scatter_objects
     from .shards import encode_shards
 
-    loaded = load_checkpoint(settings.checkpoint, device=device)
+    loaded = load_checkpoint(settings.checkpoint, device=device, trust_architecture=settings.trust_checkpoint)
     layout = IndexLayout(settings.out)
     root = settings.images
     with index_lock(layout) if context.is_main else nullcontext():

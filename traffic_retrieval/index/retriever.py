@@ -83,7 +83,7 @@ class Retriever(Closeable):
 
     @classmethod
     def open(cls, index: str | Path, device: str = "auto", checkpoint: str | Path | None = None, vocabulary: str | Path | None = None,
-             precision: str = "auto", query_config=None) -> "Retriever":
+             precision: str = "auto", query_config=None, trust_checkpoint: bool = False) -> "Retriever":
         """Open ``index``; the model is the checkpoint recorded in index.json, or ``checkpoint``
         (refused unless it is the same model: identical sha256). ``query_config``
         (``retrieval.queries.QueryConfig``): how queries are rewritten before encoding."""
@@ -100,7 +100,7 @@ class Retriever(Closeable):
         if not checkpoint_path.is_file():
             raise TrafficRetrievalError(f"{checkpoint_path}: checkpoint of index {layout.root} not found (give checkpoint=... / --checkpoint with the same model)")
         device = resolve_device(device)
-        loaded = load_checkpoint(checkpoint_path, device=device)  # its identity is the file's sha256
+        loaded = load_checkpoint(checkpoint_path, device=device, trust_architecture=trust_checkpoint)  # its identity is the file's sha256
         if loaded.identity != info["identity"]:
             raise TrafficRetrievalError(f"{checkpoint_path}: not the checkpoint index {layout.root} was built with (sha256 {info['identity'][:12]}): "
                                         "queries must be encoded by the model that encoded the gallery")

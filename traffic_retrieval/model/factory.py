@@ -447,12 +447,16 @@ def _check_weights_fit(model_name: str, architecture: dict, state_dict: dict) ->
             raise TrafficRetrievalError(f"state_dict: {key!r} is {value.dtype}, the architecture needs {needed.dtype}")
 
 
-def encode_text(model, tokens, normalize: bool = True):
+def encode_text(model, tokens, normalize: bool = True, length_multiple: int = 1):
     """``model.encode_text`` that skips the padding after the longest caption in the batch.
 
     open_clip's text tower is causal and pools at the end-of-text token, so the
     positions after the longest sequence never influence the result; cutting them
-    is exact and saves most of the text tower's time on short captions.
+    is exact and saves most of the text tower's time on short captions. The cut is
+    rounded up to ``length_multiple`` tokens (inference uses 16): every new input shape
+    costs the CPU's bf16 kernels a cached primitive, and a server fed random query
+    lengths grew by ~750 MB (benchmarks/bench_serve_memory.py); training keeps the exact
+    cut (its batches have few lengths, and rounding cost it 6% of its speed).
     """
     import torch.nn.functional as F
 
@@ -460,9 +464,7 @@ def encode_text(model, tokens, normalize: bool = True):
     if not (hasattr(inner, "transformer") and hasattr(inner, "token_embedding") and getattr(inner, "text_pool_type", "") == "argmax" and inner.attn_mask is not None):
         return inner.encode_text(tokens, normalize=normalize)
     length = int((tokens != 0).sum(dim=1).max().item()) if tokens.numel() else 1
-    # rounded up to a multiple of 16: every new input shape costs the CPU's bf16 kernels a cached primitive,
-    # and a server fed random query lengths grew by ~750 MB (benchmarks/bench_serve_memory.py); still exact
-    length = min(tokens.shape[1], max(16, -(-length // 16) * 16))
+    length = min(tokens.shape[1], -(-length // length_multiple) * length_multiple)
     tokens = tokens[:, :length]
     cast_dtype = inner.transformer.get_cast_dtype()
     x = inner.token_embedding(tokens).to(cast_dtype)

@@ -80,7 +80,7 @@ def greedy_soup(
     return soup, kept, history
 
 
-def read_ingredients(paths: list[Path]) -> list[dict]:
+def read_ingredients(paths: list[Path], trust_architecture: bool = False) -> list[dict]:
     """Every checkpoint's payload, checked whole (``check_checkpoint``: it may come from
     someone else) and checked to share the first one's model and tensor layout."""
     from .factory import check_checkpoint, read_checkpoint
@@ -88,7 +88,7 @@ def read_ingredients(paths: list[Path]) -> list[dict]:
     payloads = []
     for path in paths:
         payload = read_checkpoint(path)
-        check_checkpoint(payload, path)
+        check_checkpoint(payload, path, trust_architecture)
         if payloads:
             check_compatible(payloads[0], paths[0], payload, path)
         payloads.append(payload)

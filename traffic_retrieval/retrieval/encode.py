@@ -9,6 +9,9 @@ from ..data.images import normalize_uint8_batch, read_image_batches
 from ..runtime import inference
 
 
+INFERENCE_TEXT_LENGTH_MULTIPLE = 16  # few text shapes at inference: bounded kernel caches (model.factory.encode_text)
+
+
 @dataclass
 class ImageEncoding:
     embeddings: object  # [n_readable, d], L2-normalised
@@ -56,7 +59,7 @@ def encode_tokens(model, tokens, device: str, dtype, batch_size: int = 512):
     outputs = []
     with inference(device, dtype):
         for start in range(0, len(tokens), batch_size):
-            outputs.append(encode_text(model, tokens[start : start + batch_size].to(device)).float().cpu())
+            outputs.append(encode_text(model, tokens[start : start + batch_size].to(device), length_multiple=INFERENCE_TEXT_LENGTH_MULTIPLE).float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros((0, 1))
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RuntimeOptions, checked, option
+from ..config import CheckpointTrust, RuntimeOptions, checked, option
 from ..errors import TrafficRetrievalError
 from ..options import LogLevel
 
@@ -25,7 +25,7 @@ DEFAULT_EXAMPLES = [
 
 
 @dataclass
-class ServeSettings(RuntimeOptions):
+class ServeSettings(RuntimeOptions, CheckpointTrust):
     index: Path | None = option(None, help="the index folder (traffic-retrieval index --out)")
     host: str = option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     port: int = option(8000, minimum=0, maximum=65535, help="port (0: any free port)")

@@ -13,7 +13,7 @@ NEW_MODEL_RESIZE_MODE = "pad"  # the seed's: zero-pad to a square, then resize
 
 
 def load_model(model_name: str, pretrained: str | None, checkpoint=None, resize_mode: str | None = None, device: str = "cpu",
-               grad_checkpointing: bool = False):
+               grad_checkpointing: bool = False, trust_checkpoint: bool = False):
     """The ``LoadedModel`` to train, on ``device``, image tower channels-last.
 
     From ``checkpoint`` (a traffic-retrieval checkpoint) when given, else ``model_name``
@@ -27,7 +27,7 @@ def load_model(model_name: str, pretrained: str | None, checkpoint=None, resize_
     from ..model.factory import create_model, load_checkpoint
 
     if checkpoint:
-        loaded = load_checkpoint(checkpoint, device=device)
+        loaded = load_checkpoint(checkpoint, device=device, trust_architecture=trust_checkpoint)
     else:
         loaded = create_model(model_name, pretrained, None, device, grad_checkpointing)
         resize_mode = resize_mode or NEW_MODEL_RESIZE_MODE
