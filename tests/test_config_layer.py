@@ -92,6 +92,21 @@ def test_the_allowed_values_are_declared_once_and_reach_every_command_that_runs_
             assert "precision" not in hints and "device" not in hints, name
 
 
+def test_trusting_a_checkpoint_is_an_explicit_opt_in_on_every_command_that_loads_one():
+    import typing
+
+    from traffic_retrieval.cli import command_module
+
+    for name in ("train", "predict", "augment", "soup", "index", "search", "serve"):
+        config_class = command_module(name).Config
+        assert typing.get_type_hints(config_class)["trust_checkpoint"] is bool, name
+        assert config_class().trust_checkpoint is False, name
+    args = build_parser().parse_args(["search", "--index", "I", "q", "--trust-checkpoint"])
+    from traffic_retrieval.commands.search import SearchConfig
+
+    assert config_from_args(SearchConfig, args).trust_checkpoint is True
+
+
 def test_every_command_takes_a_config_file_and_help_lists_choices(capsys):
     parser = build_parser()
     for name in COMMANDS:
