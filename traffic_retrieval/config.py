@@ -236,15 +236,10 @@ def _unique_key_loader():
 def read_yaml(path: str | Path) -> dict:
     import yaml
 
+    from .io import read_input_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrafficRetrievalError(f"{path}: config file not found") from None
-    except UnicodeDecodeError as exc:
-        raise TrafficRetrievalError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
-    except OSError as exc:
-        raise TrafficRetrievalError(f"{path}: cannot read config file ({exc.strerror})") from None
+    text = read_input_text(path, "config file")
     try:
         values = yaml.load(text, Loader=_unique_key_loader())
     except yaml.YAMLError as exc:

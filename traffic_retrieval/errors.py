@@ -27,3 +27,9 @@ def printable(value, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         text = text[:limit] + "…"
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def check_at_least(name: str, value, minimum) -> None:
+    """A library argument's lower bound (configs declare theirs with ``config.option(minimum=...)``)."""
+    if not value >= minimum:  # also refuses NaN
+        raise TrafficRetrievalError(f"{name} must be at least {minimum}, got {value}")

@@ -158,3 +158,12 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
         with _held_locks_guard:
             for descriptor in _held_locks.pop(key):
                 os.close(descriptor)  # the first close releases the lock
+
+
+def read_input_text(path: str | Path, what: str) -> str:
+    """A user's UTF-8 text file, whole; one-line errors naming it (missing, a folder, unreadable, not UTF-8)."""
+    raw = read_input_bytes(path, what)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TrafficRetrievalError(f"{path}: not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None

@@ -335,7 +335,7 @@ def test_search_json_lines_escape_every_control_and_still_parse(capsys):
     (["white", "SUV"], ["not a vocabulary JSON object", "list"]),
     ("[" * 100_000, ["not valid JSON"]),
     ("{\"colors\": [", ["not valid JSON"]),
-    (b"\xff\xfe{}", ["not valid UTF-8"]),
+    (b"\xff\xfe{}", ["not UTF-8"]),
 ])
 def test_malformed_vocabulary_json_is_a_one_line_error_naming_file_and_key(tmp_path, content, fragments):
     path = tmp_path / "vehicle_vocabulary.json"

@@ -96,8 +96,11 @@ class PreprocessConfig:
         return cls(size, merged["resize_mode"], merged["mean"], merged["std"], merged["fill_color"], merged["interpolation"])
 
 
-def load_image(path: str | Path):
+def load_image(path: str | Path, draft_size: int | None = None):
     """Open an image as RGB, honouring EXIF orientation; one-line error on failure.
+
+    ``draft_size``: a JPEG may be decoded at a reduced scale (``Image.draft``: JPEG's
+    DCT scaling, 1/2 to 1/8) that keeps at least this many pixels a side (thumbnails).
 
     Any failure to read one file is that file's error, whatever the decoder raised
     (malformed EXIF has raised ``struct.error`` and ``TypeError``), so one odd image
@@ -115,6 +118,8 @@ def load_image(path: str | Path):
             width, height = image.size
             if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
                 raise Image.DecompressionBombError(f"{width} x {height} pixels")
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 image = image.convert("RGBA")

@@ -72,14 +72,9 @@ class VehicleVocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> "VehicleVocabulary":
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TrafficRetrievalError(f"{path}: vocabulary file not found") from None
-        except UnicodeDecodeError as exc:
-            raise TrafficRetrievalError(f"{path}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
-        except OSError as exc:
-            raise TrafficRetrievalError(f"{path}: cannot read vocabulary file ({exc.strerror or exc})") from None
+        from ..io import read_input_text
+
+        text = read_input_text(path, "vocabulary file")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from ..errors import TrafficRetrievalError
+from ..errors import TrafficRetrievalError, check_at_least
 
 
 class ServiceUnavailable(TrafficRetrievalError):
@@ -52,12 +52,9 @@ class MicroBatcher:
     """
 
     def __init__(self, search_batch, max_batch: int = 32, max_wait_s: float = 0.0, max_queued: int = 1024):
-        if max_batch < 1:
-            raise TrafficRetrievalError(f"max_batch must be at least 1, got {max_batch}")
-        if max_wait_s < 0:
-            raise TrafficRetrievalError(f"max_wait_s must be at least 0, got {max_wait_s}")
-        if max_queued < 1:
-            raise TrafficRetrievalError(f"max_queued must be at least 1, got {max_queued}")
+        check_at_least("max_batch", max_batch, 1)
+        check_at_least("max_wait_s", max_wait_s, 0)
+        check_at_least("max_queued", max_queued, 1)
         self._search_batch = search_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s

@@ -2,12 +2,10 @@
 
 Decoding is what costs (a gallery may hold 90-megapixel photos, and the route runs
 in up to 40 threads), so it is bounded three ways: at most ``max_decodes`` at once
-(a semaphore; a request that waits too long gets a 503), an image over PIL's
-``Image.MAX_IMAGE_PIXELS`` is refused from its header before decoding (an explicit
-width x height check: warning filters are process-wide, so turning PIL's warning
-into an error is not safe across threads), and a JPEG is decoded at a reduced scale
-(``Image.draft``: JPEG's DCT scaling, 1/2 to 1/8, never below the thumbnail's size).
-Other formats go through the one image loader, ``data.images.load_image``.
+(a semaphore; a request that waits too long gets a 503), and the one image loader
+(``data.images.load_image``) refuses an image over PIL's ``Image.MAX_IMAGE_PIXELS``
+from its header before decoding (an explicit, thread-safe width x height check) and
+decodes a JPEG at a reduced scale (``Image.draft``, never below the thumbnail's size).
 
 The cache key includes the file's size and modification time, so a gallery file
 replaced on disk (and re-indexed under the same id) gets a fresh thumbnail.
@@ -21,51 +19,18 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..data.images import load_image
-from ..errors import TrafficRetrievalError
+from ..errors import TrafficRetrievalError, check_at_least
 
 
 class ThumbnailsBusy(TrafficRetrievalError):
     """Every decoding slot stayed taken for the whole wait: a 503, not the image's fault."""
 
 
-def check_image_pixels(path: str | Path, image) -> None:
-    """Refuse an opened (not yet decoded) image over PIL's ``Image.MAX_IMAGE_PIXELS``; thread-safe."""
-    from PIL import Image
-
-    width, height = image.size
-    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
-        raise TrafficRetrievalError(f"{path}: image is too large ({width} x {height} pixels, over {Image.MAX_IMAGE_PIXELS}; "
-                                    "decompression bomb protection)")
-
-
-def decode_for_thumbnail(path: str | Path, size: int):
-    """The image at ``path`` as RGB, at least ``size`` pixels a side where it has them; a JPEG at reduced scale."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:  # the header only; PIL itself refuses past twice the pixel limit
-            check_image_pixels(path, image)
-            if image.format == "JPEG":  # no alpha, no 16-bit modes: orientation and RGB are all load_image would add
-                image.draft("RGB", (size, size))
-                return ImageOps.exif_transpose(image).convert("RGB")
-    except TrafficRetrievalError:
-        raise
-    except FileNotFoundError:
-        raise TrafficRetrievalError(f"{path}: image not found") from None
-    except Image.DecompressionBombError:
-        raise TrafficRetrievalError(f"{path}: image is too large (over {Image.MAX_IMAGE_PIXELS} pixels; decompression bomb protection)") from None
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever one file makes the decoder raise is that file's error
-        raise TrafficRetrievalError(f"{path}: cannot read image ({type(exc).__name__})") from None
-    return load_image(path)  # checked above; load_image checks again and handles alpha and 16-bit modes
-
-
 def make_thumbnail(path: str | Path, size: int, quality: int = 85) -> bytes:
     """JPEG bytes of the image at ``path`` shrunk to fit ``size`` x ``size`` (never enlarged)."""
     from PIL import Image
 
-    image = decode_for_thumbnail(path, size)
+    image = load_image(path, draft_size=size)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality, optimize=True)
@@ -78,15 +43,10 @@ class ThumbnailCache:
 
     def __init__(self, size: int = 256, max_entries: int = 2048, max_bytes: int = 64 * 2**20, max_decodes: int = 2,
                  decode_wait_s: float = 30.0):
-        if size < 16:
-            raise TrafficRetrievalError(f"thumbnail size must be at least 16 pixels, got {size}")
-        if max_decodes < 1:
-            raise TrafficRetrievalError(f"max_decodes must be at least 1, got {max_decodes}")
-        self.size = size
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.max_decodes = max_decodes
-        self.decode_wait_s = decode_wait_s
+        check_at_least("thumbnail size", size, 16)
+        check_at_least("max_decodes", max_decodes, 1)
+        self.size, self.max_entries, self.max_bytes = size, max_entries, max_bytes  # the cache's bounds
+        self.max_decodes, self.decode_wait_s = max_decodes, decode_wait_s  # the decoding slots'
         self._decodes = threading.BoundedSemaphore(max_decodes)
         self._entries: OrderedDict[tuple, bytes] = OrderedDict()
         self._bytes = 0
