@@ -16,15 +16,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "traffic_retrieval"
 # lower number = lower layer; packages of one layer must not import each other
 LAYERS = {
     "errors": 0, "options": 0,
-    "io": 1, "config": 1, "runtime": 1,
-    "data": 2,
-    "model": 3, "synth": 3,
-    "retrieval": 4, "evaluation": 4,
-    "train": 5, "index": 5,
-    "serve": 6,
-    "commands": 7,
-    "cli": 8,
-    "__main__": 9,
+    "io": 1,
+    "config": 2, "runtime": 2,
+    "data": 3,
+    "model": 4, "synth": 4,
+    "retrieval": 5, "evaluation": 5,
+    "train": 6, "index": 6,
+    "serve": 7,
+    "commands": 8,
+    "cli": 9,
+    "__main__": 10,
 }
 
 
