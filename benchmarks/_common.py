@@ -205,3 +205,30 @@ def paired_speedup(ours: list[dict], peer: list[dict], key: str, higher_is_bette
 
 def timer():
     return time.perf_counter()
+
+
+def start_server(index: Path, *flags: str):
+    """``traffic-retrieval serve --index INDEX --port 0 FLAGS`` in a subprocess; returns (process, base URL)."""
+    import re
+    import subprocess
+
+    command = [sys.executable, "-m", "traffic_retrieval", "serve", "--index", str(index), "--port", "0", "--log-level", "warning", *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    line = process.stdout.readline()
+    match = re.search(r"on (http://127\.0\.0\.1:\d+)/", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"the server did not start: {line}{process.stderr.read()}")
+    return process, match.group(1)
+
+
+def stop_server(process) -> None:
+    """Ctrl-C, as a user stops it; killed if it does not stop within 30 s."""
+    import signal
+    import subprocess
+
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -116,26 +113,6 @@ def build_gallery_index(args) -> tuple[Path, Path, dict]:
 
 
 # -- one load run ----------------------------------------------------------------------------
-def start_server(index: Path, batch_size: int, wait_ms: float | None) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "traffic_retrieval", "serve", "--index", str(index), "--port", "0", "--log-level", "warning", "--batch-size", str(batch_size)]
-    command += ["--batch-wait-ms", str(wait_ms)] if wait_ms is not None else []
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_common.REPO_ROOT)
-    line = process.stdout.readline()
-    match = re.search(r"on (http://127\.0\.0\.1:\d+)/", line)
-    if not match:
-        process.kill()
-        raise SystemExit(f"the server did not start: {line}{process.stderr.read()}")
-    return process, match.group(1)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 def percentile(sorted_values: list[float], fraction: float) -> float:
     """Nearest-rank percentile."""
     if not sorted_values:
@@ -193,14 +170,14 @@ def load(base_url: str, queries: list[str], requests: int, clients: int, k: int)
 def run(index: Path, queries: list[str], args, batch_size: int, wait_ms: float | None) -> dict:
     import httpx
 
-    process, base_url = start_server(index, batch_size, wait_ms)
+    process, base_url = _common.start_server(index, "--batch-size", str(batch_size), *(["--batch-wait-ms", str(wait_ms)] if wait_ms is not None else []))
     try:
         load(base_url, queries, args.warmup, args.clients, args.k)
         before = httpx.get(base_url + "/api/info", timeout=30).json()["batching"]
         result = load(base_url, queries, args.requests, args.clients, args.k)
         after = httpx.get(base_url + "/api/info", timeout=30).json()["batching"]
     finally:
-        stop_server(process)
+        _common.stop_server(process)
     batches, answered = after["batches"] - before["batches"], after["queries"] - before["queries"]
     return result | {"server_batching": {"max_batch": batch_size, "max_wait_ms": after["max_wait_ms"], "encoding_calls": batches,
                                          "mean_batch": round(answered / batches, 2) if batches else None, "largest_batch_so_far": after["largest_batch"]}}

@@ -31,12 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
-import signal
 import socket
 import string
-import subprocess
 import sys
 import tempfile
 import threading
@@ -94,25 +91,6 @@ def build_index(args, out: Path) -> tuple[Path, Path]:
     run_index(IndexConfig(images=data / "test" / "test_images", checkpoint=out / "tiny.pt", out=out / "INDEX",
                           labels=data / "ground_truth" / "test_label.txt", workers=2, progress=False, device="cpu"))
     return out / "INDEX", data
-
-
-def start_server(index: Path) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "traffic_retrieval", "serve", "--index", str(index), "--port", "0", "--device", "cpu", "--log-level", "warning"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_common.REPO_ROOT)
-    line = process.stdout.readline()
-    match = re.search(r"on (http://127\.0\.0\.1:\d+)/", line)
-    if not match:
-        process.kill()
-        raise SystemExit(f"the server did not start: {line}{process.stderr.read()}")
-    return process, match.group(1)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def memory_mib(pid: int) -> dict:
@@ -236,7 +214,7 @@ def main(argv=None) -> None:
         queries = unique_word_queries(args.queries, args.seed)
         ordinary = [line for line in (data / "test" / "test_text.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
         load_before = _common.loadavg()
-        process, base_url = start_server(index)
+        process, base_url = _common.start_server(index, "--device", "cpu")
         try:
             idle = memory_mib(process.pid)
             warm = Flood(base_url, [ordinary[i % len(ordinary)] for i in range(args.warmup_queries)], lambda count: None)
@@ -260,7 +238,7 @@ def main(argv=None) -> None:
             info = httpx.get(base_url + "/api/info", timeout=30).json()
             health = httpx.get(base_url + "/api/health", timeout=30).json()
         finally:
-            stop_server(process)
+            _common.stop_server(process)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     start, end = samples[0]["rss_mib"], samples[-1]["rss_mib"]
