@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -19,12 +18,8 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install -e .)")
 
-from traffic_retrieval.synth import SynthConfig, generate_dataset  # noqa: E402
-from traffic_retrieval.commands.index import IndexConfig  # noqa: E402
-from traffic_retrieval.commands.index import run as build_index  # noqa: E402
+from conftest import build_tiny_index, make_tiny_gallery  # noqa: E402
 from traffic_retrieval.index import Retriever  # noqa: E402
-from traffic_retrieval.io import atomic_torch_save  # noqa: E402
-from traffic_retrieval.model.factory import checkpoint_payload, create_model  # noqa: E402
 from traffic_retrieval.serve.app import ServeSettings, create_app  # noqa: E402
 from traffic_retrieval.serve.server import running_server  # noqa: E402
 
@@ -38,12 +33,7 @@ TIMEOUT_MS = 15_000
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
-    generate_dataset(SynthConfig(out=root / "data", seed=1, train_pedestrians=4, train_vehicles=4, val_pedestrians=2, val_vehicles=2,
-                                 test_pedestrians=30, test_vehicles=20, workers=1), progress=False)
-    torch.manual_seed(0)
-    atomic_torch_save(checkpoint_payload(create_model("TR-Tiny-RN")), root / "tiny.pt")
-    build_index(IndexConfig(images=root / "data" / "test" / "test_images", checkpoint=root / "tiny.pt", out=root / "INDEX",
-                            labels=root / "data" / "ground_truth" / "test_label.txt", workers=0, progress=False, device="cpu"))
+    build_tiny_index(make_tiny_gallery(root, seed=1, test_pedestrians=30, test_vehicles=20, train=4, val=2), root / "INDEX")
     with Retriever.open(root / "INDEX", device="cpu") as retriever:
         with running_server(create_app(retriever, ServeSettings())) as base_url:
             yield base_url

@@ -19,20 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 
 fastapi = pytest.importorskip("fastapi", reason="fastapi is not installed (pip install -e .)")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install -e .[dev])")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from traffic_retrieval.synth import SynthConfig, generate_dataset  # noqa: E402
+from conftest import build_tiny_index, make_tiny_gallery  # noqa: E402
 from traffic_retrieval.errors import TrafficRetrievalError  # noqa: E402
-from traffic_retrieval.commands.index import IndexConfig  # noqa: E402
-from traffic_retrieval.commands.index import run as build_index  # noqa: E402
 from traffic_retrieval.index import Retriever  # noqa: E402
-from traffic_retrieval.io import atomic_torch_save  # noqa: E402
-from traffic_retrieval.model.factory import checkpoint_payload, create_model  # noqa: E402
 from traffic_retrieval.serve.app import ServeSettings, create_app, label_text  # noqa: E402
 from traffic_retrieval.serve.batching import MicroBatcher  # noqa: E402
 from traffic_retrieval.cli import build_parser  # noqa: E402
@@ -47,18 +42,11 @@ MAN = "A walking man between 18 and 60 years old with a backpack."
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    generate_dataset(SynthConfig(out=root / "data", seed=1, train_pedestrians=4, train_vehicles=4, val_pedestrians=2, val_vehicles=2,
-                                 test_pedestrians=30, test_vehicles=20, workers=1), progress=False)
-    torch.manual_seed(0)
-    checkpoint = root / "tiny.pt"
-    atomic_torch_save(checkpoint_payload(create_model("TR-Tiny-RN")), checkpoint)
-    gallery = root / "data" / "test" / "test_images"
-    (gallery / "broken.jpg").write_bytes(b"not an image")  # recorded as unreadable: never served
+    source = make_tiny_gallery(root, seed=1, test_pedestrians=30, test_vehicles=20, train=4, val=2)
+    (source["gallery"] / "broken.jpg").write_bytes(b"not an image")  # recorded as unreadable: never served
     (root / "secret.txt").write_text(SECRET)  # next to the gallery: traversal targets
     (root / "data" / "test" / "secret.txt").write_text(SECRET)
-    build_index(IndexConfig(images=gallery, checkpoint=checkpoint, out=root / "INDEX", labels=root / "data" / "ground_truth" / "test_label.txt",
-                            workers=0, progress=False, device="cpu"))
-    return root / "INDEX"
+    return build_tiny_index(source, root / "INDEX")
 
 
 @pytest.fixture(scope="module")

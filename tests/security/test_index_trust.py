@@ -27,17 +27,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from conftest import make_tiny_gallery  # noqa: E402
 from traffic_retrieval.cli import main
 from traffic_retrieval.commands.index import IndexConfig
 from traffic_retrieval.commands.index import run as build_index
 from traffic_retrieval.errors import TrafficRetrievalError
 from traffic_retrieval.index import Retriever, read_indexed_gallery
 from traffic_retrieval.index.store import IndexStore
-from traffic_retrieval.io import atomic_torch_save
-from traffic_retrieval.model.factory import checkpoint_payload, create_model
-from traffic_retrieval.synth import SynthConfig, generate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = b"top-secret-outside-the-gallery"
@@ -45,14 +42,7 @@ SECRET = b"top-secret-outside-the-gallery"
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trust_source")
-    generate_dataset(SynthConfig(out=root / "data", seed=3, train_pedestrians=2, train_vehicles=2, val_pedestrians=0, val_vehicles=0,
-                                 test_pedestrians=10, test_vehicles=6, workers=1), progress=False)
-    torch.manual_seed(0)
-    checkpoint = root / "tiny.pt"
-    atomic_torch_save(checkpoint_payload(create_model("TR-Tiny-RN")), checkpoint)
-    return {"root": root, "gallery": root / "data" / "test" / "test_images", "labels": root / "data" / "ground_truth" / "test_label.txt",
-            "checkpoint": checkpoint}
+    return make_tiny_gallery(tmp_path_factory.mktemp("trust_source"), seed=3, test_pedestrians=10, test_vehicles=6)
 
 
 def index_config(source, out, gallery=None, **overrides) -> IndexConfig:

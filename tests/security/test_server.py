@@ -32,19 +32,16 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from conftest import build_tiny_index, make_tiny_gallery  # noqa: E402
 from traffic_retrieval.cli import build_parser  # noqa: E402
-from traffic_retrieval.commands.index import IndexConfig  # noqa: E402
-from traffic_retrieval.commands.index import run as build_index  # noqa: E402
 from traffic_retrieval.config import build_config, config_from_args  # noqa: E402
 from traffic_retrieval.errors import TrafficRetrievalError  # noqa: E402
 from traffic_retrieval.index import Retriever  # noqa: E402
-from traffic_retrieval.io import atomic_torch_save  # noqa: E402
-from traffic_retrieval.model.factory import checkpoint_payload, create_model  # noqa: E402
+from traffic_retrieval.model.factory import create_model  # noqa: E402
 from traffic_retrieval.serve.app import ServeSettings, check_settings, create_app  # noqa: E402
 from traffic_retrieval.serve.batching import MicroBatcher  # noqa: E402
 from traffic_retrieval.serve.server import running_server  # noqa: E402
 from traffic_retrieval.serve.thumbnails import ThumbnailCache  # noqa: E402
-from traffic_retrieval.synth import SynthConfig, generate_dataset  # noqa: E402
 
 LOCAL = "http://localhost"  # TestClient's own default, http://testserver, is a foreign host
 AUDI = "This is a white Audi."
@@ -54,13 +51,7 @@ IMAGE_CSP = "default-src 'none'; sandbox"
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     root = tmp_path_factory.mktemp("security-serve")
-    generate_dataset(SynthConfig(out=root / "data", seed=3, train_pedestrians=2, train_vehicles=2, val_pedestrians=0, val_vehicles=0,
-                                 test_pedestrians=6, test_vehicles=4, workers=1), progress=False)
-    torch.manual_seed(0)
-    atomic_torch_save(checkpoint_payload(create_model("TR-Tiny-RN")), root / "tiny.pt")
-    build_index(IndexConfig(images=root / "data" / "test" / "test_images", checkpoint=root / "tiny.pt", out=root / "INDEX",
-                            labels=root / "data" / "ground_truth" / "test_label.txt", workers=0, progress=False, device="cpu"))
-    return root / "INDEX"
+    return build_tiny_index(make_tiny_gallery(root, seed=3, test_pedestrians=6, test_vehicles=4), root / "INDEX")
 
 
 @pytest.fixture(scope="module")
