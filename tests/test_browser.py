@@ -18,7 +18,7 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install -e .)")
 
-from conftest import build_tiny_index, make_tiny_gallery  # noqa: E402
+from tiny_gallery import build_tiny_index, make_tiny_gallery  # noqa: E402
 from traffic_retrieval.index import Retriever  # noqa: E402
 from traffic_retrieval.serve.app import ServeSettings, create_app  # noqa: E402
 from traffic_retrieval.serve.server import running_server  # noqa: E402

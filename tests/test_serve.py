@@ -25,7 +25,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from conftest import build_tiny_index, make_tiny_gallery  # noqa: E402
+from tiny_gallery import build_tiny_index, make_tiny_gallery  # noqa: E402
 from traffic_retrieval.errors import TrafficRetrievalError  # noqa: E402
 from traffic_retrieval.index import Retriever  # noqa: E402
 from traffic_retrieval.serve.app import ServeSettings, create_app, label_text  # noqa: E402

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_gallery  # noqa: E402
+from tiny_gallery import make_tiny_gallery  # noqa: E402
 from traffic_retrieval.cli import main
 from traffic_retrieval.commands.index import IndexConfig
 from traffic_retrieval.commands.index import run as build_index

@@ -32,7 +32,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from conftest import build_tiny_index, make_tiny_gallery  # noqa: E402
+from tiny_gallery import build_tiny_index, make_tiny_gallery  # noqa: E402
 from traffic_retrieval.cli import build_parser  # noqa: E402
 from traffic_retrieval.config import build_config, config_from_args  # noqa: E402
 from traffic_retrieval.errors import TrafficRetrievalError  # noqa: E402

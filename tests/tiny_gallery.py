@@ -1,0 +1,32 @@
+"""What the index, serve and browser tests build their index from: a small synthetic
+gallery and a randomly initialised TR-Tiny-RN checkpoint (a module, not conftest.py:
+tests/robustness has a conftest of its own)."""
+
+from pathlib import Path
+
+
+def make_tiny_gallery(root: Path, seed: int, test_pedestrians: int, test_vehicles: int, train: int = 2, val: int = 0) -> dict:
+    """A synthetic dataset under ``root/data`` and a randomly initialised TR-Tiny-RN checkpoint
+    (``root/tiny.pt``, seed 0): what the index, serve and browser tests build their index from."""
+    import torch
+
+    from traffic_retrieval.io import atomic_torch_save
+    from traffic_retrieval.model.factory import checkpoint_payload, create_model
+    from traffic_retrieval.synth import SynthConfig, generate_dataset
+
+    generate_dataset(SynthConfig(out=root / "data", seed=seed, train_pedestrians=train, train_vehicles=train, val_pedestrians=val, val_vehicles=val,
+                                 test_pedestrians=test_pedestrians, test_vehicles=test_vehicles, workers=1), progress=False)
+    torch.manual_seed(0)
+    atomic_torch_save(checkpoint_payload(create_model("TR-Tiny-RN")), root / "tiny.pt")
+    return {"root": root, "gallery": root / "data" / "test" / "test_images", "labels": root / "data" / "ground_truth" / "test_label.txt",
+            "checkpoint": root / "tiny.pt"}
+
+
+def build_tiny_index(source: dict, out: Path) -> Path:
+    """``traffic-retrieval index`` of ``make_tiny_gallery``'s gallery with its labels (CPU, no workers)."""
+    from traffic_retrieval.commands.index import IndexConfig
+    from traffic_retrieval.commands.index import run as build_index
+
+    build_index(IndexConfig(images=source["gallery"], checkpoint=source["checkpoint"], out=out, labels=source["labels"], workers=0,
+                            progress=False, device="cpu"))
+    return out
