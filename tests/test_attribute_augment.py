@@ -8,7 +8,7 @@ import pytest
 
 from traffic_retrieval.data.vocabulary import VehicleAttributes, VehicleVocabulary, parse_vehicle_attr
 from traffic_retrieval.errors import TrafficRetrievalError
-from traffic_retrieval.commands.augment import AugmentCaptionsConfig
+from traffic_retrieval.commands.augment import AugmentCaptionsConfig, format_report
 from traffic_retrieval.commands.augment import run as augment_captions
 from traffic_retrieval.train.attribute_augment import (
     augmented_caption,
@@ -129,6 +129,19 @@ def test_plan_encodes_each_distinct_caption_once():
     assert len(plan.groups) == 3 and plan.images == ["a.jpg", "b.jpg", "e.jpg"]
     assert plan.vehicle_rows == 5 and plan.complete_rows == 1
     assert plan.patterns == {"type": 3, "color+brand": 1}
+    assert plan.row_reason == {3: "complete"} and plan.row_captions(0) == ["This is a white Audi SUV.", "This is a white Audi Truck."]
+
+
+def test_bare_plan_groups_rows_by_known_fields_whatever_their_frame():
+    rows = [
+        {"image": "a.jpg", "category": "vehicle", "attr": "white Audi.", "text": "This is a white Audi."},
+        {"image": "b.jpg", "category": "vehicle", "attr": "white Audi.", "text": "A white Audi"},
+        {"image": "e.jpg", "category": "vehicle", "attr": "Truck.", "text": "A Truck."},
+    ]
+    plan = plan_augmentation(rows, SMALL, "bare")
+    assert len(plan.groups) == 2 and plan.row_group[0] == plan.row_group[1]
+    assert plan.row_captions(1) == ["white Audi SUV", "white Audi Truck"]
+    assert plan.row_captions(2) == phrases("Truck.") and len(plan.captions) == 2 + 6 - 1
 
 
 # ---------------------------------------------------------------- real texts
@@ -263,6 +276,40 @@ def test_augment_errors_name_the_path(tiny_work, tmp_path):
         augment_captions(AugmentCaptionsConfig(work=empty_work, checkpoint=checkpoint, progress=False))
     with pytest.raises(TrafficRetrievalError, match="--checkpoint"):
         augment_captions(AugmentCaptionsConfig(work=work, progress=False))
+
+
+def test_bare_caption_form_writes_the_seeds_phrases(tiny_work, first_run, tmp_path):
+    work, checkpoint = tiny_work
+    vocabulary = VehicleVocabulary.load(work / "vehicle_vocabulary.json")
+    candidates_out = tmp_path / "candidates.jsonl"
+    report, rows = run_augment(work, checkpoint, "aug_bare", caption_form="bare", resize_mode="crop", candidates_out=candidates_out)
+    assert report["caption_form"] == "bare" and report["resize_mode"] == "shortest"  # crop, in open_clip's words
+    assert report["autocast"] == "fp32" and first_run[0]["resize_mode"] == "longest"  # unset: the checkpoint's own (pad)
+    assert report["augmented"] == first_run[0]["augmented"] > 0
+    augmented = [row for row in rows if "augmented_from" in row]
+    assert len(augmented) == report["augmented"]
+    for row in augmented:
+        known = parse_vehicle_attr(row["attr"], vocabulary.types)
+        assert row["text"] in [candidate_phrase(c) for c in enumerate_candidates(known, vocabulary)], row
+        assert not row["text"].endswith(".") and not row["text"].startswith(("This is ", "A ", "An "))
+        assert row["text"].split(" ")[0] in vocabulary.colors
+    lines = [json.loads(line) for line in candidates_out.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == report["vehicle_rows"] == report["candidates_out"]["vehicles"]
+    chosen = {line["image"]: line["chosen"] for line in lines if line["candidates"]}
+    assert all(line["chosen"] in line["candidates"] for line in lines if line["candidates"])
+    assert {row["image"]: row["text"] for row in augmented} == chosen
+    assert all(line["chosen"] is None and line["reason"] == "complete" for line in lines if not line["candidates"])
+    assert f"candidates: {candidates_out}" in format_report(report)
+
+
+def test_the_dry_run_lists_what_the_real_run_scores(tiny_work, tmp_path):
+    work, checkpoint = tiny_work
+    real_out, dry_out = tmp_path / "real.jsonl", tmp_path / "dry.jsonl"
+    run_augment(work, checkpoint, "aug_sentence", candidates_out=real_out)
+    augment_captions(AugmentCaptionsConfig(work=work, dry_run=True, candidates_out=dry_out))
+    real = [json.loads(line) for line in real_out.read_text(encoding="utf-8").splitlines()]
+    dry = [json.loads(line) for line in dry_out.read_text(encoding="utf-8").splitlines()]
+    assert [{k: v for k, v in line.items() if k != "chosen"} for line in real] == dry
 
 
 def test_unreadable_images_keep_their_row_and_are_counted(tiny_work, tmp_path):

@@ -4,15 +4,16 @@ import pytest
 
 from traffic_retrieval.config import build_config, config_to_dict
 from traffic_retrieval.errors import TrafficRetrievalError
+from traffic_retrieval.commands import command_config
 from traffic_retrieval.commands.train import TrainConfig
 
 
 def test_presets_load_and_flags_win(tmp_path):
     config = build_config(TrainConfig, "cpu-tiny", {"epochs": 2, "work": tmp_path})
     assert config.model == "TR-Tiny-RN" and config.epochs == 2 and config.work == tmp_path
-    seed = build_config(TrainConfig, "a3r-vit-bigg", {})
+    seed = command_config("train", "a3r-vit-bigg", {"epochs": 3})
     assert (seed.model, seed.pretrained, seed.lr, seed.wd, seed.batch_size, seed.warmup, seed.epochs) == (
-        "ViT-bigG-14", "laion2b_s39b_b160k", 4e-7, 0.01, 25, 10000, 5)
+        "ViT-bigG-14", "laion2b_s39b_b160k", 4e-7, 0.01, 25, 10000, 3)
     assert config_to_dict(config)["work"] == str(tmp_path)
 
 

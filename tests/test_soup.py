@@ -116,7 +116,7 @@ def test_uniform_and_greedy_soups_end_to_end(soup_inputs, tmp_path):
     data, checkpoints = soup_inputs
     uniform_path = tmp_path / "uniform.pt"
     uniform = make_soup(SoupConfig(checkpoints=checkpoints, val=data, out=uniform_path, method="uniform", device="cpu", workers=0, progress=False))
-    assert uniform["kept_indices"] == [0, 1, 2] and uniform["soup_official_mAP@10"] == uniform["uniform_official_mAP@10"]
+    assert uniform["kept_indices"] == [0, 1, 2] and uniform["soup_score"] == uniform["uniform_score"]
     loaded = load_checkpoint(uniform_path)
     _assert_weights(loaded, _expected_average(checkpoints, [0, 1, 2]))
     assert loaded.checkpoint["soup"]["method"] == "uniform" and loaded.checkpoint["soup"]["kept"] == [str(p) for p in checkpoints]
@@ -124,11 +124,11 @@ def test_uniform_and_greedy_soups_end_to_end(soup_inputs, tmp_path):
 
     greedy_path = tmp_path / "greedy.pt"
     greedy = make_soup(SoupConfig(checkpoints=checkpoints, val=data, out=greedy_path, device="cpu", workers=0, progress=False))
-    singles = [ingredient["official_mAP@10"] for ingredient in greedy["ingredients"]]
-    assert singles == [ingredient["official_mAP@10"] for ingredient in uniform["ingredients"]]
+    singles = [ingredient["score"] for ingredient in greedy["ingredients"]]
+    assert singles == [ingredient["score"] for ingredient in uniform["ingredients"]]
     assert greedy["kept_indices"][0] == singles.index(max(singles))
-    assert greedy["soup_official_mAP@10"] >= max(singles) and len(greedy["history"]) == 3
-    assert greedy["uniform_official_mAP@10"] == pytest.approx(uniform["uniform_official_mAP@10"])
+    assert greedy["soup_score"] >= max(singles) and len(greedy["history"]) == 3
+    assert greedy["uniform_score"] == pytest.approx(uniform["uniform_score"])
     loaded = load_checkpoint(greedy_path)
     _assert_weights(loaded, _expected_average(checkpoints, greedy["kept_indices"]))
     soup_record = loaded.checkpoint["soup"]
@@ -143,6 +143,6 @@ def test_uniform_and_greedy_soups_end_to_end(soup_inputs, tmp_path):
 def test_uniform_soup_without_val_only_averages(soup_inputs, tmp_path):
     _, checkpoints = soup_inputs
     report = make_soup(SoupConfig(checkpoints=checkpoints[:2], out=tmp_path / "u.pt", method="uniform", progress=False))
-    assert report["soup_official_mAP@10"] is None and report["ingredients"][0]["official_mAP@10"] is None
+    assert report["soup_score"] is None and report["ingredients"][0]["score"] is None
     _assert_weights(load_checkpoint(tmp_path / "u.pt"), _expected_average(checkpoints, [0, 1]))
     assert "-" in format_report(report)

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import logging
 
+    from .commands import command_config_keys
     from .config import config_from_args
     from .errors import TrafficRetrievalError
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     module = args.module
     try:
-        config = config_from_args(module.Config, args, preset=getattr(module, "PRESET", None))
+        config = config_from_args(module.Config, args, preset=getattr(module, "PRESET", None), command=args.command, command_keys=command_config_keys())
         module.print_result(module.run(config), config)
     except TrafficRetrievalError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,6 +12,13 @@ allowed range (``option(..., minimum=1)``). From that one declaration:
 
 A nested dataclass is a YAML mapping (``rerank: {candidates: 50}``) and flags
 with its prefix (``--rerank-candidates``).
+
+A *pipeline* YAML (a preset such as ``a3r-vit-bigg``) configures every command at
+once: it has a ``commands:`` mapping of per-command sections (``train: {...}``,
+``predict: {...}``), and its top-level keys go to every command that has them
+(``query: {text_form: a3r}`` reaches train, predict, search, serve and queries).
+A top-level key that no command has, or a section key its command does not have,
+is an error; a file without ``commands:`` is one command's config, checked as such.
 """
 
 from __future__ import annotations
@@ -293,13 +300,46 @@ def _drop_unset(overrides: dict) -> dict:
     return kept
 
 
-def build_config(cls: type[ConfigT], yaml_path: str | Path | None, overrides: dict, base: dict | None = None) -> ConfigT:
-    """Defaults < ``base`` < YAML file (or preset) < flags given on the command line (``None`` = not given)."""
+PIPELINE_SECTIONS = "commands"
+
+
+def pipeline_values(values: dict, command: str | None, cls, command_keys: dict[str, set[str]], source: str) -> dict:
+    """The values a pipeline YAML gives ``command`` (see the module docstring); ``command_keys``:
+    every command's top-level config keys."""
+    sections = values[PIPELINE_SECTIONS]
+    if not isinstance(sections, dict):
+        raise TrafficRetrievalError(f"{source}: {PIPELINE_SECTIONS!r} must map command names to their settings")
+    for name, section in sections.items():
+        if name not in command_keys:
+            raise TrafficRetrievalError(f"{source}: unknown command {name!r} under {PIPELINE_SECTIONS!r} (commands: {', '.join(command_keys)})")
+        if not isinstance(section, dict):
+            raise TrafficRetrievalError(f"{source}: {PIPELINE_SECTIONS}.{name} must be a mapping of keys to values")
+    anywhere = set().union(*command_keys.values()) if command_keys else set()
+    own = {f.name for f in dataclasses.fields(cls)}
+    shared = {}
+    for key, value in values.items():
+        if key == PIPELINE_SECTIONS:
+            continue
+        if key not in anywhere:
+            raise TrafficRetrievalError(f"{source}: unknown key {key!r} (no command has it)")
+        if key in own:
+            shared[key] = value
+    return _merge(shared, sections.get(command) or {})
+
+
+def build_config(cls: type[ConfigT], yaml_path: str | Path | None, overrides: dict, base: dict | None = None,
+                 command: str | None = None, command_keys: dict[str, set[str]] | None = None) -> ConfigT:
+    """Defaults < ``base`` < YAML file (or preset) < flags given on the command line (``None`` = not given).
+    ``command`` and ``command_keys`` (every command's keys) let a pipeline YAML configure ``command``."""
     values = dict(base or {})
     source = "config"
     if yaml_path is not None:
         path = resolve_config_path(yaml_path)
-        values = _merge(values, read_yaml(path))
+        file_values = read_yaml(path)
+        if PIPELINE_SECTIONS in file_values and PIPELINE_SECTIONS not in {f.name for f in dataclasses.fields(cls)}:
+            command_keys = command_keys if command_keys is not None else {command or "": {f.name for f in dataclasses.fields(cls)}}
+            file_values = pipeline_values(file_values, command or "", cls, command_keys, str(path))
+        values = _merge(values, file_values)
         source = str(path)
     values = _merge(values, _drop_unset(overrides))
     return config_from_dict(cls, values, source)
@@ -397,6 +437,7 @@ def overrides_from_args(cls, args: argparse.Namespace) -> dict:
     return overrides
 
 
-def config_from_args(cls: type[ConfigT], args: argparse.Namespace, preset: str | None = None) -> ConfigT:
+def config_from_args(cls: type[ConfigT], args: argparse.Namespace, preset: str | None = None, command: str | None = None,
+                     command_keys: dict[str, set[str]] | None = None) -> ConfigT:
     """Defaults < ``preset`` < ``--config`` YAML < flags given."""
-    return build_config(cls, getattr(args, "config", None) or preset, overrides_from_args(cls, args))
+    return build_config(cls, getattr(args, "config", None) or preset, overrides_from_args(cls, args), command=command, command_keys=command_keys)

@@ -34,3 +34,24 @@ IndexKind = Literal["auto", "flat", "hnsw", "ivf", "ivfpq"]
 SoupMethod = Literal["greedy", "uniform"]
 SearchCategory = Literal["routed", "pedestrian", "vehicle", "all"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+TextForm = Literal["sentence", "a3r"]
+"""How captions and queries become the text the model encodes. sentence: as written; a3r: the seed's
+(vehicle training captions are the bare phrase "white Audi Sedan"; every query loses its last character,
+vehicle queries also their "A "/"An "/"This is a "/"This is an " prefix)."""
+
+RouterKind = Literal["vocabulary", "a3r"]
+"""How a query is routed to a category. vocabulary: whole words of the vocabulary or a generic vehicle
+word, case-insensitive; a3r: the seed's (a type or brand occurs in the text, case-sensitive substring)."""
+
+GalleryScope = Literal["routed", "all"]
+"""Which gallery images a query is ranked against: routed (its category's) or all (the seed's)."""
+
+RerankMethod = Literal["ours", "a3r"]
+SoupCriterion = Literal["official", "r10"]
+"""official: val official mAP@10; r10: val text-to-image R@10, one caption per image (open_clip's, the seed's)."""
+
+CaptionForm = Literal["sentence", "bare"]
+"""Augmented vehicle captions: sentence keeps the label's frame ("This is a white Audi Sedan."); bare is the seed's ("white Audi Sedan")."""
+
+SaveOptimizer = Literal["last", "none"]
+"""last: last.pt carries the optimizer state (exact --resume); none: no file does (resume restarts the optimizer)."""

@@ -9,4 +9,23 @@ library imports them. Module tops import only light modules, so ``--help`` is
 instant.
 """
 
-COMMANDS = ("synth", "prepare", "train", "predict", "evaluate", "augment", "soup", "ablate", "demo", "index", "search", "serve")
+COMMANDS = ("synth", "prepare", "train", "augment", "predict", "queries", "evaluate", "soup", "ablate", "demo", "index", "search", "serve")
+
+
+def command_config_keys() -> dict[str, set[str]]:
+    """Every command's top-level config keys (a pipeline YAML's shared keys must belong to one)."""
+    import dataclasses
+    import importlib
+
+    return {name: {f.name for f in dataclasses.fields(importlib.import_module(f"{__name__}.{name}").Config)} for name in COMMANDS}
+
+
+def command_config(name: str, yaml_or_preset=None, overrides: dict | None = None):
+    """Command ``name``'s config from a YAML file or preset (pipeline presets included) and
+    overrides, as the CLI builds it: ``command_config("train", "a3r-vit-bigg", {"epochs": 1})``."""
+    import importlib
+
+    from ..config import build_config
+
+    module = importlib.import_module(f"{__name__}.{name}")
+    return build_config(module.Config, yaml_or_preset, overrides or {}, command=name, command_keys=command_config_keys())

@@ -97,7 +97,7 @@ class Runner:
         self.run_count = 0
 
     def train(self, setup: Setup, augmenter: Path | None) -> Path:
-        from ..config import build_config
+        from . import command_config
         from .augment import AugmentCaptionsConfig
         from .augment import run as augment_captions
         from .train import TrainConfig
@@ -116,7 +116,7 @@ class Runner:
             augment_captions(AugmentCaptionsConfig(work=self.prepared, checkpoint=augmenter, out_manifest=manifest, progress=self.config.progress))
         overrides = {"work": self.prepared, "out": run_dir, "seed": self.config.seed, "epochs": self.config.epochs,
                      "train_manifest": manifest, "keep_checkpoints": 3, "resume": True, "progress": self.config.progress, **dict(setup.train)}
-        train(build_config(TrainConfig, self.config.preset, overrides))
+        train(command_config("train", self.config.preset, overrides))
         self.checkpoints[key] = run_dir / "checkpoints" / "final.pt"
         return self.checkpoints[key]
 

@@ -26,7 +26,7 @@ Config = DemoConfig
 
 
 def run(config: DemoConfig) -> dict:
-    from ..config import build_config
+    from . import command_config
     from ..evaluation.evaluate import evaluate_files
     from ..evaluation.evaluate import format_report as format_scores
     from ..io import atomic_write_json
@@ -59,7 +59,7 @@ def run(config: DemoConfig) -> dict:
     print(format_report(prepare(PrepareConfig(data=data, work=work))))
 
     stage("train")
-    train_config = build_config(TrainConfig, config.preset, {"work": work, "out": run, "seed": config.seed, "epochs": config.epochs, "resume": True})
+    train_config = command_config("train", config.preset, {"work": work, "out": run, "seed": config.seed, "epochs": config.epochs, "resume": True})
     train(train_config)
     checkpoint = run / "checkpoints" / "final.pt"
 

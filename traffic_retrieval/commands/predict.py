@@ -93,9 +93,9 @@ def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool) ->
 
 
 def run(config: PredictConfig) -> dict:
-    from ..data.vocabulary import QueryRouter, VehicleVocabulary
+    from ..data.vocabulary import VehicleVocabulary
     from ..evaluation.submission import write_submission
-    from ..retrieval.queries import QueryEncoder, count_truncated, read_queries
+    from ..retrieval.queries import QueryEncoder, count_truncated, query_recipe, read_queries
     from ..retrieval.rerank import rerank_hits
     from ..retrieval.search import search_routed, search_targets
     from ..runtime import resolve_runtime
@@ -105,20 +105,24 @@ def run(config: PredictConfig) -> dict:
     queries = read_queries(Path(config.queries or Path(config.data) / "test" / "test_text.txt"))
     runtime = resolve_runtime(config.device, config.precision)
     loaded = load_model_for_inference(config.checkpoint, config.model, config.pretrained, runtime.device, config.trust_checkpoint)
-    router = QueryRouter(VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
     gallery = _read_gallery(config, loaded, runtime, with_flipped=config.rerank.enabled)
 
-    encoded = QueryEncoder(loaded, router, config.query, runtime.device, runtime.dtype).encode(queries)
+    query_encoder = QueryEncoder(loaded, config.query, runtime.device, runtime.dtype,
+                                 vocabulary=VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
+    encoded = query_encoder.encode(queries)
+    recipe = query_encoder.config
     depth = max(config.top_k, config.rerank.candidates) if config.rerank.enabled else config.top_k
-    hits = search_routed(gallery.search, encoded.embeddings, search_targets(encoded.categories, gallery.search.categories()), depth)
+    hits = search_routed(gallery.search, encoded.embeddings, search_targets(encoded.categories, gallery.search.categories(), recipe.gallery_scope), depth)
     if config.rerank.enabled:
-        hits = rerank_hits(hits, gallery.embeddings, gallery.flipped, config.rerank)
+        hits = rerank_hits(hits, gallery.embeddings, gallery.flipped, config.rerank, query_embeddings=encoded.embeddings)
     ranked_names = [[gallery.names[i] for i, _ in found[: config.top_k]] for found in hits]
     write_submission(config.out, [{"text": query, "image_names": names} for query, names in zip(queries, ranked_names)])
     contact_sheet = _contact_sheet(config, queries, ranked_names, gallery.image_dir) if config.contact_sheet else None
     return {
         "submission": str(config.out),
         "queries": len(queries),
+        "query_recipe": query_recipe(recipe),
+        "queries_per_category": {c: encoded.categories.count(c) for c in sorted(set(encoded.categories))},
         "empty_queries": sum(1 for query in queries if not query.strip()),  # answered like any other line
         "truncated_queries": count_truncated(loaded.tokenizer, encoded.texts),  # longer than the model's text context, cut by the tokenizer
         "context_length": int(getattr(loaded.tokenizer, "context_length", None) or 77),
@@ -147,6 +151,9 @@ def print_result(summary: dict, config: PredictConfig) -> None:
 
     print(f"wrote {summary['submission']}: {summary['queries']} queries over {summary['gallery_images']} gallery images "
           f"({', '.join(f'{n} {c}' for c, n in summary['gallery_per_category'].items())})")
+    recipe = summary["query_recipe"]
+    print(f"queries: text form {recipe['text_form']}, router {recipe['router']}, gallery scope {recipe['gallery_scope']} "
+          f"({', '.join(f'{n} {c}' for c, n in summary['queries_per_category'].items())})")
     if summary["empty_queries"]:
         print(f"{summary['empty_queries']} queries are empty or whitespace-only (answered like the others)")
     if summary["truncated_queries"]:

@@ -5,12 +5,13 @@ the one given by ``--category``); several queries are encoded in one batch."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import CheckpointTrust, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
 from ..options import SearchCategory
+from ..retrieval.queries import QueryConfig
 
 HELP = "text-to-image search in an index"
 
@@ -20,10 +21,11 @@ class SearchConfig(RuntimeOptions, CheckpointTrust):
     text: list[str] = option(default_factory=list, positional=True, help="query text (several: one search each, encoded in one batch)")
     index: Path | None = option(None, help="the index folder (traffic-retrieval index --out)")
     k: int = option(10, short="-k", minimum=1, maximum=1000, help="results per query")  # maximum: index.retriever.MAX_K
-    category: SearchCategory = option("routed", help="where to search: routed (each query by the vehicle vocabulary), one category, or all of them")
+    category: SearchCategory = option("routed", help="where to search: routed (the query recipe's gallery scope: the routed category, or all with --gallery-scope all), one category, or all of them")
     vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for routing (default: the published vocabulary)")
     checkpoint: Path | None = option(None, help="the index's checkpoint at another path (must be the same model)")
     json: bool = option(False, help="one JSON object per query: {query, results: [{rank, id, name, path, score, category, label}]}")
+    query: QueryConfig = field(default_factory=QueryConfig)
 
 
 Config = SearchConfig
@@ -42,7 +44,7 @@ def run(config: SearchConfig) -> dict:
     if not config.text:
         raise TrafficRetrievalError("search needs at least one query text")
     with Retriever.open(config.index, device=config.device, checkpoint=config.checkpoint, vocabulary=config.vocabulary,
-                        precision=config.precision, trust_checkpoint=config.trust_checkpoint) as retriever:
+                        precision=config.precision, query_config=config.query, trust_checkpoint=config.trust_checkpoint) as retriever:
         batches = retriever.search_batch(config.text, k=config.k, category=None if config.category == "routed" else config.category)
     return {"index": str(config.index), "searches": [{"query": query, "results": [asdict(r) for r in results]} for query, results in zip(config.text, batches)]}
 

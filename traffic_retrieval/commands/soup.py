@@ -1,5 +1,7 @@
 """``soup``: average the weights of several fine-tuned checkpoints of one architecture
-(uniform, or greedy by the val split's official mAP@10; ``model/soup.py``). The output
+(uniform, or greedy by a val criterion: official mAP@10, or the seed's text-to-image
+R@10 with one caption per image; ``model/soup.py``). The val captions are queried in
+the first checkpoint's recorded query recipe (text form, router, gallery scope). The output
 is a self-describing checkpoint like the inputs with a ``soup`` entry saying how it
 was made."""
 
@@ -11,7 +13,7 @@ from typing import Callable
 
 from ..config import CheckpointTrust, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import SoupMethod
+from ..options import SoupCriterion, SoupMethod
 
 HELP = "average checkpoints' weights (uniform or greedy on the val split)"
 # Per-run results of the first ingredient that would mislabel the soup.
@@ -24,6 +26,7 @@ class SoupConfig(RuntimeOptions, CheckpointTrust):
     val: Path | None = option(None, help="dataset root whose val split scores the ingredients (needed for greedy)")
     out: Path | None = option(None, help="the soup checkpoint to write")
     method: SoupMethod = option("greedy", help="greedy keeps an ingredient only when the val score improves")
+    criterion: SoupCriterion = option("official", help="the val score: official mAP@10, or r10 (text-to-image R@10, one caption per image: the seed's)")
     workers: int = option(2, minimum=0, help="image decoding processes for the val split")
     progress: bool = option(True, help="progress bars")
 
@@ -31,8 +34,11 @@ class SoupConfig(RuntimeOptions, CheckpointTrust):
 Config = SoupConfig
 
 
+CRITERION_METRICS = {"official": "official_mAP@10", "r10": "t2i_R@10"}  # criterion -> train.validate report key
+
+
 def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[[dict], float]:
-    """``score(state_dict)``: val official mAP@10 of the first checkpoint's model with those weights.
+    """``score(state_dict)``: the val criterion of the first checkpoint's model with those weights.
 
     The val images are decoded once with the first checkpoint's preprocessing, and one
     model object is reused: each candidate is copied into it with ``load_state_dict``.
@@ -41,9 +47,10 @@ def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[
 
     from ..data.prepare import split_rows
     from ..model.factory import load_checkpoint
+    from ..retrieval.queries import resolve_query_config
     from ..runtime import resolve_runtime
     from ..train.data import build_training_set
-    from ..train.validate import validate
+    from ..train.validate import val_queries, validate
 
     labels = val_label_file(val_dir)
     _, _, rows, _ = split_rows(val_dir, "val")
@@ -52,14 +59,17 @@ def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[
     runtime = resolve_runtime(config.device, config.precision)
     device, dtype = runtime.device, runtime.dtype
     loaded = load_checkpoint(first_path, device=device, trust_architecture=config.trust_checkpoint)
-    val_set = build_training_set(rows, loaded.preprocess, loaded.tokenizer, None, config.workers)
+    recipe = resolve_query_config(None, loaded.checkpoint)
+    val_set = build_training_set(rows, loaded.preprocess, loaded.tokenizer, None, config.workers, recipe.text_form)
+    queries = val_queries(val_set, loaded.tokenizer, recipe)
+    metric = CRITERION_METRICS[config.criterion]
 
     def score(state_dict: dict) -> float:
         loaded.model.load_state_dict(state_dict, strict=True)
         with torch.no_grad():
-            metrics = validate(loaded.model, val_set, loaded.preprocess, device, dtype)
+            metrics = validate(loaded.model, val_set, loaded.preprocess, device, dtype, queries)
         loaded.model.eval()
-        return float(metrics["official_mAP@10"])
+        return float(metrics[metric])
 
     return score
 
@@ -98,7 +108,7 @@ def run(config: SoupConfig) -> dict:
     payloads = read_ingredients(paths, config.trust_checkpoint)
     state_dicts = [payload["state_dict"] for payload in payloads]
 
-    score: Callable[[dict], float] | None = None  # val official mAP@10 of a state dict, when --val is given
+    score: Callable[[dict], float] | None = None  # the val criterion of a state dict, when --val is given
     bar, ingredient_scores = None, None
     if config.val is not None:
         val_score = val_scorer(paths[0], Path(config.val), config)
@@ -131,7 +141,7 @@ def run(config: SoupConfig) -> dict:
         bar.close()
 
     scores = {
-        "metric": "val official_mAP@10",
+        "metric": f"val {CRITERION_METRICS[config.criterion]}",
         "ingredients": ingredient_scores,
         "uniform": uniform_score,
         "soup": soup_score,
@@ -151,11 +161,13 @@ def run(config: SoupConfig) -> dict:
     return {
         "out": str(config.out),
         "method": config.method,
-        "ingredients": [{"path": str(p), "official_mAP@10": None if ingredient_scores is None else ingredient_scores[i]} for i, p in enumerate(paths)],
+        "criterion": config.criterion,
+        "metric": CRITERION_METRICS[config.criterion],
+        "ingredients": [{"path": str(p), "score": None if ingredient_scores is None else ingredient_scores[i]} for i, p in enumerate(paths)],
         "kept": [str(paths[i]) for i in kept],
         "kept_indices": kept,
-        "soup_official_mAP@10": soup_score,
-        "uniform_official_mAP@10": uniform_score,
+        "soup_score": soup_score,
+        "uniform_score": uniform_score,
         "history": history,
     }
 
@@ -167,12 +179,12 @@ def format_report(report: dict) -> str:
         return "-" if value is None else f"{100 * value:.2f}"
 
     kept = set(report["kept_indices"])
-    lines = [f"{'':<4} {'official mAP@10':>15}  ingredient"]
+    lines = [f"{'':<4} {'val ' + report['metric']:>15}  ingredient"]
     for i, ingredient in enumerate(report["ingredients"]):
-        lines.append(f"{'kept' if i in kept else '':<4} {percent(ingredient['official_mAP@10']):>15}  {ingredient['path']}")
-    lines.append(f"{report['method']} soup of {len(kept)}/{len(report['ingredients'])}: {percent(report['soup_official_mAP@10'])}")
+        lines.append(f"{'kept' if i in kept else '':<4} {percent(ingredient['score']):>15}  {ingredient['path']}")
+    lines.append(f"{report['method']} soup of {len(kept)}/{len(report['ingredients'])}: {percent(report['soup_score'])}")
     if report["method"] == "greedy":
-        lines.append(f"uniform soup of all: {percent(report['uniform_official_mAP@10'])}")
+        lines.append(f"uniform soup of all: {percent(report['uniform_score'])}")
     lines.append(f"wrote {report['out']} (scores x100 on the val split)")
     return "\n".join(lines)
 

@@ -10,12 +10,13 @@ a run (``train/callbacks.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import CheckpointTrust, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import Loss, ResizeMode
+from ..options import Loss, ResizeMode, SaveOptimizer
+from ..retrieval.queries import QueryConfig
 
 HELP = "contrastive training of an open_clip model"
 PRESET = "cpu-tiny"
@@ -41,23 +42,32 @@ class TrainConfig(RuntimeOptions, TowerLocking, CheckpointTrust):
     checkpoint: Path | None = option(None, help="start from a traffic-retrieval checkpoint")
     train_manifest: str = option("train", help="manifest name under WORK/manifests")
     resize_mode: ResizeMode | None = option(None, help="how images become squares; unset: a --checkpoint's own, pad for a new model")
-    epochs: int = option(30, minimum=1, help="number of epochs")
+    epochs: int = option(30, minimum=1, help="number of epochs to run")
+    schedule_epochs: int | None = option(None, minimum=1, help="the cosine schedule's length in epochs (unset: --epochs); the seed ran 5 of 30")
     batch_size: int = option(128, minimum=1, help="batch size per step (global: split across torchrun processes)")
     lr: float = option(1e-3, positive=True, help="peak learning rate")
     wd: float = option(0.1, minimum=0, help="weight decay")
+    beta1: float = option(0.9, minimum=0, maximum=0.999999, help="AdamW beta1")
+    beta2: float = option(0.98, minimum=0, maximum=0.999999, help="AdamW beta2 (open_clip's CLIP value)")
+    eps: float = option(1e-6, positive=True, help="AdamW epsilon (open_clip's CLIP value)")
     warmup: int = option(100, minimum=0, help="warmup steps")
     seed: int = option(0, help="random seed")
     loss: Loss = option("multi-positive", help="multi-positive: equal-ATTR pairs are positives; clip: only the pair itself")
     workers: int = option(2, minimum=0, help="image decoding processes")
     threads: int = option(0, minimum=0, help="torch CPU threads (0: all cores)")
     augment: bool = option(True, help="surveillance-look training augmentations")
+    random_resized_crop: bool = option(False, help="the seed's RandomResizedCrop (scale 0.9-1, ratio 3/4-4/3) after squaring")
     grad_accum: int = option(1, minimum=1, help="gradient accumulation steps")
     grad_checkpointing: bool = option(False, help="gradient checkpointing")
     attribute_heads: float = option(0.0, minimum=0, help="weight of the auxiliary attribute-head loss (0: off)")
     validate: bool = option(True, help="validation each epoch")
-    keep_checkpoints: int = option(2, minimum=0, help="epoch_N.pt files to keep (0: all; final.pt and best.pt always)")
+    keep_checkpoints: int = option(2, minimum=0, help="epoch_N.pt files to keep (0: all; final.pt, best.pt and --keep-epochs always)")
+    keep_epochs: list[int] = option(default_factory=list, help="epochs whose epoch_N.pt is always written and never deleted (the seed's: 5)")
+    save_every: int = option(1, minimum=1, help="write epoch_N.pt every K epochs (and the last; last.pt every epoch)")
+    save_optimizer: SaveOptimizer = option("last", help="last: last.pt carries the optimizer state (exact --resume); none: no file does")
     resume: bool = option(False, help="continue RUN_DIR from its last epoch")
     progress: bool = option(True, help="progress bars")
+    query: QueryConfig = field(default_factory=QueryConfig)
 
 
 Config = TrainConfig
@@ -89,6 +99,7 @@ def run(config: TrainConfig, callbacks=()) -> dict:
 
     from ..config import checked, config_to_dict
     from ..io import atomic_write_text, folder_lock
+    from ..retrieval.queries import RECIPE_KEY, query_recipe, resolve_query_config
     from ..runtime import autocast_dtype, barrier, cleanup, init_distributed, local_device, resolve_device
     from ..train.callbacks import EpochEnd, notify
     from ..train.checkpoints import Checkpointer, category_texts
@@ -97,7 +108,7 @@ def run(config: TrainConfig, callbacks=()) -> dict:
     from ..train.loop import train_epoch
     from ..train.schedule import plan_schedule
     from ..train.setup import load_model, lock_towers
-    from ..train.validate import validate
+    from ..train.validate import val_queries, validate
 
     config = checked(config)  # a config made in code gets the checks a YAML one gets
     _check_config(config)
@@ -121,23 +132,32 @@ def run(config: TrainConfig, callbacks=()) -> dict:
         model = loaded.model
         lock_towers(model, loaded.model_name, config.lock_image, config.lock_image_unlocked_groups, config.lock_image_freeze_bn_stats,
                     config.lock_text, config.lock_text_unlocked_layers)
-        training_set, val_set = load_run_data(work, config.train_manifest, loaded.preprocess, loaded.tokenizer, config.workers, context, config.validate)
+        # the query recipe (text form, router, gallery scope): the flags', else a --checkpoint's, else the default
+        recipe = resolve_query_config(config.query, loaded.checkpoint if config.checkpoint else None)
+        training_set, val_set = load_run_data(work, config.train_manifest, loaded.preprocess, loaded.tokenizer, config.workers, context, config.validate,
+                                              text_form=recipe.text_form)
+        queries = val_queries(val_set, loaded.tokenizer, recipe) if val_set is not None else None
         state, parts = _state_and_step_parts(config, loaded, training_set, device, dtype, context)
-        schedule = plan_schedule(len(training_set.rows), config.batch_size, config.grad_accum, config.epochs, config.lr, config.warmup, context.world_size)
-        checkpointer = Checkpointer(run_dir, loaded, {"category_texts": category_texts(training_set.rows, seed=config.seed),
-                                                      "train_config": config_to_dict(config)}, config.keep_checkpoints)
+        schedule = plan_schedule(len(training_set.rows), config.batch_size, config.grad_accum, config.epochs, config.lr, config.warmup, context.world_size,
+                                 schedule_epochs=config.schedule_epochs)
+        checkpointer = Checkpointer(run_dir, loaded, {"category_texts": category_texts(training_set.rows, seed=config.seed, text_form=recipe.text_form),
+                                                      "train_config": config_to_dict(config), RECIPE_KEY: query_recipe(recipe)},
+                                    config.keep_checkpoints, keep_epochs=tuple(config.keep_epochs), save_every=config.save_every,
+                                    save_optimizer=config.save_optimizer)
 
         log = RunLog(run_dir) if context.is_main else None
         if config.resume and checkpointer.resume(state) and log:
             log.line(f"resumed from {checkpointer.last_path} at epoch {state.epoch}")
         if log:
             log.line(f"training {loaded.model_name} on {len(training_set.rows)} pairs ({len(training_set.unreadable)} unreadable images skipped), "
-                     f"{config.epochs} epochs x {schedule.steps_per_epoch} steps of {schedule.batch_size} on {context.world_size} process(es)"
-                     f"{' (DDP)' if context.enabled else ''}, device {device}, autocast {dtype}")
+                     f"{config.epochs} epochs (of a {schedule.schedule_epochs or config.epochs}-epoch cosine) x {schedule.steps_per_epoch} steps "
+                     f"of {schedule.batch_size} on {context.world_size} process(es){' (DDP)' if context.enabled else ''}, device {device}, autocast {dtype}, "
+                     f"text form {recipe.text_form}, router {recipe.router}, gallery scope {recipe.gallery_scope}")
             for message in training_set.unreadable:
                 log.line(f"skipped: {message}")
 
         def log_step(step: int, loss: float, lr: float) -> None:
+            notify(callbacks, "on_step", step, loss, lr)
             if log and step % 10 == 0:
                 log.scalars({"train/loss": loss, "train/lr": lr, "train/logit_scale": model.logit_scale.exp().item()}, step)
 
@@ -150,13 +170,13 @@ def run(config: TrainConfig, callbacks=()) -> dict:
             samples_seen += result.samples
             record = {"epoch": epoch + 1, "step": state.step, "loss": result.loss, "samples_per_second": samples_seen / max(time.time() - started, 1e-9)}
             if val_set is not None:  # rank 0 only
-                record["val"] = validate(model, val_set, loaded.preprocess, device, dtype)
+                record["val"] = validate(model, val_set, loaded.preprocess, device, dtype, queries)
                 log.scalars({f"val/{k}": v for k, v in record["val"].items() if isinstance(v, float)}, state.step)
             is_best = state.finish_epoch(record)
             written = ()
             if context.is_main:
                 log.line(json.dumps(record))
-                written = tuple(checkpointer.save_epoch(state, is_best))
+                written = tuple(checkpointer.save_epoch(state, is_best, final_epoch=config.epochs))
             barrier(context)
             if show_progress:
                 _print_epoch(record, config.epochs)
@@ -197,10 +217,10 @@ def _state_and_step_parts(config: TrainConfig, loaded, training_set, device: str
         targets = attribute_targets(training_set.rows, vocabulary)
         heads = make_attribute_heads(int(model.visual.output_dim), vocabulary).to(device)
         groups += parameter_groups(heads, config.wd)
-    state = TrainingState(model, make_optimizer(groups, config.lr), make_scaler(device, dtype), heads)
+    state = TrainingState(model, make_optimizer(groups, config.lr, (config.beta1, config.beta2), config.eps), make_scaler(device, dtype), heads)
     parts = StepParts(distributed_module(contrastive_module(model, heads), context, device), LOSSES[config.loss], training_set,
                       Normalization.of(loaded.preprocess), device, dtype, context, AugmentConfig() if config.augment else None,
-                      config.attribute_heads, targets)
+                      config.random_resized_crop, config.attribute_heads, targets)
     return state, parts
 
 

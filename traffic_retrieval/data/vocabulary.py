@@ -134,7 +134,7 @@ def _word_pattern(words: Iterable[str]) -> re.Pattern:
 
 
 class QueryRouter:
-    """Routes a query to ``vehicle`` when it names a vehicle type, brand or a generic
+    """The ``vocabulary`` router: routes a query to ``vehicle`` when it names a vehicle type, brand or a generic
     vehicle word (case-insensitive, whole words), otherwise to ``pedestrian``."""
 
     def __init__(self, vocabulary: VehicleVocabulary | None = None):
@@ -143,3 +143,22 @@ class QueryRouter:
 
     def __call__(self, query: str) -> str:
         return VEHICLE if self._vehicle_words.search(query.lower()) else PEDESTRIAN
+
+
+class A3RQueryRouter:
+    """The seed's router: ``vehicle`` when a vehicle type or brand of the vocabulary occurs
+    anywhere in the query (case-sensitive substring: "Bus" in "Minibus" counts, "bus" does
+    not), otherwise ``pedestrian``."""
+
+    def __init__(self, vocabulary: VehicleVocabulary | None = None):
+        vocabulary = vocabulary or VehicleVocabulary.published()
+        names = sorted({name for name in (*vocabulary.types, *vocabulary.brands) if name}, key=len, reverse=True)
+        self._names = re.compile("|".join(re.escape(name) for name in names)) if names else None
+
+    def __call__(self, query: str) -> str:
+        return VEHICLE if self._names is not None and self._names.search(query) else PEDESTRIAN
+
+
+def make_router(kind: str, vocabulary: VehicleVocabulary | None = None):
+    """The query router ``kind`` names (``options.RouterKind``): ``vocabulary`` or ``a3r``."""
+    return A3RQueryRouter(vocabulary) if kind == "a3r" else QueryRouter(vocabulary)

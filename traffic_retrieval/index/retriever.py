@@ -87,7 +87,7 @@ class Retriever(Closeable):
         """Open ``index``; the model is the checkpoint recorded in index.json, or ``checkpoint``
         (refused unless it is the same model: identical sha256). ``query_config``
         (``retrieval.queries.QueryConfig``): how queries are rewritten before encoding."""
-        from ..data.vocabulary import QueryRouter, VehicleVocabulary
+        from ..data.vocabulary import VehicleVocabulary
         from ..model.factory import load_checkpoint
         from ..retrieval.queries import QueryEncoder
         from ..runtime import autocast_dtype, resolve_device
@@ -113,12 +113,17 @@ class Retriever(Closeable):
                     raise
                 info = layout.read_index_json()
         store = IndexStore(layout.meta_db, readonly=True)
-        router = QueryRouter(VehicleVocabulary.load(vocabulary) if vocabulary else None)
-        query_encoder = QueryEncoder(loaded, router, query_config, device, autocast_dtype(precision, device))
+        query_encoder = QueryEncoder(loaded, query_config, device, autocast_dtype(precision, device),
+                                     vocabulary=VehicleVocabulary.load(vocabulary) if vocabulary else None)
         return cls(layout, info, store, gallery, query_encoder, device)
 
     def close(self) -> None:
         self._store.close()
+
+    @property
+    def query_config(self):
+        """The resolved query recipe (text form, router, gallery scope) this retriever applies."""
+        return self._queries.config
 
     # -- search --------------------------------------------------------------------
     @property
@@ -134,8 +139,9 @@ class Retriever(Closeable):
         return self.search_batch([query], k, category)[0]
 
     def search_batch(self, queries: list[str], k: int = 10, category: str | None = None) -> list[list[SearchResult]]:
-        """The top ``k`` images for each query, best first. ``category``: None (routed by
-        the vehicle vocabulary to its category, or to all of them when it has no images),
+        """The top ``k`` images for each query, best first. ``category``: None (the query
+        recipe's gallery scope: the routed category, or all of them when it has no images;
+        or the whole gallery),
         ``"pedestrian"``, ``"vehicle"`` or ``"all"``. A query is rewritten for its routed
         category (``"pedestrian"``/``"vehicle"``: for that one) before it is encoded."""
         from ..retrieval.search import search_routed, search_targets
@@ -151,7 +157,8 @@ class Retriever(Closeable):
             return []
         queries = list(queries)
         encoded = self._queries.encode(queries, None if category in (None, ALL) else [category] * len(queries))
-        targets = search_targets(encoded.categories, self._gallery.categories()) if category is None else [category] * len(queries)
+        targets = (search_targets(encoded.categories, self._gallery.categories(), self._queries.config.gallery_scope) if category is None
+                   else [category] * len(queries))
         hits = search_routed(self._gallery, encoded.embeddings, targets, k)
         records = self._store.records({image_id for row in hits for image_id, _ in row})
         results = []

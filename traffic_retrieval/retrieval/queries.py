@@ -1,52 +1,68 @@
 """Queries before the model: reading a query file, routing a query to its category,
-rewriting it into the text the model encodes (the seed's inference recipe), and
-the one ``QueryEncoder`` (route, rewrite, encode, memoised) behind ``predict``,
-``predict --index``, ``Retriever``, ``search`` and ``serve``.
+rewriting it into the text the model encodes (``data/text_forms.py``), and the one
+``QueryEncoder`` (route, rewrite, encode, memoised) behind ``predict``,
+``predict --index``, ``Retriever``, ``search``, ``serve`` and training's validation.
 
-Vehicle queries may lose the sentence prefix ("A ", "An ", "This is a ") and the
-final period, and may get a prompt suffix describing the camera domain
-(" image taken by traffic surveillance cameras"). Pedestrian captions are
-encoded as written.
+``QueryConfig`` holds the query recipe: the text form, the router and the gallery
+scope. Unset values come from the checkpoint (training records the recipe it used),
+else from ``DEFAULT_RECIPE``, so a model trained in the seed's form is queried in it
+with no flag (``resolve_query_config``).
 """
 
 from __future__ import annotations
 
 import codecs
-import re
 import threading
+import typing
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import option
-from ..data.schema import VEHICLE
+from ..data.text_forms import SEED_PROMPT_SUFFIX, query_text
 from ..errors import TrafficRetrievalError
 from ..io import read_input_bytes
+from ..options import GalleryScope, RouterKind, TextForm
 
-SEED_PROMPT_SUFFIX = " image taken by traffic surveillance cameras"
-_VEHICLE_PREFIX = re.compile(r"^\s*(?:this\s+is\s+(?:a|an)|a|an)\s+", re.IGNORECASE)
+DEFAULT_RECIPE = {"text_form": "sentence", "router": "vocabulary", "gallery_scope": "routed"}
+RECIPE_KEY = "query_recipe"  # where a checkpoint records the recipe its training used
 
 
 @dataclass
 class QueryConfig:
-    strip_vehicle_prefix: bool = option(False, flag="--strip-vehicle-prefix",
-                                        help='encode vehicle queries without "A "/"This is a " and the final period')
-    prompt: bool = option(False, flag="--prompt", help="prompt enhancement: strip vehicle queries and append --prompt-suffix")
-    prompt_suffix: str = option(SEED_PROMPT_SUFFIX, flag="--prompt-suffix", help="the prompt appended to vehicle queries")
+    text_form: TextForm | None = option(None, flag="--text-form",
+                                        help="how queries (and training captions) are encoded: a3r (the seed's) or sentence; unset: the checkpoint's, else sentence")
+    router: RouterKind | None = option(None, flag="--router",
+                                       help="query routing: a3r (the seed's case-sensitive substring) or vocabulary (whole words); unset: the checkpoint's, else vocabulary")
+    gallery_scope: GalleryScope | None = option(None, flag="--gallery-scope",
+                                                help="rank against all gallery images (the seed's) or only the routed category's; unset: the checkpoint's, else routed")
+    prompt: bool = option(False, flag="--prompt", help="prompt enhancement (the seed's variant): vehicle queries keep their prefix and get --prompt-suffix")
+    prompt_suffix: str = option(SEED_PROMPT_SUFFIX, flag="--prompt-suffix", metavar="TEXT", help="the prompt appended to vehicle queries")
 
 
-def strip_vehicle_query(text: str) -> str:
-    """``"This is a white Audi."`` -> ``"white Audi"``; other texts lose only surrounding space and the final period."""
-    stripped = _VEHICLE_PREFIX.sub("", text.strip(), count=1).rstrip()
-    return stripped[:-1].rstrip() if stripped.endswith(".") else stripped
+def resolve_query_config(config: QueryConfig | None, checkpoint: dict | None = None) -> QueryConfig:
+    """``config`` with every unset recipe value filled: from the checkpoint's recorded recipe, else the default."""
+    config = config or QueryConfig()
+    recorded = (checkpoint or {}).get(RECIPE_KEY) or {}
+    filled = {}
+    for key, default in DEFAULT_RECIPE.items():
+        if getattr(config, key) is None:
+            value = recorded.get(key) if isinstance(recorded, dict) else None
+            filled[key] = value if value in _CHOICES[key] else default
+    return replace(config, **filled)
+
+
+def query_recipe(config: QueryConfig) -> dict:
+    """The recipe a resolved config records in a checkpoint."""
+    return {key: getattr(config, key) for key in DEFAULT_RECIPE}
 
 
 def text_to_encode(query: str, category: str, config: QueryConfig) -> str:
-    """The text the model encodes for a query of a given (routed) category."""
-    if category != VEHICLE:
-        return query
-    text = strip_vehicle_query(query) if config.strip_vehicle_prefix or config.prompt else query
-    return text + config.prompt_suffix if config.prompt else text
+    """The text the model encodes for a query of a given (routed) category (``config`` resolved)."""
+    return query_text(query, category, config.text_form or "sentence", config.prompt_suffix if config.prompt else None)
+
+
+_CHOICES = {"text_form": typing.get_args(TextForm), "router": typing.get_args(RouterKind), "gallery_scope": typing.get_args(GalleryScope)}
 
 
 def read_queries(path: Path) -> list[str]:
@@ -99,10 +115,12 @@ class QueryEncoder:
     (within a call, and across calls through a bounded cache of the most recent
     ``cache_size`` texts). Thread-safe: the model runs under a lock."""
 
-    def __init__(self, loaded, router, config: QueryConfig | None, device: str, dtype, cache_size: int = 4096):
+    def __init__(self, loaded, config: QueryConfig | None, device: str, dtype, vocabulary=None, cache_size: int = 4096):
+        from ..data.vocabulary import make_router
+
         self.loaded = loaded
-        self.router = router
-        self.config = config or QueryConfig()
+        self.config = resolve_query_config(config, getattr(loaded, "checkpoint", None))
+        self.router = make_router(self.config.router, vocabulary)
         self.device = device
         self.dtype = dtype
         self._cache: OrderedDict[str, object] = OrderedDict()

@@ -50,9 +50,10 @@ class ExactGallerySearch:
         return [list(zip(row_ids, row_scores)) for row_ids, row_scores in zip(found, scores.tolist())]
 
 
-def search_targets(routed: list[str], available: list[str]) -> list[str]:
-    """Where each query is searched: its routed category, or all categories when that one has no items."""
-    return [category if category in available else ALL for category in routed]
+def search_targets(routed: list[str], available: list[str], scope: str = "routed") -> list[str]:
+    """Where each query is searched: with ``scope`` "all" the whole gallery (the seed's), else
+    its routed category, or all categories when that one has no items."""
+    return [category if scope != ALL and category in available else ALL for category in routed]
 
 
 def search_routed(gallery: GallerySearch, query_embeddings, targets: list[str], k: int) -> list[Hits]:

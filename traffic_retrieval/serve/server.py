@@ -36,7 +36,7 @@ def open_retriever(settings: ServeSettings):
     if settings.index is None:
         raise TrafficRetrievalError("serve needs --index")
     return Retriever.open(settings.index, device=settings.device, checkpoint=settings.checkpoint, vocabulary=settings.vocabulary,
-                          precision=settings.precision, trust_checkpoint=settings.trust_checkpoint)
+                          precision=settings.precision, query_config=settings.query, trust_checkpoint=settings.trust_checkpoint)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import CheckpointTrust, RuntimeOptions, checked, option
 from ..errors import TrafficRetrievalError
 from ..options import LogLevel
+from ..retrieval.queries import QueryConfig
 
 DEFAULT_EXAMPLES = [
     "A walking woman between 18 and 60 years old with a backpack.",
@@ -57,6 +58,7 @@ class ServeSettings(RuntimeOptions, CheckpointTrust):
     max_body_bytes: int = option(1_000_000, minimum=1024, help="largest request body accepted (bytes received, whatever the headers say)")
     examples: list[str] = option(default_factory=lambda: list(DEFAULT_EXAMPLES), cli=False, help="example queries shown on the page")
     log_level: LogLevel = option("info", help="uvicorn's log level")
+    query: QueryConfig = field(default_factory=QueryConfig)
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")

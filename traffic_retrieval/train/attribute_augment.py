@@ -5,14 +5,17 @@ color or brand. For each such image we enumerate every caption that fills the
 missing fields from the vehicle vocabulary (known fields fixed), score them
 against the image with a CLIP model - zero-shot (``--model/--pretrained``) or a
 trained checkpoint (self-enhancement) - and keep the best as the training
-caption: ``This is a white Audi.`` -> ``This is a white Audi Sedan.``
+caption: ``This is a white Audi.`` -> ``This is a white Audi Sedan.`` (caption form
+``sentence``) or the seed's bare phrase ``white Audi Sedan`` (caption form ``bare``).
 
 The ATTR of a row never changes: relevance and the multi-positive loss use the
 label, the richer caption only gives the text tower more to learn from.
 
-Stages, each data in and data out: ``plan_augmentation`` (rows -> caption groups),
-``choose_captions`` (embeddings -> winners and margins), ``apply_choices`` (rows ->
-output rows); ``commands/augment.py`` does the file and model I/O around them.
+Stages, each data in and data out: ``plan_augmentation`` (rows -> caption groups,
+the one place candidate strings are made), ``choose_captions`` (embeddings -> winners
+and margins), ``apply_choices`` (rows -> output rows), ``candidate_lines`` (rows ->
+the ``--candidates-out`` lines, for a dry run or a real one); ``commands/augment.py``
+does the file and model I/O around them.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import itertools
 import re
 import statistics
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 from ..data.schema import VEHICLE
 from ..data.vocabulary import VehicleAttributes, VehicleVocabulary, parse_vehicle_attr, strip_vehicle_attr
+from ..options import CaptionForm
 
 VEHICLE_FIELDS = ("color", "brand", "type")  # the caption's word order: "white Audi Sedan"
 EXAMPLES = 5
@@ -48,6 +53,21 @@ def parse_label_fields(attr: str, vocabulary: VehicleVocabulary) -> VehicleAttri
         if brand.endswith(" " + vehicle_type) and brand[: -len(vehicle_type) - 1] in vocabulary.brands:
             return VehicleAttributes(color=fields.color, brand=brand[: -len(vehicle_type) - 1], type=vehicle_type)
     return fields
+
+
+def vocabulary_with_labels(base: VehicleVocabulary, vehicle_attrs: Iterable[str]) -> VehicleVocabulary:
+    """``base`` plus every value ``vehicle_attrs`` state, each list sorted.
+
+    ``extract_vocabulary`` read with ``parse_label_fields`` against ``base``: a complete
+    ``white Audi SUV`` adds the color ``white``, not a brand ``Audi SUV``.
+    """
+    values = {name: set(vocabulary_values(base, name)) for name in VEHICLE_FIELDS}
+    for attr in vehicle_attrs:
+        fields = parse_label_fields(attr, base)
+        for name in VEHICLE_FIELDS:
+            if getattr(fields, name) is not None:
+                values[name].add(getattr(fields, name))
+    return VehicleVocabulary(colors=sorted(values["color"]), types=sorted(values["type"]), brands=sorted(values["brand"]))
 
 
 def missing_fields(fields: VehicleAttributes) -> tuple[str, ...]:
@@ -130,12 +150,31 @@ def augmented_caption(text: str, attr: str, fields: VehicleAttributes) -> str:
     return format_caption(prefix, candidate_phrase(fields), suffix)
 
 
+def candidate_frame(text: str, attr: str, caption_form: CaptionForm) -> tuple[str, str]:
+    """What surrounds a candidate phrase: the label's own frame (``sentence``) or nothing (``bare``)."""
+    if caption_form == "bare":
+        return "", ""
+    if caption_form == "sentence":
+        return caption_frame(text, attr)
+    raise ValueError(f"caption_form must be sentence or bare, got {caption_form!r}")
+
+
+def candidate_captions(frame: tuple[str, str], candidates: list[VehicleAttributes]) -> list[str]:
+    """The strings scored for ``candidates`` in ``frame``: ``This is a white Audi Sedan.`` or ``white Audi Sedan``."""
+    prefix, suffix = frame
+    return [format_caption(prefix, candidate_phrase(candidate), suffix) for candidate in candidates]
+
+
 # ---------------------------------------------------------------- plan, choose, apply
+
+
+COMPLETE = "complete"  # the label states every field: nothing to score
+UNFILLABLE = "unfillable"  # the vocabulary has no values for the missing fields
 
 
 @dataclass
 class CaptionGroup:
-    """Rows that share a text frame and known fields, hence one candidate list."""
+    """Rows that share a text frame (in ``bare`` form: none) and known fields, hence one candidate list."""
 
     candidates: list[VehicleAttributes]
     caption_ids: list[int]  # index into AugmentationPlan.captions, one per candidate
@@ -154,14 +193,27 @@ class AugmentationPlan:
     complete_rows: int = 0
     unfillable_rows: int = 0  # missing fields the vocabulary cannot fill
     patterns: dict[str, int] = field(default_factory=dict)
+    row_reason: dict[int, str] = field(default_factory=dict)  # vehicle row without candidates -> COMPLETE or UNFILLABLE
+    caption_form: CaptionForm = "sentence"
+
+    def row_captions(self, row_number: int) -> list[str]:
+        """The candidate strings of one row, in enumeration order (empty when it has none)."""
+        if row_number not in self.row_group:
+            return []
+        return [self.captions[caption_id] for caption_id in self.groups[self.row_group[row_number]].caption_ids]
 
 
-def plan_augmentation(rows: list[dict], vocabulary: VehicleVocabulary) -> AugmentationPlan:
-    """Find the vehicle rows to augment and the distinct candidate captions they need."""
+def plan_augmentation(rows: list[dict], vocabulary: VehicleVocabulary, caption_form: CaptionForm = "sentence") -> AugmentationPlan:
+    """Find the vehicle rows to augment and the distinct candidate captions they need.
+
+    ``caption_form`` ``sentence`` keeps each label's frame around the phrase, ``bare``
+    scores (and writes) the phrase alone, so rows with the same known fields share
+    one group whatever their text.
+    """
     caption_index: dict[str, int] = {}
     group_index: dict[tuple, int] = {}
     image_index: dict[str, int] = {}
-    plan = AugmentationPlan([], [], [], {}, {})
+    plan = AugmentationPlan([], [], [], {}, {}, caption_form=caption_form)
     for row_number, row in enumerate(rows):
         if row.get("category") != VEHICLE:
             continue
@@ -170,20 +222,19 @@ def plan_augmentation(rows: list[dict], vocabulary: VehicleVocabulary) -> Augmen
         missing = missing_fields(fields)
         if not missing:
             plan.complete_rows += 1
+            plan.row_reason[row_number] = COMPLETE
             continue
         pattern = missing_pattern(missing)
         plan.patterns[pattern] = plan.patterns.get(pattern, 0) + 1
         if not fillable_fields(fields, vocabulary):
             plan.unfillable_rows += 1
+            plan.row_reason[row_number] = UNFILLABLE
             continue
-        prefix, suffix = caption_frame(row["text"], row["attr"])
-        key = (prefix, suffix, fields)
+        frame = candidate_frame(row["text"], row["attr"], caption_form)
+        key = (frame, fields)
         if key not in group_index:
             candidates = enumerate_candidates(fields, vocabulary)
-            ids = []
-            for candidate in candidates:
-                caption = format_caption(prefix, candidate_phrase(candidate), suffix)
-                ids.append(caption_index.setdefault(caption, len(caption_index)))
+            ids = [caption_index.setdefault(caption, len(caption_index)) for caption in candidate_captions(frame, candidates)]
             group_index[key] = len(plan.groups)
             plan.groups.append(CaptionGroup(candidates, ids, [], pattern))
         plan.groups[group_index[key]].rows.append(row_number)
@@ -240,6 +291,35 @@ def apply_choices(rows: list[dict], plan: AugmentationPlan, choices: dict[int, i
             out.append(row)
         out.append({**row, "text": caption, "augmented_from": row["text"]})
     return out
+
+
+def candidate_lines(rows: list[dict], plan: AugmentationPlan, choices: dict[int, int] | None = None) -> Iterator[dict]:
+    """One ``--candidates-out`` line per vehicle row: ``image``, ``attr``, ``text`` and the exact
+    ``candidates`` scored for it (in the plan's caption form, enumeration order).
+
+    A row without candidates gets ``reason`` (``complete`` or ``unfillable``). A row with
+    the seed's choice (``seed_choice``, the 4th field of the seed's augmented label file)
+    also gets ``seed_choice_among_candidates``: whether that phrase is one of the
+    candidates' phrases (in ``bare`` form: one of the candidates). With ``choices`` (a
+    real run) every line gets ``chosen``: the winning string, or None (no candidates, or
+    an unreadable image).
+    """
+    group_phrases: dict[int, set[str]] = {}
+    for row_number, row in enumerate(rows):
+        if row.get("category") != VEHICLE:
+            continue
+        line = {"image": row["image"], "attr": row["attr"], "text": row["text"], "candidates": plan.row_captions(row_number)}
+        if row_number in plan.row_reason:
+            line["reason"] = plan.row_reason[row_number]
+        if "seed_choice" in row:
+            line["seed_choice"] = row["seed_choice"]
+            group = plan.row_group.get(row_number)
+            if group is not None and group not in group_phrases:
+                group_phrases[group] = {candidate_phrase(candidate) for candidate in plan.groups[group].candidates}
+            line["seed_choice_among_candidates"] = group is not None and row["seed_choice"] in group_phrases[group]
+        if choices is not None:
+            line["chosen"] = line["candidates"][choices[row_number]] if row_number in choices else None
+        yield line
 
 
 def margin_summary(margins: list[float]) -> dict | None:

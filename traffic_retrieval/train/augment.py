@@ -74,3 +74,38 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
     noise = chosen(config.noise).float().view(n, 1, 1, 1)
     images = images + noise * uniform(0, config.max_noise, n, 1, 1, 1) * torch.randn(images.shape, generator=generator)
     return images.clamp_(0, 1)
+
+
+SEED_CROP_SCALE = (0.9, 1.0)  # open_clip's RandomResizedCrop in the seed's training transform
+SEED_CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def random_resized_crop(images, generator, scale: tuple[float, float] = SEED_CROP_SCALE, ratio: tuple[float, float] = SEED_CROP_RATIO, attempts: int = 10):
+    """torchvision's RandomResizedCrop, per sample, on a float NCHW batch of squared images
+    (after padding, as the seed's open_clip training transform): a crop of ``scale`` of the
+    area with an aspect ratio (log-uniform) in ``ratio``, resized back to the input size.
+    After ``attempts`` crops that do not fit, the whole image is kept (torchvision's
+    fallback, for these ratios). Draws from ``generator`` only: deterministic given a seed."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    n, _, height, width = images.shape
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    out = torch.empty_like(images)
+    for index in range(n):
+        box = (0, 0, height, width)
+        for _ in range(attempts):
+            area = height * width * (scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=generator)))
+            aspect = math.exp(log_low + (log_high - log_low) * float(torch.rand((), generator=generator)))
+            crop_width, crop_height = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if 0 < crop_width <= width and 0 < crop_height <= height:
+                top = int(torch.randint(0, height - crop_height + 1, (), generator=generator))
+                left = int(torch.randint(0, width - crop_width + 1, (), generator=generator))
+                box = (top, left, crop_height, crop_width)
+                break
+        top, left, crop_height, crop_width = box
+        crop = images[index : index + 1, :, top : top + crop_height, left : left + crop_width]
+        out[index] = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0] if (crop_height, crop_width) != (height, width) else crop[0]
+    return out

@@ -38,6 +38,9 @@ class TrainCallback:
     def on_epoch_end(self, event: EpochEnd) -> None:
         """After the epoch's validation and checkpoints."""
 
+    def on_step(self, step: int, loss: float, lr: float) -> None:
+        """After every optimizer step: the steps taken so far (from 1), the step's loss and the learning rate it used."""
+
 
 def notify(callbacks, event: str, *args) -> None:
     for callback in callbacks:

@@ -104,8 +104,13 @@ def _stat(path: str) -> tuple[int, int]:
         return -1, -1
 
 
-def build_training_set(rows: list[dict], preprocess: PreprocessConfig, tokenizer, cache_dir: Path | None, workers: int) -> TrainingSet:
+def build_training_set(rows: list[dict], preprocess: PreprocessConfig, tokenizer, cache_dir: Path | None, workers: int,
+                       text_form: str = "sentence") -> TrainingSet:
+    """The decoded images, ATTR ids and tokenized captions of ``rows``; each caption in
+    ``text_form`` (``data/text_forms.training_caption``: a3r trains vehicles on the bare phrase)."""
     import torch
+
+    from ..data.text_forms import training_caption
 
     if not rows:
         raise TrafficRetrievalError("no training rows: run `traffic-retrieval prepare` first, or check its report")
@@ -116,10 +121,12 @@ def build_training_set(rows: list[dict], preprocess: PreprocessConfig, tokenizer
     attr_index: dict[str, int] = {}
     attr_ids = torch.tensor([attr_index.setdefault(f"{r['category']}|{r['attr']}", len(attr_index)) for r in rows])
     category_ids = torch.tensor([0 if r["category"] == "pedestrian" else 1 for r in rows])
-    return TrainingSet(rows, images, tokenize(tokenizer, [r["text"] for r in rows]), attr_ids, category_ids, errors)
+    captions = [training_caption(r["text"], r["category"], text_form) for r in rows]
+    return TrainingSet(rows, images, tokenize(tokenizer, captions), attr_ids, category_ids, errors)
 
 
-def load_run_data(work: Path, manifest: str, preprocess: PreprocessConfig, tokenizer, workers: int, context, with_val: bool = True):
+def load_run_data(work: Path, manifest: str, preprocess: PreprocessConfig, tokenizer, workers: int, context, with_val: bool = True,
+                  text_form: str = "sentence"):
     """(training set, val set or None) of a prepare output: WORK/manifests/<manifest>.jsonl,
     and WORK/manifests/val.jsonl on rank 0 when ``with_val`` and it has rows. Rank 0 fills
     the decoded-image cache (WORK/cache) first; the other ranks then read it."""
@@ -129,14 +136,14 @@ def load_run_data(work: Path, manifest: str, preprocess: PreprocessConfig, token
     work = Path(work)
     train_rows = read_jsonl(work / "manifests" / f"{manifest}.jsonl")
     if context.is_main:
-        training_set = build_training_set(train_rows, preprocess, tokenizer, work / "cache", workers)
+        training_set = build_training_set(train_rows, preprocess, tokenizer, work / "cache", workers, text_form)
     barrier(context)
     if not context.is_main:
-        training_set = build_training_set(train_rows, preprocess, tokenizer, work / "cache", workers)
+        training_set = build_training_set(train_rows, preprocess, tokenizer, work / "cache", workers, text_form)
     val_set = None
     val_path = work / "manifests" / "val.jsonl"
     if with_val and context.is_main and val_path.is_file():
         val_rows = read_jsonl(val_path)
         if val_rows:
-            val_set = build_training_set(val_rows, preprocess, tokenizer, work / "cache", workers)
+            val_set = build_training_set(val_rows, preprocess, tokenizer, work / "cache", workers, text_form)
     return training_set, val_set

@@ -63,11 +63,11 @@ def parameter_groups(module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def make_optimizer(groups: list[dict], lr: float):
-    """AdamW with open_clip's CLIP betas and eps."""
+def make_optimizer(groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6):
+    """AdamW; the defaults are open_clip's CLIP betas and eps (the seed's)."""
     import torch
 
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
 def make_scaler(device: str, dtype):

@@ -4,6 +4,8 @@
 optimizer, fp16 loss scaler, epoch, step, best score, history); ``load_state_dict``
 puts it back, so an interrupted run continues exactly where it stopped (the data
 order and augmentation of an epoch are seeded by the epoch number, see ``loop.py``).
+``state_dict(optimizer=False)`` leaves the optimizer out and says so
+(``"optimizer_saved": False``): such a payload resumes with a fresh optimizer.
 """
 
 from __future__ import annotations
@@ -38,30 +40,46 @@ class TrainingState:
 
         return {key: value.detach().cpu() for key, value in unwrap(self.model).state_dict().items()}
 
-    def state_dict(self) -> dict:
+    def state_dict(self, optimizer: bool = True) -> dict:
         """Everything a resume needs. Like torch's own ``state_dict()``, tensors may share
-        memory with the live ones (CPU training): save it before training goes on."""
-        payload = {"state_dict": self.model_weights(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                   "epoch": self.epoch, "step": self.step, "best": dict(self.best), "history": list(self.history)}
+        memory with the live ones (CPU training): save it before training goes on.
+
+        ``optimizer=False``: no optimizer state (AdamW's moments: twice the weights' size),
+        marked ``"optimizer_saved": False`` so that a resume knows to start the optimizer
+        afresh; the loss scaler's few numbers stay."""
+        payload = {"state_dict": self.model_weights()}
+        if optimizer:
+            payload["optimizer"] = self.optimizer.state_dict()
+        else:
+            payload["optimizer_saved"] = False
+        payload.update({"scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": dict(self.best),
+                        "history": list(self.history)})
         if self.heads is not None:
             payload["attribute_heads"] = self.heads.state_dict()
         return payload
 
-    def load_state_dict(self, payload: dict) -> None:
+    def load_state_dict(self, payload: dict) -> bool:
         """Put back what ``state_dict`` returned; checked whole first, so a bad payload
-        (a one-line ``TrafficRetrievalError``) changes nothing."""
+        (a one-line ``TrafficRetrievalError``) changes nothing. Returns whether the optimizer
+        state was restored: False for a payload that says ``"optimizer_saved": False``
+        (the optimizer then starts fresh: no moments, its own step counts at 0)."""
         from ..model.factory import unwrap
 
         check_resume_payload(payload, unwrap(self.model), self.heads)
         unwrap(self.model).load_state_dict(payload["state_dict"])
         if self.heads is not None and "attribute_heads" in payload:
             self.heads.load_state_dict(payload["attribute_heads"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        restored = payload.get("optimizer_saved", True)
+        if restored:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        else:
+            self.optimizer.state.clear()
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])  # the fp16 loss scale, so a resumed run repeats an uninterrupted one
         self.epoch, self.step = int(payload["epoch"]), int(payload["step"])
         self.best = dict(payload.get("best") or no_best_yet())
         self.history = list(payload.get("history", []))
+        return restored
 
     def finish_epoch(self, record: dict) -> bool:
         """Add a finished epoch's record; True when its val score is the best so far."""
@@ -81,9 +99,16 @@ def check_resume_payload(payload, model, heads=None) -> None:
 
     if not isinstance(payload, dict):
         raise TrafficRetrievalError(f"not a training state (a {type(payload).__name__})")
-    for key, expected in (("state_dict", dict), ("optimizer", dict), ("epoch", int), ("step", int)):
+    optimizer_saved = payload.get("optimizer_saved", True)
+    if not isinstance(optimizer_saved, bool):
+        raise TrafficRetrievalError("optimizer_saved must be true or false")
+    if not optimizer_saved and payload.get("optimizer") is not None:
+        raise TrafficRetrievalError("optimizer_saved is false but an optimizer state is present")
+    required = (("state_dict", dict), ("optimizer", dict), ("epoch", int), ("step", int))
+    for key, expected in required if optimizer_saved else [r for r in required if r[0] != "optimizer"]:
         if key not in payload:
-            raise TrafficRetrievalError(f"{key} is missing")
+            hint = " (a training state saved without it says optimizer_saved: false)" if key == "optimizer" else ""
+            raise TrafficRetrievalError(f"{key} is missing{hint}")
         if not isinstance(payload[key], expected) or isinstance(payload[key], bool) or (expected is int and payload[key] < 0):
             raise TrafficRetrievalError(f"{key} must be a {'non-negative integer' if expected is int else expected.__name__}")
     for key, expected in (("scaler", dict), ("best", dict), ("history", list), ("attribute_heads", dict)):

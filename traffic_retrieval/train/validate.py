@@ -1,29 +1,77 @@
 """Scoring a model on the val split: the trainer after each epoch, and ``soup`` for
-each candidate average, score with the challenge's metrics through the same
-encoder and ranker ``predict`` uses."""
+each candidate average, score with the challenge's metrics through the same query
+recipe (router, text form, gallery scope) and ranker ``predict`` uses.
+
+Besides the official/strict mAP@10 and recalls (val captions as queries, val images
+as the gallery), the report holds ``t2i_R@10``: open_clip's one-to-one text-to-image
+recall@10 (the seed's validation and greedy-soup criterion): caption i finds image i
+among the top 10 of the whole val set.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def validate(model, val_set, preprocess, device: str, dtype) -> dict:
-    """Val split as query set and gallery: official/strict mAP@10 and recall, as in evaluate.
-    The model is left in the mode (train or eval) it came in."""
+
+@dataclass
+class ValQueries:
+    """The val captions as queries: tokenized in the query form, with their routed categories."""
+
+    tokens: object  # int tensor [n, context]
+    categories: list[str]
+    gallery_scope: str = "routed"
+
+
+def val_queries(val_set, tokenizer, recipe) -> ValQueries:
+    """Each val caption routed and rewritten as ``predict`` would a query (``recipe``: a
+    resolved ``retrieval.queries.QueryConfig``)."""
+    from ..data.vocabulary import make_router
+    from ..model.tokens import tokenize
+    from ..retrieval.queries import text_to_encode
+
+    route = make_router(recipe.router)
+    categories = [route(row["text"]) for row in val_set.rows]
+    texts = [text_to_encode(row["text"], category, recipe) for row, category in zip(val_set.rows, categories)]
+    return ValQueries(tokenize(tokenizer, texts), categories, recipe.gallery_scope)
+
+
+def one_to_one_recall(text_embeddings, image_embeddings, k: int = 10, block: int = 1024) -> float:
+    """Share of texts whose own image (same row) ranks in the top ``k`` of all images
+    (ties count against it, as open_clip's ``torch.topk`` evaluation may)."""
+    import torch
+
+    if len(text_embeddings) == 0:
+        return 0.0
+    found = 0
+    for start in range(0, len(text_embeddings), block):
+        scores = text_embeddings[start : start + block] @ image_embeddings.T
+        own = scores[torch.arange(len(scores)), torch.arange(start, start + len(scores))]
+        found += int(((scores > own[:, None]).sum(dim=1) < k).sum())
+    return found / len(text_embeddings)
+
+
+def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries | None = None) -> dict:
+    """Val split as query set and gallery: official/strict mAP@10 and recall, as in evaluate,
+    plus ``t2i_R@10``. ``queries`` None: the captions as tokenized for training, each
+    searched in its labelled category. The model is left in the mode it came in."""
     from ..evaluation.metrics import evaluate_rankings
     from ..retrieval.encode import encode_tokens, encode_uint8_images
-    from ..retrieval.search import topk_by_category
+    from ..retrieval.search import ExactGallerySearch, search_routed, search_targets
 
+    gallery_categories = [r["category"] for r in val_set.rows]
+    queries = queries or ValQueries(val_set.tokens, gallery_categories)
     was_training = model.training
     model.eval()
     try:
         image_embeddings = encode_uint8_images(model, val_set.images, preprocess, device, dtype)
-        text_embeddings = encode_tokens(model, val_set.tokens, device, dtype)
+        text_embeddings = encode_tokens(model, queries.tokens, device, dtype)
     finally:
         model.train(was_training)
-    categories = [r["category"] for r in val_set.rows]
-    ranked = topk_by_category(text_embeddings, categories, image_embeddings, categories, k=10)
+    gallery = ExactGallerySearch(image_embeddings, gallery_categories)
+    ranked = search_routed(gallery, text_embeddings, search_targets(queries.categories, gallery.categories(), queries.gallery_scope), 10)
     names = [r["name"] for r in val_set.rows]
     names_by_attr: dict[str, set[str]] = {}
     for row in val_set.rows:
         names_by_attr.setdefault(row["attr"], set()).add(row["name"])
-    report = evaluate_rankings([[names[i] for i, _ in result] for result in ranked], [names_by_attr[r["attr"]] for r in val_set.rows], categories)
-    return report.to_json_dict()
+    report = evaluate_rankings([[names[i] for i, _ in result] for result in ranked], [names_by_attr[r["attr"]] for r in val_set.rows], gallery_categories)
+    return {**report.to_json_dict(), "t2i_R@10": one_to_one_recall(text_embeddings, image_embeddings)}
