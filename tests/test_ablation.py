@@ -1,30 +1,33 @@
-"""The ablation end to end on a tiny dataset: every stage runs and is reported."""
+"""The ablation end to end on a tiny dataset: the seed row, one row per departure, the combined row."""
 
 import json
 
-from traffic_retrieval.commands.ablate import STAGES
 from traffic_retrieval.cli import main
+from traffic_retrieval.commands.ablate import COMBINED_ROW, DEPARTURES, SEED_ROW
 from traffic_retrieval.synth import SynthConfig, generate_dataset
 
 
-def test_ablate_runs_every_stage_and_writes_the_table(tmp_path, capsys):
+def test_ablate_runs_the_seed_and_every_departure(tmp_path):
     data = tmp_path / "data"
-    generate_dataset(SynthConfig(out=data, seed=5, train_pedestrians=40, train_vehicles=40, val_pedestrians=16, val_vehicles=16,
-                                 test_pedestrians=16, test_vehicles=16, workers=1), progress=False)
+    generate_dataset(SynthConfig(out=data, seed=5, train_pedestrians=30, train_vehicles=30, val_pedestrians=12, val_vehicles=12,
+                                 test_pedestrians=12, test_vehicles=12, workers=1), progress=False)
     report = tmp_path / "ablation.md"
-    assert main(["ablate", "--data", str(data), "--out", str(report), "--epochs", "2"]) == 0
+    assert main(["ablate", "--data", str(data), "--out", str(report), "--epochs", "2", "--no-progress"]) == 0
     text = report.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
-    assert len(rows) == 1 + len(STAGES)
-    assert rows[0].startswith("| plain") and all(name in text for name, _, _ in STAGES)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| row")]
     results = json.loads((tmp_path / "ablation_work" / "ablation.json").read_text())
+    assert rows[0].startswith(f"| {SEED_ROW} |") and [r["name"] for r in results][: 1 + len(DEPARTURES)] == [SEED_ROW, *(d[0] for d in DEPARTURES)]
+    helpful = [r for r in results[1 : 1 + len(DEPARTURES)] if r["better_than_seed_on_val"]]
+    assert len(rows) == len(results) == 1 + len(DEPARTURES) + (1 if helpful else 0)
+    seed = results[0]
+    assert seed["setup"]["text_form"] == "a3r" and seed["setup"]["router"] == "a3r" and seed["setup"]["gallery_scope"] == "all"
+    assert seed["setup"]["train"]["schedule_epochs"] == 12 and seed["setup"]["train"]["random_resized_crop"] and seed["setup"]["caption_form"] == "bare"
     for row in results:
         assert 0 <= row["test"]["strict_mAP@10"] <= row["test"]["official_mAP@10"] <= 1
         assert set(row["test"]["per_category"]) == {"pedestrian", "vehicle"}
-    # a stage is kept only when it raised the val score over the last kept row
-    best = results[0]["val"]["official_mAP@10"]
-    for row in results[1:]:
-        assert row["kept"] == (row["val"]["official_mAP@10"] > best)
-        if row["kept"]:
-            best = row["val"]["official_mAP@10"]
-    assert (tmp_path / "ablation_work" / "prepared" / "manifests").is_dir()
+    for row in results[1:1 + len(DEPARTURES)]:  # one change from the seed row each
+        assert row["better_than_seed_on_val"] == (row["val"]["official_mAP@10"] > seed["val"]["official_mAP@10"])
+    if helpful:
+        assert results[-1]["name"] == COMBINED_ROW and all(r["name"] in results[-1]["note"] for r in helpful)
+    manifests = {p.name for p in (tmp_path / "ablation_work" / "prepared" / "manifests").iterdir()}
+    assert {"train_augmented_bare.jsonl", "train_augmented_sentence.jsonl"} <= manifests

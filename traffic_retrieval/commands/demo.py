@@ -35,7 +35,6 @@ def run(config: DemoConfig) -> dict:
     from .predict import run as predict
     from .prepare import PrepareConfig, format_report
     from .prepare import run as prepare
-    from .train import TrainConfig
     from .train import run as train
 
     out = Path(config.out)
