@@ -8,7 +8,6 @@ are compared and ``os.getloadavg()`` is recorded before and after.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics

@@ -4,10 +4,6 @@ real files. The tiny TR-Tiny-RN of ``test_trainer_parts.py`` (12 M numbers: 48 M
 model checkpoint); CPU, fp32."""
 
 import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -248,19 +244,3 @@ def test_the_estimate_for_the_seeds_policy():
     assert sparse["epochs_with_epoch_file"] == [5, 10, 20, 30]
     assert sparse["files_at_end"] == ["epoch_5.pt", "epoch_30.pt", "best.pt", "last.pt", "final.pt"]  # best: epoch 3, its own file
     assert "GB" in sparse["summary"]
-
-
-def test_the_benchmarks_quick_run_finishes_and_leaves_the_recorded_results_alone():
-    """As tests/test_benchmarks_quick.py does for the bench_*.py benchmarks."""
-    bench_dir = REPO_ROOT / "benchmarks"
-    recorded = {p.name: p.stat().st_mtime_ns for p in (bench_dir / "results").glob("*")}
-    environment = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
-    finished = subprocess.run([sys.executable, str(bench_dir / "checkpoint_disk.py"), "--quick"], capture_output=True, text=True,
-                              timeout=300, env=environment)
-    assert finished.returncode == 0, (finished.stdout + finished.stderr)[-3000:]
-    written = re.findall(r"wrote (\S+\.json)", finished.stdout)
-    assert written, finished.stdout[-2000:]
-    result = Path(written[-1])
-    assert result.is_file() and bench_dir not in result.resolve().parents
-    assert {p.name: p.stat().st_mtime_ns for p in (bench_dir / "results").glob("*")} == recorded
-    shutil.rmtree(result.parent)

@@ -6,7 +6,6 @@ from traffic_retrieval.commands import command_config
 from traffic_retrieval.data.vocabulary import VehicleVocabulary
 from traffic_retrieval.model.factory import create_model
 from traffic_retrieval.train.attribute_heads import IGNORE, attribute_loss, attribute_targets, head_logits, make_attribute_heads
-from traffic_retrieval.commands.train import TrainConfig
 from traffic_retrieval.train.schedule import cosine_lr, plan_schedule
 from traffic_retrieval.train.setup import lock_towers
 

@@ -2,7 +2,6 @@
 load as RGB, the broken ones give a one-line error naming the file; predict and
 train count and skip the broken ones and use the rest."""
 
-import io
 import json
 import os
 

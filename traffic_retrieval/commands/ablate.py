@@ -259,7 +259,7 @@ def format_markdown(rows: list[Row], config: AblationConfig) -> str:
         f"`traffic-retrieval ablate --data {config.data} --out {config.out} --epochs {config.epochs} --seed {config.seed}`"
         f" (preset `{config.preset}`: its model, batch and learning rate; every training {config.epochs} epochs, seed {config.seed}).",
         "",
-        f"The first row is the seed's recipe (A3R); every other row changes one thing from it. \"val +\" is the change in val",
+        "The first row is the seed's recipe (A3R); every other row changes one thing from it. \"val +\" is the change in val",
         "official mAP@10 against the seed row, which decides whether a departure joins the combined row. Scores x100 on",
         "the test split unless marked val.",
         "",

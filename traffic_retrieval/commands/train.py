@@ -102,7 +102,7 @@ def run(config: TrainConfig, callbacks=()) -> dict:
     from ..retrieval.queries import RECIPE_KEY, query_recipe, resolve_query_config
     from ..runtime import autocast_dtype, barrier, cleanup, init_distributed, local_device, resolve_device
     from ..train.callbacks import EpochEnd, notify
-    from ..train.checkpoints import Checkpointer, category_texts
+    from ..train.checkpoints import OPTIMIZER_RESTART_MESSAGE, Checkpointer, category_texts
     from ..train.data import load_run_data
     from ..train.log import RunLog
     from ..train.loop import train_epoch
@@ -148,6 +148,8 @@ def run(config: TrainConfig, callbacks=()) -> dict:
         log = RunLog(run_dir) if context.is_main else None
         if config.resume and checkpointer.resume(state) and log:
             log.line(f"resumed from {checkpointer.last_path} at epoch {state.epoch}")
+            if checkpointer.optimizer_restarted:
+                log.line(OPTIMIZER_RESTART_MESSAGE)
         if log:
             log.line(f"training {loaded.model_name} on {len(training_set.rows)} pairs ({len(training_set.unreadable)} unreadable images skipped), "
                      f"{config.epochs} epochs (of a {schedule.schedule_epochs or config.epochs}-epoch cosine) x {schedule.steps_per_epoch} steps "
