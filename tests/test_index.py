@@ -455,3 +455,23 @@ def test_config_errors_are_one_line(source, tmp_path):
         build_index(config(source, tmp_path / "INDEX", tmp_path / "empty"))
     with pytest.raises(TrafficRetrievalError, match="not an index"):
         Retriever.open(tmp_path / "INDEX", device="cpu")  # created, never finished
+
+
+def test_query_recipe_in_search_and_retriever(built):
+    """``--gallery-scope all`` ranks a routed query against every category (the seed's); the text form
+    rewrites it first; the info reports the recipe applied."""
+    from traffic_retrieval.commands import search
+    from traffic_retrieval.retrieval.queries import QueryConfig
+
+    out, _ = built
+    with Retriever.open(out, device="cpu", query_config=QueryConfig(gallery_scope="all", text_form="a3r", router="a3r")) as everywhere:
+        assert everywhere.info()["query_recipe"] == {"text_form": "a3r", "router": "a3r", "gallery_scope": "all"}
+        assert everywhere.query_config.text_form == "a3r"
+        found = everywhere.search("This is a white Audi.", k=40)
+        assert len(found) == 40 and {r.category for r in found} == {"pedestrian", "vehicle"}  # the whole gallery
+        assert len(everywhere.search("This is a white Audi.", k=40, category="vehicle")) == 16  # an explicit category still filters
+    with Retriever.open(out, device="cpu") as routed:
+        assert routed.info()["query_recipe"]["gallery_scope"] == "routed"
+        assert {r.category for r in routed.search("This is a white Audi.", k=40)} == {"vehicle"}
+    result = search.run(search.SearchConfig(text=["This is a white Audi."], index=out, k=40, device="cpu", query=QueryConfig(gallery_scope="all")))
+    assert len(result["searches"][0]["results"]) == 40

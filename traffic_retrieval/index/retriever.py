@@ -186,6 +186,7 @@ class Retriever(Closeable):
             "unreadable": info["unreadable"],
             "built_at": info["built_at"],
             "device": self._device,
+            "query_recipe": {key: getattr(self._queries.config, key) for key in ("text_form", "router", "gallery_scope")},
         }
 
     def _gallery_path(self, row) -> str:
