@@ -140,15 +140,15 @@ def test_queries_command_with_the_a3r_preset(tmp_path, capsys):
     assert main(["queries", "--queries", str(queries), "--config", "a3r-vit-bigg", "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines == [
-        {"query": "This is a white Audi.", "category": "vehicle", "text": "white Audi", "searched": "all"},
-        {"query": "A walking woman with a backpack.", "category": "pedestrian", "text": "A walking woman with a backpack", "searched": "all"},
-        {"query": "An orange BMW.", "category": "vehicle", "text": "orange BMW", "searched": "all"},
-        {"query": "This is a white Audi.", "category": "vehicle", "text": "white Audi", "searched": "all"},
+        {"query": "This is a white Audi.", "category": "vehicle", "text": "white Audi"},
+        {"query": "A walking woman with a backpack.", "category": "pedestrian", "text": "A walking woman with a backpack"},
+        {"query": "An orange BMW.", "category": "vehicle", "text": "orange BMW"},
+        {"query": "This is a white Audi.", "category": "vehicle", "text": "white Audi"},
     ]
     # flags win over the preset; the default recipe leaves texts as written
     assert main(["queries", "--queries", str(queries), "--json", "--gallery-scope", "routed"]) == 0
     first = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert first == {"query": "This is a white Audi.", "category": "vehicle", "text": "This is a white Audi.", "searched": "vehicle"}
+    assert first == {"query": "This is a white Audi.", "category": "vehicle", "text": "This is a white Audi."}
     assert main(["queries", "--queries", str(queries), "--text-form", "a3r"]) == 0
     out = capsys.readouterr().out
     assert "white Audi" in out and "text form a3r, router vocabulary, gallery scope routed" in out

@@ -286,6 +286,7 @@ def test_predict_prints_unreadable_image_errors_escaped(capsys):
 
     summary = {"submission": "out.json", "queries": 2, "gallery_images": 3, "gallery_per_category": {"vehicle": 3},
                "empty_queries": 0, "truncated_queries": 0, "context_length": 77, "contact_sheet": None,
+               "query_recipe": {"text_form": "sentence", "router": "vocabulary", "gallery_scope": "routed"}, "queries_per_category": {"vehicle": 2},
                "unreadable_images": ["/g/\x1b[2J\x1b]0;owned\x07x\u202ejpg.exe: cannot read image (bad \x9b data)"]}
     print_result(summary, PredictConfig())
     out = capsys.readouterr().out

@@ -1,8 +1,8 @@
 """``queries``: how each line of a query file will be handled, without loading a model:
-its routed category, the text the model will encode (the text form and prompt applied),
-and where it is searched (the gallery scope). Use it to debug routing and prompts:
-``traffic-retrieval queries --queries test_text.txt --config a3r-vit-bigg --json``
-prints one ``{"query", "category", "text", "searched"}`` object a line."""
+its routed category and the text the model will encode (the text form and prompt
+applied); the summary line names the recipe, gallery scope included. Use it to debug
+routing and prompts: ``traffic-retrieval queries --queries test_text.txt --config
+a3r-vit-bigg --json`` prints one ``{"query", "category", "text"}`` object a line."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ HELP = "show each query's routed category and the exact text that will be encode
 class QueriesConfig:
     queries: Path | None = option(None, help="query file, one query per line (e.g. DATA/test/test_text.txt)")
     vocabulary: Path | None = option(None, help="vehicle_vocabulary.json for routing (default: the published vocabulary)")
-    json: bool = option(False, help='one JSON object a line: {"query", "category", "text", "searched"}')
+    json: bool = option(False, help='one JSON object a line: {"query", "category", "text"}')
     query: QueryConfig = field(default_factory=QueryConfig)
 
 
@@ -37,8 +37,7 @@ def run(config: QueriesConfig) -> dict:
     recipe = resolve_query_config(config.query)
     route = make_router(recipe.router, VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
     categories = {query: route(query) for query in dict.fromkeys(lines)}
-    handled = [{"query": query, "category": categories[query], "text": text_to_encode(query, categories[query], recipe),
-                "searched": "all" if recipe.gallery_scope == "all" else categories[query]} for query in lines]
+    handled = [{"query": query, "category": categories[query], "text": text_to_encode(query, categories[query], recipe)} for query in lines]
     return {"recipe": query_recipe(recipe), "queries": handled,
             "per_category": {c: sum(1 for q in handled if q["category"] == c) for c in sorted({q["category"] for q in handled})}}
 
