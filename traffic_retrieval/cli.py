@@ -22,7 +22,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def command_module(name: str):
-    return importlib.import_module(f"{__package__}.commands.{name}")
+    from .commands import module_name
+
+    return importlib.import_module(f"{__package__}.commands.{module_name(name)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

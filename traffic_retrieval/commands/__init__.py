@@ -9,7 +9,13 @@ library imports them. Module tops import only light modules, so ``--help`` is
 instant.
 """
 
-COMMANDS = ("synth", "prepare", "train", "augment", "predict", "queries", "evaluate", "soup", "ablate", "demo", "index", "search", "serve")
+COMMANDS = ("synth", "prepare", "train", "augment", "predict", "queries", "evaluate", "soup", "ablate", "demo", "index", "search", "serve",
+            "export", "export-embeddings")
+
+
+def module_name(command: str) -> str:
+    """The module under ``commands/`` that holds ``command`` (``export-embeddings`` -> ``export_embeddings``)."""
+    return command.replace("-", "_")
 
 
 def command_config_keys() -> dict[str, set[str]]:
@@ -17,7 +23,7 @@ def command_config_keys() -> dict[str, set[str]]:
     import dataclasses
     import importlib
 
-    return {name: {f.name for f in dataclasses.fields(importlib.import_module(f"{__name__}.{name}").Config)} for name in COMMANDS}
+    return {name: {f.name for f in dataclasses.fields(importlib.import_module(f"{__name__}.{module_name(name)}").Config)} for name in COMMANDS}
 
 
 def command_config(name: str, yaml_or_preset=None, overrides: dict | None = None):
@@ -27,5 +33,5 @@ def command_config(name: str, yaml_or_preset=None, overrides: dict | None = None
 
     from ..config import build_config
 
-    module = importlib.import_module(f"{__name__}.{name}")
+    module = importlib.import_module(f"{__name__}.{module_name(name)}")
     return build_config(module.Config, yaml_or_preset, overrides or {}, command=name, command_keys=command_config_keys())
