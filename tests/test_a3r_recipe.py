@@ -174,3 +174,13 @@ def test_one_to_one_recall():
     assert one_to_one_recall(texts, swapped, k=1) == 0.5 and one_to_one_recall(texts, swapped, k=2) == 1.0
     assert one_to_one_recall(texts, swapped, k=1, block=1) == 0.5
     assert one_to_one_recall(torch.zeros((0, 4)), images) == 0.0
+
+
+def test_bare_augmented_captions_under_the_sentence_form_are_counted():
+    from traffic_retrieval.commands.train import _bare_vehicle_captions
+
+    rows = [{"category": "vehicle", "text": "white Audi Sedan", "augmented_from": "This is a white Audi."},
+            {"category": "vehicle", "text": "This is a white Audi Sedan.", "augmented_from": "This is a white Audi."},
+            {"category": "vehicle", "text": "white Audi"},  # as labelled, not augmented
+            {"category": "pedestrian", "text": "A man", "augmented_from": "x"}]
+    assert _bare_vehicle_captions(rows) == 1

@@ -157,6 +157,10 @@ def run(config: TrainConfig, callbacks=()) -> dict:
                      f"text form {recipe.text_form}, router {recipe.router}, gallery scope {recipe.gallery_scope}")
             for message in training_set.unreadable:
                 log.line(f"skipped: {message}")
+            bare = _bare_vehicle_captions(training_set.rows) if recipe.text_form == "sentence" else 0
+            if bare:
+                log.line(f"warning: {bare} vehicle captions are bare phrases (augment --caption-form bare) but the text form is sentence, "
+                         "so vehicle queries will be encoded as full sentences: train with --text-form a3r to match them")
 
         def log_step(step: int, loss: float, lr: float) -> None:
             notify(callbacks, "on_step", step, loss, lr)
@@ -198,6 +202,13 @@ def run(config: TrainConfig, callbacks=()) -> dict:
         cleanup(context)
     return {"run_dir": str(run_dir), "final_checkpoint": str(checkpointer.final_path), "history": state.history, "best": state.best,
             "unreadable_images": len(training_set.unreadable)}
+
+
+def _bare_vehicle_captions(rows: list[dict]) -> int:
+    """Vehicle captions already in the a3r bare form (no sentence frame, no final period)."""
+    from ..data.text_forms import bare_vehicle_phrase
+
+    return sum(1 for row in rows if row["category"] == "vehicle" and row["text"].strip() == bare_vehicle_phrase(row["text"]) and "augmented_from" in row)
 
 
 def _state_and_step_parts(config: TrainConfig, loaded, training_set, device: str, dtype, context):
