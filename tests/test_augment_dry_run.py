@@ -127,7 +127,7 @@ def test_bad_label_lines_are_skipped_and_named(tmp_path):
     assert list(lines) == ["a.jpg"] and report["lines"] == 6 and report["bad_lines"] == 5
     path = tmp_path / "labels.txt"
     errors = report["bad_line_errors"]
-    assert errors[0] == f"{path}:2: expected 3 '$'-separated fields IMAGE$ATTR$TEXT, found 2"
+    assert errors[0] == f"{path}:2: expected 3 '$'-separated fields IMAGE$ATTR$TEXT (or 4 with the seed's AUGMENTED), found 2"
     assert errors[1].startswith(f"{path}:3: vehicle ATTR 'white' has a color but no brand or type")
     assert errors[2].startswith(f"{path}:4: expected 3 '$'-separated fields") and "found 5" in errors[2]
     assert errors[3] == f"{path}:5: duplicate image name 'a.jpg' (first on line 1)"

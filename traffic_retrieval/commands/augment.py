@@ -100,53 +100,22 @@ def _read_manifest(path: Path) -> list[dict]:
     return rows
 
 
-def _split_seed_choice(line: str, path: Path, line_number: int) -> tuple[str, str | None]:
-    """``IMAGE$ATTR$TEXT$AUGMENTED`` -> (``IMAGE$ATTR$TEXT``, ``AUGMENTED``); a 3-field line passes as it is."""
-    from ..data.labels import LabelError
-
-    fields = line.split("$")
-    if len(fields) < 4:
-        return line, None
-    if len(fields) > 4:
-        raise LabelError(path, line_number, f"expected 3 '$'-separated fields IMAGE$ATTR$TEXT (or 4 with the seed's "
-                                            f"AUGMENTED), found {len(fields)}")
-    seed_choice = " ".join(fields[3].split())
-    if not seed_choice:
-        raise LabelError(path, line_number, "empty AUGMENTED field (the 4th, the seed's chosen caption)")
-    return "$".join(fields[:3]), seed_choice
-
-
 def read_label_rows(path: Path, vehicle_types: Sequence[str]) -> tuple[list[dict], list[str]]:
     """The label file as manifest-like rows (``image``, ``category``, ``attr``, ``text`` and,
-    from a 4th field, ``seed_choice``) plus the one-line errors of the lines skipped.
+    from a 4th field, ``seed_choice``) plus the one-line errors of the lines skipped
+    (the project's parser, ``data/labels.read_label_file``, duplicate image names included)."""
+    from ..data.labels import read_label_file
 
-    Lines go through the project's parser (``data/labels.py``): bad lines are skipped
-    and counted as ``read_label_file`` does, duplicate image names included.
-    """
-    from ..data.labels import LabelError, iter_label_lines, parse_label_line, quoted
-
-    rows: list[dict] = []
-    errors: list[str] = []
-    first_line_of: dict[str, int] = {}
-    for line_number, line in iter_label_lines(path):
-        try:
-            if isinstance(line, LabelError):
-                raise line
-            line, seed_choice = _split_seed_choice(line, path, line_number)
-            record = parse_label_line(line, path, line_number, vehicle_types)
-            if record.image_name in first_line_of:
-                raise LabelError(path, line_number, f"duplicate image name {quoted(record.image_name)} (first on line {first_line_of[record.image_name]})")
-        except LabelError as exc:
-            errors.append(str(exc))
-            continue
-        first_line_of[record.image_name] = line_number
-        row = {"image": record.image_name, "category": record.category, "attr": record.attr, "text": record.text}
-        if seed_choice is not None:
-            row["seed_choice"] = seed_choice
-        rows.append(row)
-    if errors and not rows:
+    records, errors = read_label_file(path, vehicle_types=vehicle_types, allow_augmented=True)
+    if errors and not records:
         raise TrafficRetrievalError(f"{path}: no usable label lines ({len(errors)} bad; first: {errors[0]})")
-    return rows, errors
+    rows = []
+    for record in records:
+        row = {"image": record.image_name, "category": record.category, "attr": record.attr, "text": record.text}
+        if record.augmented is not None:
+            row["seed_choice"] = record.augmented
+        rows.append(row)
+    return rows, [str(error) for error in errors]
 
 
 def _labels_vocabulary(config: AugmentCaptionsConfig):

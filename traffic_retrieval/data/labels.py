@@ -46,6 +46,7 @@ class LabelRecord:
     text: str
     category: str
     source: str  # "path:line"
+    augmented: str | None = None  # the 4th field of the seed's augmented label files (IMAGE$ATTR$TEXT$AUGMENTED), when read
 
     @property
     def pedestrian_flags(self) -> tuple[int, ...]:
@@ -80,14 +81,22 @@ def canonical_attr(raw_attr: str, vehicle_types=VEHICLE_TYPES) -> tuple[str, str
     return VEHICLE, vehicle + "."
 
 
-def parse_label_line(line: str, path="<labels>", line_number: int | None = None, vehicle_types=VEHICLE_TYPES) -> LabelRecord:
-    """Parse one ``IMAGE$ATTR$TEXT`` line (without its line end)."""
+def parse_label_line(line: str, path="<labels>", line_number: int | None = None, vehicle_types=VEHICLE_TYPES,
+                     allow_augmented: bool = False) -> LabelRecord:
+    """Parse one ``IMAGE$ATTR$TEXT`` line (without its line end); with ``allow_augmented``
+    also the seed's ``IMAGE$ATTR$TEXT$AUGMENTED`` (the 4th field becomes ``augmented``)."""
     line = line.rstrip("\r\n")
     if not line.strip():
         raise LabelError(path, line_number, "empty line")
     fields = line.split("$")
+    augmented = None
+    if allow_augmented and len(fields) == 4:
+        augmented = " ".join(fields.pop().split())
+        if not augmented:
+            raise LabelError(path, line_number, "empty AUGMENTED field (the 4th, the seed's chosen caption)")
     if len(fields) != 3:
-        raise LabelError(path, line_number, f"expected 3 '$'-separated fields IMAGE$ATTR$TEXT, found {len(fields)}")
+        expected = "3 '$'-separated fields IMAGE$ATTR$TEXT" + (" (or 4 with the seed's AUGMENTED)" if allow_augmented else "")
+        raise LabelError(path, line_number, f"expected {expected}, found {len(line.split('$'))}")
     image_name, raw_attr, text = (field.strip() for field in fields)
     if not image_name:
         raise LabelError(path, line_number, "empty IMAGE field")
@@ -101,7 +110,7 @@ def parse_label_line(line: str, path="<labels>", line_number: int | None = None,
         category, attr = canonical_attr(raw_attr, vehicle_types)
     except ValueError as exc:
         raise LabelError(path, line_number, str(exc)) from None
-    return LabelRecord(image_name, attr, " ".join(text.split()), category, at(path, line_number))
+    return LabelRecord(image_name, attr, " ".join(text.split()), category, at(path, line_number), augmented)
 
 
 def decode_line(raw: bytes, path, line_number: int) -> str:
@@ -154,11 +163,13 @@ def iter_label_lines(path: str | Path) -> Iterator[tuple[int, str | LabelError]]
                 yield line_number, exc
 
 
-def read_label_file(path: str | Path, strict: bool = False, vehicle_types=VEHICLE_TYPES) -> tuple[list[LabelRecord], list[LabelError]]:
+def read_label_file(path: str | Path, strict: bool = False, vehicle_types=VEHICLE_TYPES,
+                    allow_augmented: bool = False) -> tuple[list[LabelRecord], list[LabelError]]:
     """All records of a label file plus the errors of the lines that were skipped.
 
     With ``strict`` the first bad line raises instead. Duplicate image names are
     errors too (the second occurrence is skipped): relevance is per image.
+    ``allow_augmented``: lines may carry the seed's 4th field (``parse_label_line``).
     """
     records: list[LabelRecord] = []
     errors: list[LabelError] = []
@@ -167,7 +178,7 @@ def read_label_file(path: str | Path, strict: bool = False, vehicle_types=VEHICL
         try:
             if isinstance(line, LabelError):
                 raise line
-            record = parse_label_line(line, path, line_number, vehicle_types)
+            record = parse_label_line(line, path, line_number, vehicle_types, allow_augmented)
             if record.image_name in first_line_of:
                 raise LabelError(path, line_number, f"duplicate image name {quoted(record.image_name)} (first on line {first_line_of[record.image_name]})")
         except LabelError as exc:
