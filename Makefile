@@ -10,10 +10,11 @@ CHROMIUM := /usr/bin/chromium
 venv: $(STAMP)
 
 # Plain pip: torch 2.14.1 / torchvision 0.29.1 come from the local wheel cache.
-$(STAMP): pyproject.toml
+# pyproject.toml holds ranges; constraints.txt pins the versions tested here (docs/deploy.md).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # Debian's chromium for the browser tests (Playwright drives it; no browser download).

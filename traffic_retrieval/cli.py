@@ -14,6 +14,11 @@ import importlib
 import sys
 
 
+# third-party modules of the optional extras (pyproject.toml) -> the extra that installs them
+OPTIONAL_MODULES = {"fastapi": "serve", "uvicorn": "serve", "pydantic": "serve", "starlette": "serve", "prometheus_client": "serve",
+                    "python_multipart": "serve", "multipart": "serve", "matplotlib": "curves"}
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse's usage errors as one line, like every other error of the tool."""
 
@@ -70,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # an optional part the install left out
+        extra = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: {args.command} needs {exc.name.split('.')[0]}, which is not installed: pip install 'traffic-retrieval[{extra}]'", file=sys.stderr)
+        return TrafficRetrievalError.exit_code
     return 0
 
 

@@ -4,13 +4,20 @@ Routes (all JSON unless said otherwise; ``routes.py``):
 
 - ``GET /api/search?q=&k=&category=``: one query; ``POST /api/search``: a batch
   ``{"queries": [...], "k": 10, "category": "routed"}``;
+- ``GET /api/similar/{id}?k=&category=``: more like an indexed image (itself first);
+  ``POST /api/search/image``: an uploaded example image (multipart ``image``, ``k``,
+  ``category``; ``uploads.py``); ``POST /api/search/combined``: ``{"expression":
+  "0.5*\"red car\" + #123 - \"truck\"", "k": 10}`` (texts and ``#ID``, no file paths;
+  docs/queries.md);
 - ``GET /api/images/{id}``, ``/api/thumbnails/{id}``: image bytes by integer index
   id; the file is the one the index recorded, never a path a client gave;
 - ``GET /api/health`` (503 when the search worker is not running), ``/api/info``;
   ``GET /openapi.json`` and ``/docs`` (a self-contained page, no CDN: FastAPI's
   Swagger UI would load from one);
 - ``GET /``: the search page, ``/static/NAME``: its assets (a fixed set read at
-  start-up, so no request ever reaches the file system by name).
+  start-up, so no request ever reaches the file system by name);
+- ``GET /metrics``: request counts and latencies by route, batch sizes, queue depth
+  (Prometheus text format; ``metrics.py``).
 
 The retriever is opened once by the caller; searches go through one
 ``MicroBatcher`` so concurrent queries are encoded together (a bounded queue: 503
@@ -32,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import TrafficRetrievalError
 from .batching import ServiceUnavailable
+from .metrics import install_metrics
 from .middleware import GuardMiddleware, HostAllowList
 from .routes import api, document_limits, label_text, pages
 from .settings import ServeSettings, allowed_hosts, check_settings
@@ -59,6 +67,7 @@ def create_app(retriever, settings: ServeSettings | None = None) -> FastAPI:
     app.state.service = service
     # what callers may look at directly (tests watch the batcher and the thumbnail cache)
     app.state.retriever, app.state.settings, app.state.batcher, app.state.thumbnails = retriever, settings, service.batcher, service.thumbnails
+    install_metrics(app)  # GET /metrics (Prometheus text); its middleware is the outermost: it counts refusals too
     return app
 
 

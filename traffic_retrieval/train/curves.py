@@ -9,6 +9,7 @@ JSON messages with ``epoch``, ``loss`` and optionally ``val`` (see ``log.RunLog`
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..errors import TrafficRetrievalError
@@ -74,6 +75,11 @@ def write_training_curves(run_dir: str | Path) -> Path | None:
     run_dir = Path(run_dir)
     records = read_epoch_records(run_dir / "train.log")
     if not records:
+        return None
+    try:
+        import matplotlib  # noqa: F401  (the curves extra)
+    except ImportError:
+        print(f"{CURVES_FILE} skipped: matplotlib is not installed (pip install 'traffic-retrieval[curves]')", file=sys.stderr)
         return None
     figure = plot_training_curves(records, title=run_dir.resolve().name)
     out = run_dir / CURVES_FILE
