@@ -199,3 +199,91 @@ def test_link_restores_the_search_and_docs_work_offline(page, server):
     headings = page.locator("main h2").all_text_contents()
     assert {"GET /api/search", "POST /api/search", "GET /api/images/{image_id}", "GET /api/thumbnails/{image_id}", "GET /api/info"} <= set(headings)
     assert "k (query): integer (minimum 1, maximum 100)" in page.text_content("main")
+
+
+# -- search by an example image (docs/queries.md) ----------------------------------------------
+def wait_for_status(page, text: str) -> None:
+    page.wait_for_function("text => document.querySelector('#status').textContent.includes(text)", arg=text)
+    wait_for_results(page)
+
+
+def test_more_like_this_shows_the_clicked_image_first(page):
+    page.select_option("#category", "all")
+    search(page, MAN)
+    clicked = page.locator("#results li").nth(2)
+    name = clicked.locator(".name").text_content()
+    assert clicked.locator(".more").get_attribute("aria-label") == f"More like this: images like {name}"
+    clicked.locator(".more").click()
+    wait_for_status(page, f"like {name} ")
+    assert page.locator("#results .hit").count() == 10 and page.locator("#results .name").first.text_content() == name
+    assert re.search(rf"10 results like {re.escape(name)} in all categories · search \d+\.\d ms", page.text_content("#status"))
+    assert all_thumbnails_loaded(page)
+    assert "similar=" in page.url and "q=" not in page.url  # a link to this search
+    screenshot(page, "browser_more_like_this.png")
+    page.select_option("#k", "5")  # k and the category apply to the image search shown
+    page.wait_for_function("() => document.querySelectorAll('#results .hit').length === 5")
+    wait_for_results(page)
+    assert page.locator("#results .name").first.text_content() == name
+    page.select_option("#category", "routed")  # an image has no text to route: every category
+    wait_for_status(page, "in all categories")
+    page.goto(page.url)  # the link restores it
+    wait_for_status(page, "like ")
+    assert page.locator("#results .name").first.text_content() == name and page.locator("#results .hit").count() == 5
+    page.locator("#results .more").first.click()  # more like the first: itself first again
+    wait_for_status(page, f"like {name} ")
+    assert page.locator("#results .name").first.text_content() == name
+
+
+def gallery_image(page, server: str, category: str = "vehicle") -> tuple[str, bytes]:
+    hit = page.request.get(f"{server}/api/search", params={"q": "a car", "k": 1, "category": category}).json()["results"][0]
+    return hit["name"], page.request.get(f"{server}{hit['image_url']}").body()
+
+
+def test_upload_an_image_with_the_file_picker(page, server):
+    _, data = gallery_image(page, server)
+    page.select_option("#category", "vehicle")
+    page.set_input_files("#image-file", files=[{"name": "query.jpg", "mimeType": "image/jpeg", "buffer": data}])
+    wait_for_status(page, "like query.jpg ")
+    assert re.search(r"10 results like query\.jpg in vehicles · search \d+\.\d ms", page.text_content("#status"))
+    categories = page.locator("#results .hit").evaluate_all("hits => hits.map(h => h.dataset.category)")
+    assert len(categories) == 10 and set(categories) == {"vehicle"}
+    assert all_thumbnails_loaded(page)
+    assert "?" not in page.url  # an upload is not a link
+    screenshot(page, "browser_upload.png")
+
+
+def test_drop_an_image_on_the_drop_zone(page):
+    page.evaluate("""async () => {
+        const found = await (await fetch('/api/search?q=a%20walking%20man&k=1&category=pedestrian')).json();
+        const blob = await (await fetch(found.results[0].image_url)).blob();
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([blob], 'dropped.jpg', { type: blob.type }));
+        const zone = document.getElementById('drop-zone');
+        for (const type of ['dragenter', 'dragover', 'drop']) {
+            zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        }
+    }""")
+    wait_for_status(page, "like dropped.jpg ")
+    assert page.locator("#results .hit").count() == 10 and all_thumbnails_loaded(page)
+    assert not page.locator("#drop-zone.dragging").count()
+
+
+def test_uploads_that_are_not_images_or_too_large_show_the_reason(page):
+    page.set_input_files("#image-file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}])
+    wait_for_status(page, "Error 422")
+    status = page.locator("#status")
+    assert status.get_attribute("class") == "status error" and status.get_attribute("role") == "alert"
+    assert "Error 422: image: not a JPEG, PNG, BMP or WebP image" in status.text_content()
+    assert page.locator("#results .hit").count() == 0
+    page.set_input_files("#image-file", files=[{"name": "huge.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff" + b"0" * 1_000_000}])
+    wait_for_status(page, "huge.jpg")  # refused before it is sent
+    assert "huge.jpg is 1000003 bytes, over this service's limit of 1000000 bytes" in status.text_content()
+
+
+def test_docs_list_the_image_routes(page):
+    page.goto("/docs")
+    page.wait_for_selector("text=POST /api/search/image")
+    headings = set(page.locator("main h2").all_text_contents())
+    assert {"GET /api/similar/{image_id}", "POST /api/search/image", "POST /api/search/combined"} <= headings
+    text = page.text_content("main")
+    assert "form.image: file" in text and "body.expression: string (minLength 1, maxLength 1000)" in text

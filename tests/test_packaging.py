@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "traffic_retrieval"
 AUDI = "This is a white Audi."
 # the import names of the optional extras' packages: the fresh environment cannot import them
-EXTRAS_MODULES = ("fastapi", "uvicorn", "pydantic", "prometheus_client", "python_multipart", "multipart", "matplotlib")
+EXTRAS_MODULES = ("fastapi", "uvicorn", "pydantic", "prometheus_client", "python_multipart", "multipart", "matplotlib", "pyarrow")
 
 pytestmark = pytest.mark.packaging
 

@@ -447,3 +447,210 @@ def test_serve_settings_take_the_shared_option_types():
     for key, value in (("precision", "fp64"), ("device", "gpu"), ("log_level", "loud")):
         with pytest.raises(TrafficRetrievalError, match=key.replace("_", "-") if key == "device" else key):
             build_config(ServeSettings, None, {key: value})
+
+
+# -- search by an example image, combined queries (docs/queries.md) -------------------------------
+def gallery_ids(index) -> dict[str, list[int]]:
+    import sqlite3
+
+    with sqlite3.connect(index / "meta.sqlite") as db:
+        rows = db.execute("SELECT id, category FROM images WHERE state = 'indexed' ORDER BY id").fetchall()
+    return {category: [image_id for image_id, c in rows if c == category] for category in ("pedestrian", "vehicle")}
+
+
+def image_bytes(image: Image.Image, format: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    data = bytearray(image_bytes(Image.new("RGB", (8, 8)), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the IHDR chunk's CRC
+    return bytes(data)
+
+
+HIT_KEYS = {"rank", "id", "name", "score", "category", "label", "label_text", "image_url", "thumbnail_url"}
+
+
+def test_more_like_this_returns_the_image_first_in_the_search_shape(client, retriever, index):
+    by_category = gallery_ids(index)
+    for image_id in by_category["pedestrian"][:3] + by_category["vehicle"][:3]:
+        response = client.get(f"/api/similar/{image_id}", params={"k": 5})
+        assert response.status_code == 200
+        body = response.json()
+        assert (body["query"], body["k"], body["category"], body["count"]) == (f"#{image_id}", 5, "all", 5) and body["took_ms"] >= 0
+        assert body["results"][0]["id"] == image_id and [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+        assert all(set(hit) == HIT_KEYS and hit["thumbnail_url"] == f"/api/thumbnails/{hit['id']}" for hit in body["results"])
+        assert ids(body["results"]) == ids(retriever.search_image(image_id, k=5))
+    vehicle = by_category["vehicle"][0]
+    body = client.get(f"/api/similar/{vehicle}", params={"k": 100, "category": "vehicle"}).json()
+    assert body["count"] == 20 and {r["category"] for r in body["results"]} == {"vehicle"} and body["results"][0]["id"] == vehicle
+    body = client.get(f"/api/similar/{vehicle}", params={"k": 100, "category": "pedestrian"}).json()
+    assert body["count"] == 30 and vehicle not in ids(body["results"])  # not in the category searched
+    assert client.get(f"/api/similar/{vehicle}").json()["k"] == 10
+    assert client.get(f"/api/similar/{vehicle}", params={"k": 100, "category": "routed"}).json()["count"] == 50  # no text to route: all
+
+
+def test_more_like_this_refuses_unknown_ids_and_bad_parameters(client, index):
+    import sqlite3
+
+    with sqlite3.connect(index / "meta.sqlite") as db:
+        (broken_id,) = db.execute("SELECT id FROM images WHERE name = 'broken.jpg'").fetchone()
+        (largest,) = db.execute("SELECT max(id) FROM images").fetchone()
+    for image_id in (largest + 1, 10**12, broken_id, 2**63 - 1):
+        response = client.get(f"/api/similar/{image_id}")
+        assert response.status_code == 404 and response.json()["detail"] == f"no image with id {image_id}"
+    for bad in ("abc", "-1", "1.5", str(2**64)):
+        assert client.get(f"/api/similar/{bad}").status_code == 422
+    for params, reason in (({"k": 0}, "k: Input should be greater than or equal to 1"), ({"k": 101}, "k: Input should be less than or equal to 100"),
+                           ({"category": "bus"}, "category: must be one of")):
+        response = client.get(f"/api/similar/{gallery_ids(index)['vehicle'][0]}", params=params)
+        assert response.status_code == 422 and response.json()["detail"].startswith(reason), response.json()
+
+
+def test_search_by_uploaded_image(client, retriever, index):
+    image_id = gallery_ids(index)["vehicle"][2]
+    data = retriever.image_path(image_id).read_bytes()
+    response = client.post("/api/search/image", files={"image": ("query.jpg", data, "image/jpeg")}, data={"k": "6", "category": "all"})
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert (body["query"], body["k"], body["category"], body["count"]) == ("uploaded image", 6, "all", 6)
+    assert all(set(hit) == HIT_KEYS for hit in body["results"])
+    expected = retriever.search_image(Image.open(io.BytesIO(data)), k=6)
+    assert_same_results(body["results"], expected, retriever.search_image(Image.open(io.BytesIO(data)), k=50))
+    png = image_bytes(Image.open(io.BytesIO(data)).convert("RGBA"), "PNG")  # the other formats, with and without transparency
+    for name, payload, media_type in (("q.png", png, "image/png"), ("q.bmp", image_bytes(Image.open(io.BytesIO(data)), "BMP"), "image/bmp"),
+                                      ("q.webp", image_bytes(Image.open(io.BytesIO(data)), "WEBP"), "image/webp")):
+        response = client.post("/api/search/image", files={"image": (name, payload, media_type)}, data={"category": "vehicle"})
+        assert response.status_code == 200 and response.json()["count"] == 10, (name, response.json())
+        assert {r["category"] for r in response.json()["results"]} == {"vehicle"}
+    calls = client.app.state.batcher.calls
+    client.post("/api/search/image", files={"image": ("query.jpg", data, "image/jpeg")})
+    assert client.app.state.batcher.calls == calls + 1  # the model ran on the search worker, as text searches do
+
+
+def test_uploads_past_the_limits_are_refused_with_a_reason(client, retriever, index):
+    data = retriever.image_path(gallery_ids(index)["vehicle"][0]).read_bytes()
+    cases = [
+        (("huge.jpg", b"\xff\xd8\xff" + b"x" * 1_000_100, "image/jpeg"), {}, 413, "request body larger than 1000000 bytes"),
+        (("bomb.png", png_declaring(60_000, 60_000), "image/png"), {}, 413, "image: over the limit of"),
+        (("big.png", png_declaring(6_000, 6_000), "image/png"), {}, 413, "image: 6000 x 6000 pixels is over the limit of 25000000 pixels"),
+        (("notes.txt", b"hello, not an image", "text/plain"), {}, 422, "image: not a JPEG, PNG, BMP or WebP image"),
+        (("empty.jpg", b"", "image/jpeg"), {}, 422, "image: the file is empty"),
+        (("cut.jpg", data[:len(data) // 2], "image/jpeg"), {}, 422, "the uploaded image: cannot read image"),
+        (("anim.gif", image_bytes(Image.new("RGB", (8, 8)), "GIF"), "image/gif"), {}, 422, "image: not a JPEG, PNG, BMP or WebP image"),
+        (("page.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml"), {}, 422, "image: not a JPEG"),
+        (("q.jpg", data, "image/jpeg"), {"k": "0"}, 422, "k: Input should be greater than or equal to 1"),
+        (("q.jpg", data, "image/jpeg"), {"k": "101"}, 422, "k: Input should be less than or equal to 100"),
+        (("q.jpg", data, "image/jpeg"), {"k": "ten"}, 422, "k: Input should be a valid integer"),
+        (("q.jpg", data, "image/jpeg"), {"category": "bus"}, 422, "category: must be one of"),
+        (("q.jpg", data, "image/jpeg"), {"limit": "3"}, 422, "limit: Extra inputs are not permitted"),
+        (("q.jpg", data, "image/jpeg"), {"k": "1", "category": "all", "limit": "3"}, 400, "Too many fields"),
+    ]
+    for upload, fields, status, reason in cases:
+        response = client.post("/api/search/image", files={"image": upload}, data=fields)
+        detail = response.json()["detail"]
+        assert response.status_code == status and detail.startswith(reason) and "\n" not in detail, (upload[0], fields, response.status_code, detail)
+        assert "/" not in detail.replace("image/", "") or status == 400  # no server paths in reasons
+    response = client.post("/api/search/image", files={"picture": ("q.jpg", data, "image/jpeg")})
+    assert response.status_code == 422 and response.json()["detail"].startswith("image: Field required")
+    response = client.post("/api/search/image", files=[("image", ("a.jpg", data, "image/jpeg")), ("image", ("b.jpg", data, "image/jpeg"))])
+    assert response.status_code == 400 and "Too many files" in response.json()["detail"]
+    for content, media_type in ((data, "image/jpeg"), (b'{"k": 3}', "application/json")):  # the bytes alone, or JSON: not a form
+        response = client.post("/api/search/image", content=content, headers={"Content-Type": media_type})
+        assert response.status_code == 415 and "multipart/form-data" in response.json()["detail"]
+    response = client.post("/api/search/image", content=b"--x\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert response.status_code in (400, 422)
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_upload_pixel_limit_follows_the_loaders_limit(client, retriever, index, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the project's decompression-bomb limit, lowered: a 12 x 12 image is over it
+    response = client.post("/api/search/image", files={"image": ("q.png", image_bytes(Image.new("RGB", (12, 12)), "PNG"), "image/png")})
+    assert response.status_code == 413 and response.json()["detail"] == "image: 12 x 12 pixels is over the limit of 100 pixels"
+    response = client.post("/api/search/image", files={"image": ("q.png", image_bytes(Image.new("RGB", (20, 20)), "PNG"), "image/png")})
+    assert response.status_code == 413 and response.json()["detail"] == "image: over the limit of 100 pixels"  # PIL's own refusal, past twice it
+
+
+def test_combined_queries_over_http(client, retriever, index):
+    image_id = gallery_ids(index)["pedestrian"][1]
+    expression = f'0.5*"{MAN}" + 2*#{image_id} - "{AUDI}"'
+    response = client.post("/api/search/combined", json={"expression": expression, "k": 5, "category": "pedestrian"})
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert (body["query"], body["k"], body["category"], body["count"]) == (expression, 5, "pedestrian", 5)
+    assert all(set(hit) == HIT_KEYS and hit["category"] == "pedestrian" for hit in body["results"])
+    assert body["terms"] == [{"kind": "text", "value": MAN, "weight": 0.5, "column": 1},
+                             {"kind": "id", "value": image_id, "weight": 2.0, "column": expression.index(" + 2*#") + 2},
+                             {"kind": "text", "value": AUDI, "weight": -1.0, "column": expression.index(' - "') + 2}]
+    expected = retriever.search_combined(expression, k=5, category="pedestrian")
+    assert_same_results(body["results"], expected, retriever.search_combined(expression, k=50, category="pedestrian"))
+    everything = client.post("/api/search/combined", json={"expression": f"#{image_id}", "k": 100}).json()  # defaults: all categories
+    assert everything["category"] == "all" and everything["count"] == 50
+
+
+@pytest.mark.parametrize("body, status, reason", [
+    ({"expression": '"a red car" + /etc/passwd.jpg'}, 422, "combined query, column 15: image file paths ('/etc/passwd.jpg') are not accepted here"),
+    ({"expression": '"a" + ../gallery/x.png'}, 422, "combined query, column 7: image file paths"),
+    ({"expression": '"a red car" + #999999'}, 404, "no image with id 999999"),
+    ({"expression": '"a red car" - "a red car"'}, 422, "combined query: the terms cancel out"),
+    ({"expression": 'red car'}, 422, "combined query, column 1: 'red' is not a term"),
+    ({"expression": " + ".join(['"a"'] * 9)}, 422, "combined query, column 47: more than 8 terms"),
+    ({"expression": '"' + "x" * 1000 + '"'}, 422, "expression: String should have at most 1000 characters"),
+    ({"expression": ""}, 422, "expression: String should have at least 1 character"),
+    ({"expression": '"a"', "k": 101}, 422, "k: Input should be less than or equal to 100"),
+    ({"expression": '"a"', "k": "5"}, 422, "k: Input should be a valid integer"),
+    ({"expression": '"a"', "category": "bus"}, 422, "category: must be one of"),
+    ({"expression": '"a"', "file": "/etc/passwd"}, 422, "file: Extra inputs are not permitted"),
+    ({"query": '"a"'}, 422, "expression: Field required"),
+])
+def test_combined_query_refusals(client, body, status, reason):
+    response = client.post("/api/search/combined", json=body)
+    assert response.status_code == status and response.json()["detail"].startswith(reason), response.json()
+
+
+def test_image_and_text_searches_share_the_search_worker_under_load(live_server, retriever, index):
+    base_url, app = live_server
+    by_category = gallery_ids(index)
+    image_ids = by_category["pedestrian"][:6] + by_category["vehicle"][:6]
+    data = retriever.image_path(image_ids[0]).read_bytes()
+    start = threading.Barrier(len(image_ids) + 6)
+    calls_before = app.state.batcher.calls
+
+    def ask(request):
+        kind, value = request
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            start.wait()
+            if kind == "similar":
+                return request, http.get(f"/api/similar/{value}", params={"k": 4})
+            if kind == "upload":
+                return request, http.post("/api/search/image", files={"image": ("q.jpg", data, "image/jpeg")}, data={"k": "4"})
+            return request, http.get("/api/search", params={"q": value, "k": 4, "category": "all"})
+
+    requests = [("similar", image_id) for image_id in image_ids] + [("upload", None)] * 2 + [("text", text) for text in (AUDI, MAN, "a red truck", "a child")]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(ask, requests))
+    for (kind, value), response in answers:
+        assert response.status_code == 200 and response.json()["count"] == 4, (kind, value, response.text[:200])
+        if kind == "similar":
+            assert response.json()["results"][0]["id"] == value
+    assert app.state.batcher.calls - calls_before == len(image_ids) + 2
+
+
+def test_new_routes_are_documented_with_their_limits(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/api/similar/{image_id}", "/api/search/image", "/api/search/combined"} <= set(spec["paths"])
+    similar = {p["name"]: p for p in spec["paths"]["/api/similar/{image_id}"]["get"]["parameters"]}
+    assert (similar["k"]["schema"]["maximum"], similar["k"]["schema"]["default"], similar["category"]["schema"]["default"]) == (100, 10, "all")
+    form = spec["paths"]["/api/search/image"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["image"] and form["properties"]["image"]["format"] == "binary" and form["properties"]["k"]["maximum"] == 100
+    assert "at most 1000000 bytes" in form["properties"]["image"]["description"]
+    combined = spec["components"]["schemas"]["CombinedSearchRequest"]["properties"]
+    assert combined["expression"]["maxLength"] == 1000 and combined["k"]["maximum"] == 100
+    assert client.get("/api/info").json()["image_limits"] == {"max_body_bytes": 1_000_000, "max_pixels": 25_000_000, "formats": ["JPEG", "PNG", "BMP", "WebP"]}

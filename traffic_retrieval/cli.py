@@ -16,7 +16,7 @@ import sys
 
 # third-party modules of the optional extras (pyproject.toml) -> the extra that installs them
 OPTIONAL_MODULES = {"fastapi": "serve", "uvicorn": "serve", "pydantic": "serve", "starlette": "serve", "prometheus_client": "serve",
-                    "python_multipart": "serve", "multipart": "serve", "matplotlib": "curves"}
+                    "python_multipart": "serve", "multipart": "serve", "matplotlib": "curves", "pyarrow": "export"}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

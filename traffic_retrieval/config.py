@@ -85,8 +85,8 @@ class ModelSource(CheckpointTrust):
     """The model a command encodes with: a trained checkpoint, or an open_clip model zero-shot."""
 
     checkpoint: Path | None = option(None, help="a traffic-retrieval checkpoint")
-    model: str | None = option(None, help="zero-shot: open_clip model name instead of a checkpoint")
-    pretrained: str | None = option(None, help="zero-shot: open_clip pretrained tag, hf-hub: id or weights file")
+    model: str | None = option(None, help="zero-shot: open_clip model name (or hf-hub:ORG/REPO) instead of a checkpoint")
+    pretrained: str | None = option(None, help="zero-shot: open_clip pretrained tag or weights file (an hf-hub: id goes in --model)")
 
 
 # -- types -------------------------------------------------------------------------

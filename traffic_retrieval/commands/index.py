@@ -2,7 +2,12 @@
 shards, one FAISS index per category) of a folder of images, incrementally: new and
 changed files are encoded, deleted ones dropped, a killed run resumes where it stopped.
 Under ``torchrun --nproc_per_node N -m traffic_retrieval index ...`` each rank
-encodes a share of the shards; rank 0 merges and reports."""
+encodes a share of the shards; rank 0 merges and reports.
+
+The model is a trained checkpoint (``--checkpoint``) or, zero-shot, any open_clip model
+with its pretrained weights (``--model ViT-B-32 --pretrained laion2b_s34b_b79k|WEIGHTS.pt``,
+or ``--model hf-hub:ORG/REPO``); index.json records which, and ``search``/``serve`` load it
+from there."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import CheckpointTrust, ReaderOptions, RuntimeOptions, option
+from ..config import ModelSource, ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
 from ..options import IndexKind
 
@@ -18,9 +23,13 @@ HELP = "build or update a persistent gallery index (SQLite + embedding shards + 
 
 
 @dataclass
-class IndexConfig(RuntimeOptions, ReaderOptions, CheckpointTrust):
+class IndexConfig(RuntimeOptions, ReaderOptions, ModelSource):
     images: Path | None = option(None, help="gallery folder, walked recursively (.jpg .jpeg .png .bmp .webp)")
     checkpoint: Path | None = option(None, help="traffic-retrieval checkpoint that encodes the images (recorded in the index)")
+    model: str | None = option(None, help="zero-shot, instead of --checkpoint: open_clip model name (ViT-B-32), or hf-hub:ORG/REPO "
+                                          "(recorded in the index)")
+    pretrained: str | None = option(None, help="with --model NAME: open_clip pretrained tag or weights file (recorded in the index, "
+                                               "a file by its sha256)")
     out: Path | None = option(None, help="index folder (created, or updated incrementally)")
     labels: Path | None = option(None, help="optional IMAGE$ATTR$TEXT file: labels and true categories of gallery images")
     kind: IndexKind = option("auto", help="FAISS index: auto (flat when small, else hnsw), flat (exact), hnsw, ivf, "
@@ -44,13 +53,13 @@ def run(config: IndexConfig) -> dict:
     from ..index.faiss_index import AnnConfig
 
     config = checked(config)
-    for key in ("images", "checkpoint", "out"):
+    for key in ("images", "out"):
         if getattr(config, key) is None:
             raise TrafficRetrievalError(f"index needs --{key}")
     ann = AnnConfig(kind=config.kind, flat_max=config.flat_max, recall_target=config.recall_target, reduce_dim=config.reduce_dim, progress=config.progress)
     return build_index(config.images, config.checkpoint, config.out, labels=config.labels, ann=ann, shard_size=config.shard_size,
                        batch_size=config.batch_size, workers=config.workers, device=config.device, precision=config.precision, progress=config.progress,
-                       trust_checkpoint=config.trust_checkpoint)
+                       trust_checkpoint=config.trust_checkpoint, model=config.model, pretrained=config.pretrained)
 
 
 def format_report(report: dict) -> str:

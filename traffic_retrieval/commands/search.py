@@ -1,6 +1,18 @@
-"""``search``: text-to-image search in a built index (``traffic-retrieval index``). Each
-query goes to the FAISS index of its category (routed by the vehicle vocabulary, or
-the one given by ``--category``); several queries are encoded in one batch."""
+"""``search``: search a built index (``traffic-retrieval index``) by text, by example
+images, or by combined queries.
+
+- ``search --index I QUERY...``: text queries; each goes to the FAISS index of its
+  category (routed by the vehicle vocabulary, or the one given by ``--category``);
+  several queries are encoded in one batch;
+- ``search --index I --image PATH...``: each argument is an image file; the images most
+  like it (every category unless ``--category`` names one: an image has no text to route);
+- ``search --index I --expr EXPR...``: each argument is a combined query such as
+  ``'0.5*"red car" + #123 - "truck"'`` (docs/queries.md): quoted texts, ``#ID`` for an
+  indexed image, image file paths, ``+``/``-`` and ``W*`` weights; every category unless
+  ``--category`` names one.
+
+The output is the same for all three: a table, or ``--json`` one object per query.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +25,23 @@ from ..errors import TrafficRetrievalError
 from ..options import SearchCategory
 from ..retrieval.queries import QueryConfig
 
-HELP = "text-to-image search in an index"
+HELP = "search an index by text, by example images (--image) or by combined queries (--expr)"
 
 
 @dataclass
 class SearchConfig(RuntimeOptions, CheckpointTrust):
-    text: list[str] = option(default_factory=list, positional=True, help="query text (several: one search each, encoded in one batch)")
+    text: list[str] = option(default_factory=list, positional=True, metavar="QUERY",
+                             help="query text (several: one search each, encoded in one batch); with --image an image file, with --expr a combined query")
+    image: bool = option(False, help="the queries are image files: search by example (every category unless --category names one)")
+    expr: bool = option(False, help='the queries are combined queries, e.g. \'0.5*"red car" + #123 - "truck"\' (docs/queries.md; every category unless --category names one)')
     index: Path | None = option(None, help="the index folder (traffic-retrieval index --out)")
     k: int = option(10, short="-k", minimum=1, maximum=1000, help="results per query")  # maximum: index.retriever.MAX_K
-    category: SearchCategory = option("routed", help="where to search: routed (the query recipe's gallery scope: the routed category, or all with --gallery-scope all), one category, or all of them")
+    category: SearchCategory = option("routed", help="where to search: routed (the query recipe's gallery scope: the routed category, or all with --gallery-scope all; "
+                                                     "all for --image and --expr), one category, or all of them")
     vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for routing (default: the published vocabulary)")
     checkpoint: Path | None = option(None, help="the index's checkpoint at another path (must be the same model)")
+    model: str | None = option(None, help="a zero-shot index's open_clip model, if not the one it records (must be the same)")
+    pretrained: str | None = option(None, help="a zero-shot index's weights file at another path, or its tag (must be the same weights)")
     json: bool = option(False, help="one JSON object per query: {query, results: [{rank, id, name, path, score, category, label}]}")
     query: QueryConfig = field(default_factory=QueryConfig)
 
@@ -41,11 +59,28 @@ def run(config: SearchConfig) -> dict:
     config = checked(config)
     if config.index is None:
         raise TrafficRetrievalError("search needs --index")
+    if config.image and config.expr:
+        raise TrafficRetrievalError("search takes --image or --expr, not both")
     if not config.text:
-        raise TrafficRetrievalError("search needs at least one query text")
-    with Retriever.open(config.index, device=config.device, checkpoint=config.checkpoint, vocabulary=config.vocabulary,
+        raise TrafficRetrievalError(f"search needs at least one {'image file' if config.image else 'combined query' if config.expr else 'query text'}")
+    if config.expr:
+        from ..retrieval.compose import parse_expression
+
+        for position, expression in enumerate(config.text):  # every expression checked before the model loads
+            try:
+                parse_expression(expression)
+            except TrafficRetrievalError as exc:
+                raise TrafficRetrievalError(f"query {position + 1}: {exc}" if len(config.text) > 1 else str(exc)) from None
+    category = None if config.category == "routed" else config.category
+    with Retriever.open(config.index, device=config.device, checkpoint=config.checkpoint, model=config.model, pretrained=config.pretrained,
+                        vocabulary=config.vocabulary,
                         precision=config.precision, query_config=config.query, trust_checkpoint=config.trust_checkpoint) as retriever:
-        batches = retriever.search_batch(config.text, k=config.k, category=None if config.category == "routed" else config.category)
+        if config.image:
+            batches = retriever.search_images(list(config.text), k=config.k, category=category)
+        elif config.expr:
+            batches = [retriever.search_combined(expression, k=config.k, category=category) for expression in config.text]
+        else:
+            batches = retriever.search_batch(config.text, k=config.k, category=category)
     return {"index": str(config.index), "searches": [{"query": query, "results": [asdict(r) for r in results]} for query, results in zip(config.text, batches)]}
 
 

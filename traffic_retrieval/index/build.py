@@ -1,13 +1,15 @@
 """``build_index``: build or update the persistent gallery index (the library behind
 the ``index`` command, ``commands/index.py``), in one process or under torchrun.
 
-1. (rank 0) check the checkpoint's identity against the index, commit shards a
+1. (rank 0) check the model (a checkpoint, or an open_clip model and its weights:
+   ``source.py``) against the one the index was built with, commit shards a
    killed run wrote but did not record, scan the gallery, plan: new and changed
    files go to new shards, deleted ones are dropped (``plan.py``);
 2. (every rank) encode its share of the pending shards (``shards.py``); rank 0
    commits each of its shards as it is written;
 3. (rank 0) commit the other ranks' shards, apply labels, categorise new images
-   (``gallery_categories``), rebuild the per-category FAISS indexes when the
+   (``gallery_categories``: by the checkpoint's stored captions, or by prompts for an
+   open_clip model, as ``predict`` does), rebuild the per-category FAISS indexes when the
    indexed set changed (``faiss_index.py``) and write ``index.json``, the commit
    point of the build, then the report.
 """
@@ -36,7 +38,7 @@ class BuildSettings:
     """What a build was asked to do (``build_index``'s arguments), recorded in index.json."""
 
     images: Path
-    checkpoint: Path
+    checkpoint: Path | None
     out: Path
     labels: Path | None
     ann: AnnConfig
@@ -47,15 +49,21 @@ class BuildSettings:
     precision: str
     progress: bool
     trust_checkpoint: bool = False
+    model: str | None = None  # zero-shot: an open_clip model ...
+    pretrained: str | None = None  # ... and its pretrained tag or weights file
 
     def describe(self) -> dict:
         ann = {key: value for key, value in vars(self.ann).items() if key != "progress"}
-        return {"images": str(self.images), "checkpoint": str(self.checkpoint), "out": str(self.out), "labels": str(self.labels) if self.labels else None,
+        return {"images": str(self.images), "checkpoint": str(self.checkpoint) if self.checkpoint else None, "model": self.model,
+                "pretrained": self.pretrained, "out": str(self.out), "labels": str(self.labels) if self.labels else None,
                 **ann, "shard_size": self.shard_size, "batch_size": self.batch_size, "workers": self.workers, "device": self.device,
                 "precision": self.precision}
 
 
-def _check(settings: BuildSettings) -> None:
+def _check(settings: BuildSettings) -> dict:
+    """The settings checked before anything is read or loaded; the requested model source."""
+    from .source import requested_source
+
     check_kind(settings.ann.kind)
     if not Path(settings.images).is_dir():
         raise TrafficRetrievalError(f"{settings.images}: gallery directory not found")
@@ -67,13 +75,21 @@ def _check(settings: BuildSettings) -> None:
             raise TrafficRetrievalError(f"{key} must be {'zero or more' if minimum == 0 else f'at least {minimum}'}, got {value}")
     if not 0 < settings.ann.recall_target <= 1:
         raise TrafficRetrievalError(f"recall_target must be in (0, 1], got {settings.ann.recall_target}")
+    source = requested_source(settings.checkpoint, settings.model, settings.pretrained)
+    if source is None:
+        raise TrafficRetrievalError("index needs --checkpoint (a trained model) or --model and --pretrained (an open_clip model, zero-shot)")
+    if source["kind"] == "checkpoint" and not Path(source["path"]).is_file():
+        raise TrafficRetrievalError(f"{settings.checkpoint}: checkpoint not found")
+    return source
 
 
-def build_index(images: str | Path, checkpoint: str | Path, out: str | Path, *, labels: str | Path | None = None, ann: AnnConfig | None = None,
+def build_index(images: str | Path, checkpoint: str | Path | None, out: str | Path, *, labels: str | Path | None = None, ann: AnnConfig | None = None,
                 shard_size: int = 4096, batch_size: int = 256, workers: int = 2, device: str = "auto", precision: str = "auto",
-                progress: bool = True, trust_checkpoint: bool = False) -> dict:
+                progress: bool = True, trust_checkpoint: bool = False, model: str | None = None, pretrained: str | None = None) -> dict:
     """Build or update the index at ``out`` of the gallery folder ``images`` with the
-    model of ``checkpoint``; returns the build report (rank 0's is complete; under
+    model of ``checkpoint``, or (``checkpoint=None``) zero-shot with the open_clip ``model``
+    and its ``pretrained`` tag or weights file (``model="hf-hub:ORG/REPO"``: no ``pretrained``);
+    the model is recorded in index.json (``source.py``). Returns the build report (rank 0's is complete; under
     torchrun the other ranks return their encoding counts and ``rank``).
 
     ``labels``: an ``IMAGE$ATTR$TEXT`` file; ``ann``: the FAISS settings (kind, recall
@@ -83,28 +99,29 @@ def build_index(images: str | Path, checkpoint: str | Path, out: str | Path, *, 
     from ..runtime import autocast_dtype, cleanup, init_distributed, local_device, resolve_device
 
     ann = ann or AnnConfig(progress=progress)
-    settings = BuildSettings(Path(images), Path(checkpoint), Path(out), Path(labels) if labels is not None else None, ann, shard_size, batch_size,
-                             workers, device, precision, progress, trust_checkpoint)
-    _check(settings)
+    settings = BuildSettings(Path(images), Path(checkpoint) if checkpoint is not None else None, Path(out), Path(labels) if labels is not None else None,
+                             ann, shard_size, batch_size, workers, device, precision, progress, trust_checkpoint, model, pretrained)
+    source = _check(settings)
     started = time.perf_counter()
     device = resolve_device(device)
     # generous timeout: the other ranks wait while rank 0 scans and checksums the gallery
     context = init_distributed(device, timeout_hours=2)
     try:
         device = local_device(device, context)
-        return _build(settings, context, device, autocast_dtype(precision, device), started)
+        return _build(settings, source, context, device, autocast_dtype(precision, device), started)
     except OSError as exc:  # a full disk, a read-only folder: one line naming the file; the next run resumes
         raise TrafficRetrievalError(f"{exc.filename2 or exc.filename or settings.out}: {exc.strerror or exc}") from None
     finally:
         cleanup(context)
 
 
-def _build(settings: BuildSettings, context: DistributedContext, device: str, dtype, started: float) -> dict:
-    from ..model.factory import load_checkpoint
+def _build(settings: BuildSettings, requested: dict, context: DistributedContext, device: str, dtype, started: float) -> dict:
     from ..runtime import all_gather_objects, scatter_objects
     from .shards import encode_shards
+    from .source import load_source, loaded_source
 
-    loaded = load_checkpoint(settings.checkpoint, device=device, trust_architecture=settings.trust_checkpoint)
+    loaded = load_source(requested, device, settings.trust_checkpoint)
+    source = loaded_source(requested, loaded)
     layout = IndexLayout(settings.out)
     root = settings.images
     with index_lock(layout) if context.is_main else nullcontext():
@@ -114,7 +131,7 @@ def _build(settings: BuildSettings, context: DistributedContext, device: str, dt
             per_rank = None
             if context.is_main:
                 try:
-                    prepared = _prepare(settings, layout, store, loaded)
+                    prepared = _prepare(settings, layout, store, loaded, source)
                     per_rank = [("ok", prepared["shards"][r :: context.world_size]) for r in range(context.world_size)]
                 except TrafficRetrievalError as exc:
                     if not context.enabled:
@@ -143,21 +160,29 @@ def _build(settings: BuildSettings, context: DistributedContext, device: str, dt
                 return {"rank": context.rank, "shards": stats["shards"], "encoded": stats["encoded"]}
 
             # 3. finish (rank 0)
-            return _finish(settings, layout, store, loaded, device, dtype, prepared, [s for _, s in results], context, started)
+            return _finish(settings, layout, store, loaded, source, device, dtype, prepared, [s for _, s in results], context, started)
         finally:
             if store is not None:
                 store.close()
 
 
-def _check_identity(settings: BuildSettings, store: IndexStore, loaded) -> None:
+def _check_source(settings: BuildSettings, store: IndexStore, loaded, source: dict) -> None:
+    """A new index records its model; an existing one is updated only by the same model
+    (``source.same_model``: the same checkpoint or weights sha256, model name and tag)."""
+    from .source import describe, same_model
+
     identity = store.meta("identity")
     if identity is None:
         store.set_metas({"format": INDEX_FORMAT, "identity": loaded.identity, "model": loaded.model_name})
-    elif identity != loaded.identity:
-        raise TrafficRetrievalError(
-            f"{settings.out}: this index was built with checkpoint {store.meta('checkpoint')} (sha256 {identity[:12]}), "
-            f"{settings.checkpoint} is a different model (sha256 {loaded.identity[:12]}): use the same checkpoint or a new --out")
-    store.set_meta("checkpoint", str(settings.checkpoint.resolve()))
+    else:
+        recorded = store.meta("source")
+        if recorded is None:  # an index written before sources were recorded: a checkpoint's
+            recorded = {"kind": "checkpoint", "path": store.meta("checkpoint"), "sha256": identity}
+        if identity != loaded.identity or not same_model(recorded, source):
+            raise TrafficRetrievalError(f"{settings.out}: this index was built with {describe(recorded)}, {describe(source)} is a different model: "
+                                        "use the same model or a new --out")
+    # where the model is now (a checkpoint or weights file may have moved)
+    store.set_metas({"source": source, "checkpoint": source["path"] if source["kind"] == "checkpoint" else None})
 
 
 def _recover_written_shards(layout: IndexLayout, store: IndexStore, identity: str) -> int:
@@ -181,12 +206,12 @@ def _remove_stale_files(layout: IndexLayout, store: IndexStore) -> None:
         path.unlink(missing_ok=True)
 
 
-def _prepare(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loaded) -> dict:
+def _prepare(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loaded, source: dict) -> dict:
     from ..io import file_sha256
     from .plan import plan_update
     from .scan import scan_gallery_entries
 
-    _check_identity(settings, store, loaded)
+    _check_source(settings, store, loaded, source)
     recovered = _recover_written_shards(layout, store, loaded.identity)
     _remove_stale_files(layout, store)
     root = settings.images
@@ -284,7 +309,7 @@ def _build_faiss(ann_config: AnnConfig, layout: IndexLayout, store: IndexStore, 
     return {"kind": ann_config.kind, "fingerprint": fingerprint, "indexes": indexes}, True
 
 
-def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loaded, device, dtype, prepared: dict, rank_stats: list[dict],
+def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loaded, source: dict, device, dtype, prepared: dict, rank_stats: list[dict],
             context: DistributedContext, started: float) -> dict:
     from ..io import atomic_write_json
     from .shards import embedding_dim
@@ -312,6 +337,7 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         "checkpoint": store.meta("checkpoint"),
         "identity": loaded.identity,
         "model": loaded.model_name,
+        "source": source,
         "dim": dim,
         "embedding_dtype": EMBEDDING_DTYPE,
         "count": states["indexed"],

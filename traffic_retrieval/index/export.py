@@ -100,7 +100,8 @@ def _pyarrow():
         import pyarrow
         import pyarrow.parquet
     except ImportError:
-        raise TrafficRetrievalError("export-embeddings writes parquet with pyarrow, which is not installed: pip install pyarrow") from None
+        raise TrafficRetrievalError("export-embeddings writes parquet with pyarrow, which is not installed: "
+                                    "pip install 'traffic-retrieval[export]' (or pip install pyarrow)") from None
     return pyarrow, pyarrow.parquet
 
 

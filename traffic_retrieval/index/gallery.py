@@ -41,7 +41,7 @@ def read_indexed_gallery(index: str | Path, identity: str | None = None) -> Inde
     info = layout.read_index_json()
     if identity is not None and identity != info["identity"]:
         raise TrafficRetrievalError(f"{layout.root}: index built with another model (sha256 {info['identity'][:12]}, "
-                                    f"this checkpoint {identity[:12]}): use the index's checkpoint {info['checkpoint']}")
+                                    f"this model {identity[:12]}): use the index's model ({info['checkpoint'] or info['model']})")
     with IndexStore(layout.meta_db, readonly=True) as store:
         images = store.indexed_images()
         unreadable = [row.error or row.path for row in store.unreadable()]

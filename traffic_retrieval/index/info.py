@@ -3,7 +3,10 @@
 An index may come from someone else, so nothing in it is used as it is: every field
 ``Retriever``, ``read_indexed_gallery`` and an incremental build read is checked for its
 type and range (``check_index_info``), a bad one being a one-line error naming the field
-(``faiss.indexes.vehicle.search_param.efSearch: ...``). FAISS files are named only by the
+(``faiss.indexes.vehicle.search_param.efSearch: ...``). The model, ``source`` (a checkpoint,
+or an open_clip model and its weights; ``source.py``), must agree with the top-level
+``checkpoint``, ``identity`` and ``model``; an index.json of format 1 (checkpoint only) is
+read as a checkpoint source. FAISS files are named only by the
 pattern the build writes, ``faiss/<category>.<12 hex>.index`` (``faiss_file_name``),
 never by a path taken from the file; search settings are bounded, since FAISS allocates
 per query in proportion to them. A row's gallery path must be a plain relative path
@@ -34,7 +37,11 @@ SEARCH_PARAMS = {  # kind -> the settings it may carry, with their bounds
     "ivf": {"nprobe": MAX_NPROBE, "k_factor": MAX_K_FACTOR},
     "ivfpq": {"nprobe": MAX_NPROBE, "k_factor": MAX_K_FACTOR},
 }
+SOURCE_KINDS = ("checkpoint", "pretrained")  # index.json's source.kind (source.py)
+WEIGHTS_KINDS = ("file", "tag", "model")  # source.weights of an open_clip model: a weights file, a pretrained tag, or the hf-hub:/local-dir: model's own
 HEX64 = re.compile(r"[0-9a-f]{64}")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")  # = model.factory.MODEL_NAME; pretrained tags too
+HF_REPO = re.compile(r"hf-hub:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 PLAIN_KEY = re.compile(r"[A-Za-z0-9_@-]{1,40}")
 FAISS_FILE = re.compile(r"faiss/[A-Za-z0-9_-]+\.[0-9a-f]{12}\.index")
 
@@ -130,11 +137,19 @@ def check_index_info(info, where) -> dict:
     images = fields.absolute_path(fields.get(info, "images", "images"), "images")
     if os.path.normpath(images) == os.sep or os.path.normpath(images) == "//":
         fields.fail("images", "the file system root cannot be a gallery")
-    fields.absolute_path(fields.get(info, "checkpoint", "checkpoint"), "checkpoint")
+    from .store import INDEX_FORMAT_V1
+
+    legacy = info.get("format") == INDEX_FORMAT_V1  # checkpoint indexes written before sources were recorded
+    checkpoint = fields.get(info, "checkpoint", "checkpoint")
+    if checkpoint is not None or legacy:
+        fields.absolute_path(checkpoint, "checkpoint")
     identity = fields.get(info, "identity", "identity")
-    if not isinstance(identity, str) or not HEX64.fullmatch(identity):
-        fields.fail("identity", f"must be the checkpoint's sha256 (64 hex digits), got {shown(identity)}")
-    fields.text(fields.get(info, "model", "model"), "model")
+    model = fields.text(fields.get(info, "model", "model"), "model", MAX_PATH_CHARS)
+    if legacy:
+        _check_sha256(fields, identity, "identity", "the checkpoint's sha256")
+        info["source"] = {"kind": "checkpoint", "path": checkpoint, "sha256": identity}  # read as format 2 says it
+    else:
+        _check_source(fields, info, checkpoint, identity, model)
     fields.integer(fields.get(info, "dim", "dim"), "dim", 1, MAX_DIM)
     dtype = fields.get(info, "embedding_dtype", "embedding_dtype", required=False)
     if dtype is not None and dtype != "float16":
@@ -154,6 +169,54 @@ def check_index_info(info, where) -> dict:
         fields.fail("labels", f"must be an object or null, got {shown(labels)}")
     _check_faiss(fields, fields.mapping(fields.get(info, "faiss", "faiss"), "faiss"))
     return info
+
+
+def _check_sha256(fields: _Fields, value, field: str, what: str) -> str:
+    if not isinstance(value, str) or not HEX64.fullmatch(value):
+        fields.fail(field, f"must be {what} (64 hex digits), got {shown(value)}")
+    return value
+
+
+def _check_source(fields: _Fields, info: dict, checkpoint, identity, model: str) -> None:
+    """``source``, the model the index was built with (``source.py``), and its agreement with
+    the top-level ``checkpoint``, ``identity`` and ``model`` that readers also use."""
+    source = fields.mapping(fields.get(info, "source", "source"), "source", limit=16)
+    kind = fields.choice(fields.get(source, "source.kind", "kind"), "source.kind", SOURCE_KINDS)
+    sha256 = fields.get(source, "source.sha256", "sha256")
+    if kind == "checkpoint":
+        path = fields.absolute_path(fields.get(source, "source.path", "path"), "source.path")
+        if checkpoint != path:
+            fields.fail("checkpoint", f"must be source.path {shown(path)} (the checkpoint the index was built with), got {shown(checkpoint)}")
+        _check_sha256(fields, identity, "identity", "the checkpoint's sha256")
+        if sha256 != identity:
+            fields.fail("source.sha256", f"must be identity (the checkpoint's sha256), got {shown(sha256)}")
+        return
+    if checkpoint is not None:
+        fields.fail("checkpoint", f"must be null for an index built with an open_clip model (source.kind pretrained), got {shown(checkpoint)}")
+    name = fields.text(fields.get(source, "source.model", "model"), "source.model", MAX_PATH_CHARS)
+    if name != model:
+        fields.fail("model", f"must be source.model {shown(name)}, got {shown(model)}")
+    weights = fields.choice(fields.get(source, "source.weights", "weights"), "source.weights", WEIGHTS_KINDS)
+    pretrained = fields.get(source, "source.pretrained", "pretrained")
+    if weights == "model":
+        if not (HF_REPO.fullmatch(name) or (name.startswith("local-dir:") and os.path.isabs(name[len("local-dir:"):]))):
+            fields.fail("source.model", f"must be hf-hub:ORG/REPO or local-dir:/absolute/folder (weights: model), got {shown(name)}")
+        if pretrained is not None:
+            fields.fail("source.pretrained", f"must be null (weights: model), got {shown(pretrained)}")
+    elif not MODEL_NAME.fullmatch(name):
+        fields.fail("source.model", f"must be a plain open_clip model name (letters, digits and _ . + -, no path), got {shown(name)}")
+    elif weights == "tag" and not (isinstance(pretrained, str) and MODEL_NAME.fullmatch(pretrained)):
+        fields.fail("source.pretrained", f"must be an open_clip pretrained tag (letters, digits and _ . + -), got {shown(pretrained)}")
+    elif weights == "file":
+        fields.absolute_path(pretrained, "source.pretrained")
+    if weights == "file":
+        _check_sha256(fields, sha256, "source.sha256", "the weights file's sha256")
+        if identity != sha256:
+            fields.fail("identity", f"must be source.sha256 (the weights file's sha256), got {shown(identity)}")
+    else:
+        if sha256 is not None:
+            fields.fail("source.sha256", f"must be null unless the weights are a file, got {shown(sha256)}")
+        fields.text(identity, "identity", MAX_PATH_CHARS + MAX_NAME_CHARS)
 
 
 def _check_faiss(fields: _Fields, faiss_info: dict) -> None:

@@ -9,6 +9,8 @@ for result in retriever.search("This is a white Audi.", k=10):
     print(result.rank, result.score, result.category, result.name, result.path)
 retriever.search("a woman with a backpack", k=5, category="pedestrian")
 retriever.search_batch(["...", "..."], k=10)         # texts encoded in one batch
+retriever.search_image(42, k=10)                     # more like indexed image 42 (itself first); or a path, or a PIL image
+retriever.search_combined('0.5*"red car" + #42 - "truck"', k=10)  # docs/queries.md
 retriever.info(); retriever.record(42); retriever.image_path(42)
 ```
 
@@ -83,27 +85,27 @@ class Retriever(Closeable):
 
     @classmethod
     def open(cls, index: str | Path, device: str = "auto", checkpoint: str | Path | None = None, vocabulary: str | Path | None = None,
-             precision: str = "auto", query_config=None, trust_checkpoint: bool = False) -> "Retriever":
-        """Open ``index``; the model is the checkpoint recorded in index.json, or ``checkpoint``
-        (refused unless it is the same model: identical sha256). ``query_config``
+             precision: str = "auto", query_config=None, trust_checkpoint: bool = False, model: str | None = None,
+             pretrained: str | None = None) -> "Retriever":
+        """Open ``index``; the model is the one index.json records (``source.py``): its
+        checkpoint, or its open_clip model with its pretrained tag or weights file. Given
+        ``checkpoint``, or ``model`` and/or ``pretrained`` (the same model at another path, or
+        named by the caller), it is refused with one line unless it is the index's model (the
+        same checkpoint or weights sha256, model name and tag). ``trust_checkpoint``: a
+        checkpoint's architecture, or the open_clip model the index names, may load from
+        elsewhere (``hf-hub:``, Hugging Face towers and tokenizers). ``query_config``
         (``retrieval.queries.QueryConfig``): how queries are rewritten before encoding."""
         from ..data.vocabulary import VehicleVocabulary
-        from ..model.factory import load_checkpoint
         from ..retrieval.queries import QueryEncoder
         from ..runtime import autocast_dtype, resolve_device
         from .faiss_search import FaissGallerySearch
+        from .source import load_index_model
         from .store import IndexLayout, IndexStore
 
         layout = IndexLayout(index)
         info = layout.read_index_json()
-        checkpoint_path = Path(checkpoint or info["checkpoint"])
-        if not checkpoint_path.is_file():
-            raise TrafficRetrievalError(f"{checkpoint_path}: checkpoint of index {layout.root} not found (give checkpoint=... / --checkpoint with the same model)")
         device = resolve_device(device)
-        loaded = load_checkpoint(checkpoint_path, device=device, trust_architecture=trust_checkpoint)  # its identity is the file's sha256
-        if loaded.identity != info["identity"]:
-            raise TrafficRetrievalError(f"{checkpoint_path}: not the checkpoint index {layout.root} was built with (sha256 {info['identity'][:12]}): "
-                                        "queries must be encoded by the model that encoded the gallery")
+        loaded = load_index_model(layout.root, info["source"], device, checkpoint=checkpoint, model=model, pretrained=pretrained, trust=trust_checkpoint)
         for attempt in range(2):
             try:
                 gallery = FaissGallerySearch.load(layout.root, info["faiss"], info["dim"])
@@ -160,6 +162,9 @@ class Retriever(Closeable):
         targets = (search_targets(encoded.categories, self._gallery.categories(), self._queries.config.gallery_scope) if category is None
                    else [category] * len(queries))
         hits = search_routed(self._gallery, encoded.embeddings, targets, k)
+        return self._results(hits)
+
+    def _results(self, hits) -> list[list[SearchResult]]:
         records = self._store.records({image_id for row in hits for image_id, _ in row})
         results = []
         for row in hits:
@@ -168,7 +173,148 @@ class Retriever(Closeable):
                             for rank, (record, score) in enumerate(found, start=1)])
         return results
 
+    # -- search by example images, combined queries (docs/queries.md) ---------------------
+    def search_image(self, image, k: int = 10, category: str | None = None) -> list[SearchResult]:
+        """The top ``k`` images like ``image``: a path, a PIL image, or an index id (an ``int``;
+        its stored embedding). An indexed image's own search returns it first. ``category``:
+        None or ``"all"`` (an image has no text to route: every category), or one category."""
+        return self.search_images([image], k, category)[0]
+
+    def search_images(self, images: list, k: int = 10, category: str | None = None) -> list[list[SearchResult]]:
+        """``search_image`` for each of ``images``, encoded in one batch."""
+        from ..retrieval.search import search_routed
+
+        check_k(k)
+        self._check_category(category)
+        if not isinstance(images, (list, tuple)):
+            raise TrafficRetrievalError("search_images takes a list of images (use search_image for one)")
+        if not images:
+            return []
+        target = ALL if category is None else category
+        hits = search_routed(self._gallery, self._image_embeddings(list(images)), [target] * len(images), k)
+        for row, image in zip(hits, images):
+            if isinstance(image, int):
+                self._own_image_first(row, image, target, k)
+        return self._results(hits)
+
+    def search_combined(self, expression: str, k: int = 10, category: str | None = None, allow_paths: bool = True) -> list[SearchResult]:
+        """The top ``k`` images for a combined query such as ``0.5*"red car" + #123 - "truck"``
+        (``retrieval.compose``): texts routed, rewritten and encoded as ``search`` does, images as
+        ``search_image``; the weighted sum of the normalised embeddings, normalised, is searched
+        in ``category`` (None or ``"all"``: every category). ``allow_paths=False`` refuses image
+        file paths (what a server's clients send)."""
+        import torch
+
+        from ..retrieval.compose import IMAGE_ID, IMAGE_PATH, TEXT, combine, parse_expression
+        from ..retrieval.search import search_routed
+
+        check_k(k)
+        self._check_category(category)
+        terms = parse_expression(expression, allow_paths=allow_paths)
+        vectors: list = [None] * len(terms)
+        texts = [i for i, term in enumerate(terms) if term.kind == TEXT]
+        if texts:
+            encoded = self._queries.encode([terms[i].value for i in texts], None if category in (None, ALL) else [category] * len(texts))
+            for i, embedding in zip(texts, encoded.embeddings):
+                vectors[i] = embedding
+        images = [i for i, term in enumerate(terms) if term.kind in (IMAGE_ID, IMAGE_PATH)]
+        if images:
+            for i, embedding in zip(images, self._image_embeddings([terms[i].value for i in images])):
+                vectors[i] = embedding
+        query = combine(torch.stack([v.float() for v in vectors]), [term.weight for term in terms])
+        return self._results(search_routed(self._gallery, query[None], [ALL if category is None else category], k))[0]
+
+    def _image_embeddings(self, images: list):
+        """L2-normalised embeddings ``[n, dim]`` of image queries: an ``int`` is an indexed image
+        (its stored embedding; its checked file re-encoded where the index kept none), a ``str`` or
+        ``Path`` an image file (the one loader and its limits), else a PIL image."""
+        import torch
+
+        from ..data.images import load_image
+
+        decoded, stored = {}, {}
+        for position, image in enumerate(images):
+            if isinstance(image, bool) or not isinstance(image, (int, str, os.PathLike)) and not hasattr(image, "getbbox"):
+                raise TrafficRetrievalError(f"an image query is a path, a PIL image or an index id, got {type(image).__name__}")
+            if isinstance(image, int):
+                stored[position] = image
+            elif isinstance(image, (str, os.PathLike)):
+                decoded[position] = load_image(image)
+            else:
+                decoded[position] = image
+        vectors = self._stored_embeddings(list(dict.fromkeys(stored.values())))
+        for position, image_id in stored.items():
+            if vectors[image_id] is None:  # the index keeps no embedding of it (its shard is gone): encode its file again
+                decoded[position] = load_image(self.image_path(image_id))
+        encoded = dict(zip(decoded, self._encode_images(list(decoded.values())))) if decoded else {}
+        rows = [encoded[p] if p in encoded else vectors[stored[p]] for p in range(len(images))]
+        return torch.nn.functional.normalize(torch.stack([row.float() for row in rows]), dim=1)
+
+    def _stored_embeddings(self, image_ids: list[int]) -> dict:
+        """id -> the embedding the index stored for an indexed image (None when its shard cannot
+        be read); an id that is not an indexed image is a one-line error."""
+        import torch
+
+        from .store import ShardReader
+
+        records = self._store.records([image_id for image_id in image_ids if 0 <= image_id <= 2**63 - 1])
+        for image_id in image_ids:
+            record = records.get(image_id)
+            if record is None or record.state != "indexed" or record.row is None:
+                raise TrafficRetrievalError(f"no indexed image with id {image_id} in index {self.layout.root}")
+        reader, found = ShardReader(self.layout, self._info["dim"]), {}
+        for image_id in image_ids:
+            try:
+                found[image_id] = torch.from_numpy(reader.gather([(records[image_id].shard, records[image_id].row)])[0].copy())
+            except TrafficRetrievalError:
+                found[image_id] = None
+        return found
+
+    def _encode_images(self, images: list):
+        """The image tower's L2-normalised embeddings of PIL images, under the encoder's lock
+        (the model never runs in two threads at once)."""
+        import torch
+
+        from ..retrieval.compose import image_uint8
+        from ..retrieval.encode import encode_uint8_images
+
+        encoder = self._queries
+        preprocess = encoder.loaded.preprocess
+        batch = torch.stack([image_uint8(image, preprocess) for image in images])
+        with encoder._lock:
+            return encode_uint8_images(encoder.loaded.model.eval(), batch, preprocess, encoder.device, encoder.dtype)
+
+    def _own_image_first(self, row: list, image_id: int, target: str, k: int) -> None:
+        """An indexed image's own search lists it first (an approximate index may rank it lower,
+        or miss it), when it lies in the searched category."""
+        own = next((hit for hit in row if hit[0] == image_id), None)
+        if own is None:
+            record = self._store.record(image_id)
+            if record is None or (target != ALL and record.category != target):
+                return
+            own = (image_id, 1.0)  # its cosine similarity with itself
+        row[:] = [own] + [hit for hit in row if hit[0] != image_id][: k - 1]
+
     # -- metadata ------------------------------------------------------------------
+    def embeddings(self, batch_rows: int = 65_536):
+        """The indexed images' embeddings with their metadata, for notebooks: an iterator of
+        ``index.export.EmbeddingBatch`` (``ids``, ``names``, ``paths``, ``categories``,
+        ``labels``, ``captions`` and ``embeddings`` float32 ``[n, dim]``, row for row), the
+        whole gallery in id order, ``batch_rows`` images at a time.
+
+        The vectors are the ones the index stores in its shards: the model's full-width
+        L2-normalised embeddings, kept as float16 (exact up to that rounding), not what FAISS
+        holds (which may be PCA-reduced or PQ-compressed)::
+
+            ids, vectors = [], []
+            for batch in retriever.embeddings():
+                ids.append(batch.ids); vectors.append(batch.embeddings)
+        """
+        from .export import check_rows, iter_embeddings
+
+        check_rows(batch_rows, "batch_rows")  # now, not at the first next()
+        return iter_embeddings(self.layout, self._info, self._store, batch_rows)
+
     def info(self) -> dict:
         info = self._info
         return {
@@ -176,6 +322,7 @@ class Retriever(Closeable):
             "images": info["images"],
             "model": info["model"],
             "checkpoint": info["checkpoint"],
+            "source": dict(info["source"]),  # checkpoint, or an open_clip model zero-shot (name, tag or weights file)
             "identity": info["identity"],
             "dim": info["dim"],
             "count": info["count"],

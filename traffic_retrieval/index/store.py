@@ -2,7 +2,8 @@
 
 ```
 INDEX/
-  index.json                  what the index is (checkpoint + identity, model, dim, counts,
+  index.json                  what the index is (its model: checkpoint or open_clip model + weights,
+                              and identity; dim, counts,
                               FAISS files and their recall@10, the last build's config);
                               written last, it is the commit point of a build
   meta.sqlite                 table images (one row per gallery file), table meta (key/values);
@@ -46,7 +47,12 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 from ..errors import TrafficRetrievalError
 from ..io import Closeable, atomic_path
 
-INDEX_FORMAT = "traffic-retrieval-index/1"  # index.json (independent of the SQLite schema version)
+# index.json (independent of the SQLite schema version). Format 2 records the model as a
+# ``source`` (a checkpoint, or an open_clip model and its weights: ``source.py``); format 1
+# (checkpoint only) is still read, as a checkpoint source, and a build rewrites it as 2.
+INDEX_FORMAT = "traffic-retrieval-index/2"
+INDEX_FORMAT_V1 = "traffic-retrieval-index/1"
+READABLE_INDEX_FORMATS = (INDEX_FORMAT, INDEX_FORMAT_V1)
 SHARD_FORMAT = "traffic-retrieval-shard/1"
 EMBEDDING_DTYPE = "float16"
 
@@ -136,6 +142,19 @@ class IndexedImage(NamedTuple):
     row: int
 
 
+class ExportedImage(NamedTuple):
+    """An indexed row with what an export of the embeddings lists beside each vector."""
+
+    id: int
+    name: str
+    path: str  # relative to the gallery root
+    category: str | None
+    label: str | None
+    caption: str | None
+    shard: int
+    row: int
+
+
 class IndexLayout:
     """The paths of an index folder."""
 
@@ -197,7 +216,7 @@ class IndexLayout:
             raise TrafficRetrievalError(f"{self.index_json}: cannot read (nested too deeply)") from None
         except ValueError as exc:  # not UTF-8, not JSON
             raise TrafficRetrievalError(f"{self.index_json}: cannot read ({str(exc)[:200]})") from None
-        if not isinstance(info, dict) or info.get("format") != INDEX_FORMAT:
+        if not isinstance(info, dict) or info.get("format") not in READABLE_INDEX_FORMATS:
             found = info.get("format") if isinstance(info, dict) else None
             raise TrafficRetrievalError(f"{self.index_json}: not a traffic-retrieval index (format {found!r:.60})")
         return check_index_info(info, self.index_json)
@@ -401,6 +420,18 @@ class IndexStore(Closeable):
         """Every indexed row, in id order."""
         return [IndexedImage(*values) for values in
                 self._query("SELECT id, name, path, category, shard, row FROM images WHERE state = 'indexed' ORDER BY id")]
+
+    def indexed_page(self, after_id: int, limit: int) -> list[ExportedImage]:
+        """Up to ``limit`` indexed rows with ids above ``after_id``, in id order: the whole
+        gallery a page at a time (keyset paging: each page is one indexed lookup)."""
+        return [ExportedImage(*values) for values in self._query(
+            "SELECT id, name, path, category, label, caption, shard, row FROM images WHERE state = 'indexed' AND id > ? ORDER BY id LIMIT ?",
+            (int(after_id), int(limit)))]
+
+    def count_indexed_after(self, after_id: int, limit: int) -> int:
+        """How many indexed rows have ids above ``after_id``, counting at most ``limit``."""
+        return self._query("SELECT count(*) FROM (SELECT id FROM images WHERE state = 'indexed' AND id > ? ORDER BY id LIMIT ?)",
+                           (int(after_id), int(limit)))[0][0]
 
     def indexed_locations(self, category: str | None = None, uncategorised_only: bool = False) -> list[tuple[int, int, int]]:
         """``(id, shard, row)`` of indexed images in id order: all of them, those of

@@ -46,7 +46,8 @@ def encode_uint8_images(model, images_uint8, preprocess, device: str, dtype, bat
     with inference(device, dtype):
         for start in range(0, len(images_uint8), batch_size):
             batch = normalize_uint8_batch(images_uint8[start : start + batch_size], preprocess).to(device)
-            outputs.append(model.encode_image(batch.contiguous(memory_format=torch.channels_last), normalize=True).float().cpu())
+            features = model.encode_image(batch.contiguous(memory_format=torch.channels_last), normalize=True)
+            outputs.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())  # unit length in fp32, whatever the autocast
     return torch.cat(outputs) if outputs else torch.zeros((0, 1))
 
 
@@ -59,7 +60,8 @@ def encode_tokens(model, tokens, device: str, dtype, batch_size: int = 512):
     outputs = []
     with inference(device, dtype):
         for start in range(0, len(tokens), batch_size):
-            outputs.append(encode_text(model, tokens[start : start + batch_size].to(device), length_multiple=INFERENCE_TEXT_LENGTH_MULTIPLE).float().cpu())
+            features = encode_text(model, tokens[start : start + batch_size].to(device), length_multiple=INFERENCE_TEXT_LENGTH_MULTIPLE)
+            outputs.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
     return torch.cat(outputs) if outputs else torch.zeros((0, 1))
 
 

@@ -9,9 +9,14 @@ waits). Requests are grouped by
 (k, category) because ``search_batch`` takes one of each; results are the same
 as ``Retriever.search`` would give for each request alone.
 
-The queue is bounded (``max_queued`` queries waiting for the model): past it, or
-once the worker has stopped or died, ``submit`` raises ``ServiceUnavailable`` at
-once (the server answers 503) instead of letting a flood queue without end.
+Other model calls (searches by an example image, combined queries) go through
+the same queue and worker with ``submit_call(fn, *args)``: each runs alone, in
+arrival order among the batches, so the model never runs in two threads at once.
+
+The queue is bounded (``max_queued`` queries or calls waiting for the model): past
+it, or once the worker has stopped or died, ``submit`` and ``submit_call`` raise
+``ServiceUnavailable`` at once (the server answers 503) instead of letting a flood
+queue without end.
 """
 
 from __future__ import annotations
@@ -37,6 +42,16 @@ class _Request:
     category: str | None
     future: Future = field(default_factory=Future)
     waiting: bool = True  # counted in the queue's bound until the worker takes it or it is cancelled
+
+
+@dataclass
+class _Call:
+    """A model call that is not a text query: run alone by the worker."""
+
+    fn: object
+    args: tuple
+    future: Future = field(default_factory=Future)
+    waiting: bool = True
 
 
 _STOP = object()
@@ -67,6 +82,7 @@ class MicroBatcher:
         self.batched_queries = 0  # queries they answered
         self.largest_batch = 0
         self.recent_batch_sizes: deque[int] = deque(maxlen=1000)
+        self.calls = 0  # submit_call calls made
         self._worker = threading.Thread(target=self._run, name="search-batcher", daemon=True)
         self._worker.start()
 
@@ -80,7 +96,13 @@ class MicroBatcher:
         return self._waiting
 
     def submit(self, query: str, k: int, category: str | None) -> Future:
-        request = _Request(query, k, category)
+        return self._enqueue(_Request(query, k, category))
+
+    def submit_call(self, fn, *args) -> Future:
+        """A Future of ``fn(*args)``, run by the worker thread alone (a search by image, a combined query)."""
+        return self._enqueue(_Call(fn, args))
+
+    def _enqueue(self, request) -> Future:
         with self._lock:
             if self._closed:
                 raise ServiceUnavailable("the search service is shutting down")
@@ -93,7 +115,7 @@ class MicroBatcher:
         request.future.add_done_callback(lambda future: self._taken(request) if future.cancelled() else None)
         return request.future
 
-    def _taken(self, request: _Request) -> None:
+    def _taken(self, request) -> None:
         """``request`` no longer waits: the worker took it, or its caller cancelled it."""
         with self._lock:
             if request.waiting:
@@ -149,11 +171,17 @@ class MicroBatcher:
                 self._taken(item)
                 self._answer([item])
 
-    def _answer(self, batch: list[_Request]) -> None:
+    def _answer(self, batch: list) -> None:
         groups: dict[tuple[int, str | None], list[_Request]] = {}
+        calls: list[_Call] = []
         for request in batch:
             if request.future.set_running_or_notify_cancel():
-                groups.setdefault((request.k, request.category), []).append(request)
+                if isinstance(request, _Call):
+                    calls.append(request)
+                else:
+                    groups.setdefault((request.k, request.category), []).append(request)
+        for call in calls:
+            self._run_call(call)
         for (k, category), requests in groups.items():
             try:
                 results = self._search_batch([r.query for r in requests], k, category)
@@ -168,6 +196,15 @@ class MicroBatcher:
             self._record(len(requests))
             for request, result in zip(requests, results):
                 request.future.set_result(result)
+
+    def _run_call(self, call: _Call) -> None:
+        try:
+            result = call.fn(*call.args)
+        except Exception as exc:
+            call.future.set_exception(exc)
+            return
+        self.calls += 1
+        call.future.set_result(result)
 
     def _answer_one(self, request: _Request, k: int, category: str | None) -> None:
         try:
@@ -187,4 +224,5 @@ class MicroBatcher:
     def stats(self) -> dict:
         return {"batches": self.batches, "queries": self.batched_queries, "largest_batch": self.largest_batch,
                 "mean_batch": round(self.batched_queries / self.batches, 2) if self.batches else None,
-                "max_batch": self.max_batch, "max_wait_ms": self.max_wait_s * 1000, "queued": self.queued, "max_queued": self.max_queued}
+                "max_batch": self.max_batch, "max_wait_ms": self.max_wait_s * 1000, "queued": self.queued, "max_queued": self.max_queued,
+                "calls": self.calls}

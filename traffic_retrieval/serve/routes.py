@@ -1,5 +1,6 @@
-"""The routes: ``api`` (search, images by id, health and info) and ``pages`` (the
-search page, the offline API docs page and their assets).
+"""The routes: ``api`` (search by text, by an example image, by a combined query;
+images by id; health and info) and ``pages`` (the search page, the offline API docs
+page and their assets).
 
 Every app ``create_app`` makes includes these same routes and hands them its own
 ``Service`` through ``ServiceDep``. The declarations hold only the fixed rules; the
@@ -9,22 +10,28 @@ each app's OpenAPI schema.
 """
 
 import asyncio
+import importlib.util
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError as ModelValidationError
 from pydantic_core import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import TrafficRetrievalError
 from .batching import ServiceUnavailable
-from .schemas import DEFAULT_K, ROUTED, BatchSearchRequest, BatchSearchResponse, SearchResponse
+from .schemas import (ALL, DEFAULT_K, ROUTED, BatchSearchRequest, BatchSearchResponse, CombinedSearchRequest, CombinedSearchResponse,
+                      ImageSearchForm, SearchResponse)
 from .settings import ServeSettings
 from .state import Service, ServiceDep
 from .thumbnails import ThumbnailsBusy
+from .uploads import UploadRejected, UploadsBusy
 
 MAX_IMAGE_ID = 2**63 - 1  # SQLite's integer range
 
@@ -94,6 +101,17 @@ def document_limits(schema: dict, service: Service) -> dict:
     for operation in search.values():
         operation["responses"]["503"]["description"] = f"the search did not finish within {settings.search_timeout_s:g} s"
     schema["paths"]["/api/thumbnails/{image_id}"]["get"]["summary"] += f" (at most {settings.thumbnail_size} px a side)"
+    similar = {parameter["name"]: parameter for parameter in schema["paths"]["/api/similar/{image_id}"]["get"]["parameters"]}
+    similar["k"]["schema"].update(maximum=settings.max_k, default=service.default_k)
+    similar["category"]["description"] = similar["category"]["schema"]["description"] = f"one of {', '.join(service.categories)} (routed: all)"
+    combined = schema["components"]["schemas"]["CombinedSearchRequest"]["properties"]
+    combined["expression"]["maxLength"] = settings.max_query_chars
+    combined["k"].update(maximum=settings.max_k, default=service.default_k)
+    upload = schema["paths"]["/api/search/image"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    upload["k"].update(maximum=settings.max_k, default=service.default_k)
+    upload["image"]["description"] += f"; the whole request at most {settings.max_body_bytes} bytes, the image at most {service.uploads.pixel_limit} pixels"
+    for path, method in (("/api/similar/{image_id}", "get"), ("/api/search/image", "post"), ("/api/search/combined", "post")):
+        schema["paths"][path][method]["responses"]["503"]["description"] = f"the search did not finish within {settings.search_timeout_s:g} s"
     return schema
 
 
@@ -228,6 +246,131 @@ def thumbnail(service: ServiceDep, image_id: ImageId):
     return Response(data, media_type="image/jpeg", headers=CACHED)  # made here: always a JPEG
 
 
+# -- search by an example image, combined queries (docs/queries.md) --------------------------
+async def run_call(service: Service, fn, *args):
+    """``fn(*args)`` on the search worker, the one thread that runs the model (as ``run_searches``)."""
+    try:
+        future = service.batcher.submit_call(fn, *args)
+    except ServiceUnavailable as exc:
+        raise HTTPException(503, str(exc)) from None
+    timeout_s = service.settings.search_timeout_s
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+    except asyncio.TimeoutError:
+        raise HTTPException(503, f"search timed out after {timeout_s:g} s") from None
+
+
+async def check_indexed(service: Service, image_id: int) -> None:
+    """404 unless ``image_id`` is an indexed image (its stored embedding is the query)."""
+    try:
+        record = await run_in_threadpool(service.retriever.record, image_id) if 0 <= image_id <= MAX_IMAGE_ID else None
+    except TrafficRetrievalError:
+        record = None
+    if record is None or record.state != "indexed":
+        raise HTTPException(404, f"no image with id {image_id}")
+
+
+def search_answer(request: Request, query: str, k: int, category: str, started: float, results) -> dict:
+    return {"query": query, "k": k, "category": category, "count": len(results), "took_ms": _milliseconds_since(started),
+            "results": hits(request, results)}
+
+
+IMAGE_QUERY = BUSY | NOT_FOUND
+
+
+@api.get("/api/similar/{image_id}", response_model=SearchResponse, tags=["search"], responses=IMAGE_QUERY,
+         summary="More like this: the images most like an indexed image, itself first")
+async def similar(request: Request, service: ServiceDep, image_id: ImageId,
+                  k: Annotated[int, Query(ge=1, description="number of results")] = DEFAULT_K,
+                  category: Annotated[str, Query()] = ALL):
+    started = time.perf_counter()
+    if "k" not in request.query_params:
+        k = service.default_k
+    errors = _k_errors(service.settings, k, ("query", "k"))
+    if errors:
+        raise RequestValidationError(errors)
+    target = check_category(service, category)
+    await check_indexed(service, image_id)
+    try:
+        results = await run_call(service, service.retriever.search_image, image_id, k, target)
+    except TrafficRetrievalError as exc:  # k and the category are checked: what is left is the image (gone, or its file changed)
+        if isinstance(exc, ServiceUnavailable):
+            raise
+        log.warning("%s: refused", exc)
+        raise HTTPException(404, f"image {image_id}: no stored embedding, and its file is missing or changed since it was indexed") from None
+    return search_answer(request, f"#{image_id}", k, category, started, results)
+
+
+UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary", "description": "a JPEG, PNG, BMP or WebP image"},
+        "k": {"type": "integer", "minimum": 1, "description": "number of results"},
+        "category": {"type": "string", "default": ALL, "description": "all (default), pedestrian or vehicle"}}}}}}}
+UPLOAD_ERRORS = {400: {"description": "a malformed multipart body"}, 413: {"description": "the request or the image is too large"},
+                 415: {"description": "not a multipart/form-data request"}, 422: {"description": "not an image this service decodes, or bad k or category"}}
+
+
+def _form_errors(exc: ModelValidationError) -> list[dict]:
+    return [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+
+
+@api.post("/api/search/image", response_model=SearchResponse, tags=["search"], responses=BUSY | UPLOAD_ERRORS, openapi_extra=UPLOAD_FORM,
+          summary="Search with an uploaded example image (multipart/form-data: image, k, category)")
+async def search_by_image(request: Request, service: ServiceDep):
+    started = time.perf_counter()
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+        raise HTTPException(415, "send the image as multipart/form-data, in a field named image")
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:  # Starlette parses forms with it
+        raise HTTPException(503, "image upload needs the python-multipart package on the server (pip install 'traffic-retrieval[serve]')")
+    async with request.form(max_files=1, max_fields=2) as form:  # a malformed body, or more parts: 400 from Starlette
+        fields = {name: value for name, value in form.items() if name != "image"}
+        upload = form.get("image")
+        errors = []
+        if upload is None:
+            errors.append({"type": "missing", "loc": ("body", "image"), "msg": "Field required", "input": None})
+        elif isinstance(upload, str):
+            errors.append({"type": "value_error", "loc": ("body", "image"), "msg": "must be a file, not a text field", "input": None})
+        if any(not isinstance(value, str) for value in fields.values()):
+            errors.append({"type": "value_error", "loc": ("body",), "msg": "only the field image may be a file", "input": None})
+        try:
+            body = ImageSearchForm.model_validate({name: value for name, value in fields.items() if isinstance(value, str)})
+        except ModelValidationError as exc:
+            errors += _form_errors(exc)
+            body = None
+        k = body.k if body is not None and "k" in body.model_fields_set else service.default_k
+        errors += _k_errors(service.settings, k, ("body", "k"))
+        if errors:
+            raise RequestValidationError(errors)
+        data = await upload.read()
+    target = check_category(service, body.category)
+    try:
+        image = await run_in_threadpool(service.uploads.decode, data)
+    except UploadRejected as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    except UploadsBusy as exc:
+        raise HTTPException(503, str(exc)) from None
+    results = await run_call(service, service.retriever.search_image, image, k, target)
+    return search_answer(request, "uploaded image", k, body.category, started, results)
+
+
+@api.post("/api/search/combined", response_model=CombinedSearchResponse, tags=["search"], responses=IMAGE_QUERY,
+          summary='Search with a combined query: 0.5*"red car" + #123 - "truck" (texts and #ID, no file paths)')
+async def search_combined(request: Request, service: ServiceDep, body: CombinedSearchRequest):
+    from ..retrieval.compose import IMAGE_ID, parse_expression
+
+    started = time.perf_counter()
+    k = body.k if "k" in body.model_fields_set else service.default_k
+    errors = _query_errors(service.settings, body.expression, ("body", "expression")) + _k_errors(service.settings, k, ("body", "k"))
+    if errors:
+        raise RequestValidationError(errors)
+    target = check_category(service, body.category)
+    terms = parse_expression(body.expression, allow_paths=False)  # a one-line error naming the column: 422
+    for image_id in dict.fromkeys(term.value for term in terms if term.kind == IMAGE_ID):
+        await check_indexed(service, image_id)
+    results = await run_call(service, partial(service.retriever.search_combined, allow_paths=False), body.expression, k, target)
+    return search_answer(request, body.expression, k, body.category, started, results) | {"terms": [term.describe() for term in terms]}
+
+
 # -- service -----------------------------------------------------------------------------
 @api.get("/api/health", tags=["service"], responses={503: {"description": "the search worker is not running"}})
 async def health(service: ServiceDep):
@@ -238,13 +381,21 @@ async def health(service: ServiceDep):
     return body if alive else JSONResponse(body | {"detail": "the search worker is not running"}, status_code=503)
 
 
+def _public_pretrained(source: dict) -> str | None:
+    """A zero-shot index's open_clip tag, or a weights file's name (no server paths)."""
+    if source.get("kind") != "pretrained" or not source.get("pretrained"):
+        return None
+    return Path(source["pretrained"]).name if source.get("weights") == "file" else source["pretrained"]
+
+
 @api.get("/api/info", tags=["service"], summary="The model, index size and categories, and the service's limits")
 def about(service: ServiceDep):
     info, settings = service.info, service.settings
     return {
         "model": info["model"],
-        "checkpoint": Path(info["checkpoint"]).name,  # no server paths in responses
-        "checkpoint_sha256": info["identity"],
+        "checkpoint": Path(info["checkpoint"]).name if info["checkpoint"] else None,  # no server paths in responses
+        "checkpoint_sha256": info["identity"],  # a zero-shot index: the weights file's sha256, or open_clip's name:tag
+        "pretrained": _public_pretrained(info.get("source") or {}),
         "count": info["count"],
         "categories": info["categories"],
         "category_choices": service.categories,
@@ -254,6 +405,8 @@ def about(service: ServiceDep):
         "built_at": info["built_at"],
         "device": info["device"],
         "limits": {"max_k": settings.max_k, "max_query_chars": settings.max_query_chars, "max_batch_queries": settings.max_batch_queries},
+        "image_limits": {"max_body_bytes": settings.max_body_bytes, "max_pixels": service.uploads.pixel_limit,
+                         "formats": ["JPEG", "PNG", "BMP", "WebP"]},
         "examples": list(settings.examples),
         "batching": service.batcher.stats(),
         "thumbnails": service.thumbnails.stats(),

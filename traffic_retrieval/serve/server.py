@@ -35,7 +35,8 @@ def open_retriever(settings: ServeSettings):
 
     if settings.index is None:
         raise TrafficRetrievalError("serve needs --index")
-    return Retriever.open(settings.index, device=settings.device, checkpoint=settings.checkpoint, vocabulary=settings.vocabulary,
+    return Retriever.open(settings.index, device=settings.device, checkpoint=settings.checkpoint, model=settings.model, pretrained=settings.pretrained,
+                          vocabulary=settings.vocabulary,
                           precision=settings.precision, query_config=settings.query, trust_checkpoint=settings.trust_checkpoint)
 
 

@@ -39,6 +39,8 @@ class ServeSettings(RuntimeOptions, CheckpointTrust):
     cors_origin: list[str] = option(default_factory=list, metavar="ORIGIN",
                                     help="let pages from these origins call the API (e.g. http://localhost:3000); default: CORS off")
     checkpoint: Path | None = option(None, help="the index's checkpoint at another path (must be the same model)")
+    model: str | None = option(None, help="a zero-shot index's open_clip model, if not the one it records (must be the same)")
+    pretrained: str | None = option(None, help="a zero-shot index's weights file at another path, or its tag (must be the same weights)")
     vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for routing queries")
     max_k: int = option(100, minimum=1, help="largest k a client may ask for")
     max_query_chars: int = option(1000, minimum=1, help="longest query accepted")

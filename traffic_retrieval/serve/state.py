@@ -18,6 +18,7 @@ from .batching import MicroBatcher
 from .schemas import DEFAULT_K, ROUTED
 from .settings import ServeSettings
 from .thumbnails import ThumbnailCache
+from .uploads import UploadDecoder
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -45,6 +46,7 @@ class Service:
     info: dict  # ``retriever.info()``, read once
     categories: list[str]  # what a request's ``category`` may be
     static_files: dict[str, tuple[bytes, str]]  # the page's assets: no request reaches the file system by name
+    uploads: UploadDecoder  # uploaded query images: checked formats and pixels, a bounded number decoded at once
 
     @classmethod
     def start(cls, retriever, settings: ServeSettings) -> Service:
@@ -54,7 +56,8 @@ class Service:
                    thumbnails=ThumbnailCache(settings.thumbnail_size, settings.thumbnail_cache, max_decodes=settings.thumbnail_decodes,
                                              decode_wait_s=settings.search_timeout_s),
                    info=retriever.info(),
-                   categories=[ROUTED, "all", *sorted({"pedestrian", "vehicle", *retriever.categories})], static_files=read_static_files())
+                   categories=[ROUTED, "all", *sorted({"pedestrian", "vehicle", *retriever.categories})], static_files=read_static_files(),
+                   uploads=UploadDecoder(settings.thumbnail_decodes, decode_wait_s=settings.search_timeout_s))
 
     @property
     def images_root(self) -> Path:

@@ -11,12 +11,16 @@
   const resultsList = $("results");
   const examplesList = $("examples");
   const viewer = $("viewer");
+  const dropZone = $("drop-zone");
+  const fileInput = $("image-file");
   const categoryNames = { all: "all categories", routed: "the query's category", pedestrian: "pedestrians", vehicle: "vehicles" };
 
   let hits = [];          // the results on screen
   let openIndex = -1;     // the result shown in the viewer
   let opener = null;      // the element focused before the viewer opened
   let pending = null;     // AbortController of the search in flight
+  let imageSearch = null; // repeats the last search by image (more like this, upload) when k or the category changes
+  let maxUploadBytes = null; // from /api/info
 
   function setStatus(text, isError) {
     statusLine.textContent = text;
@@ -41,15 +45,9 @@
   }
 
   // -- search -------------------------------------------------------------------------
-  async function search(options) {
-    const query = queryInput.value;
-    if (!query.trim()) {
-      setStatus("Type a query first, or pick an example.", true);
-      queryInput.focus();
-      return;
-    }
-    const params = new URLSearchParams({ q: query, k: kSelect.value, category: categorySelect.value });
-    if (!(options && options.keepUrl)) history.replaceState(null, "", "?" + params.toString());
+  // One search at a time, whatever its kind: a newer one aborts the one in flight.
+  // ``like``: what the results are like ("like 0001.jpg "), empty for a text search.
+  async function runSearch(url, init, like) {
     if (pending) pending.abort();
     const controller = new AbortController();
     pending = controller;
@@ -57,7 +55,7 @@
     form.setAttribute("aria-busy", "true");
     const started = performance.now();
     try {
-      const response = await fetch("/api/search?" + params.toString(), { signal: controller.signal, headers: { Accept: "application/json" } });
+      const response = await fetch(url, Object.assign({ signal: controller.signal, headers: { Accept: "application/json" } }, init));
       if (!response.ok) {
         const reason = await errorReason(response);
         showResults([]);
@@ -69,9 +67,9 @@
       showResults(body.results);
       const where = categoryNames[body.category] || body.category;
       if (body.count === 0) {
-        setStatus(`No results in ${where}. Try another category or query.`, false);
+        setStatus(`No results ${like}in ${where}. Try another category or query.`, false);
       } else {
-        setStatus(`${body.count} result${body.count === 1 ? "" : "s"} in ${where} · search ${body.took_ms.toFixed(1)} ms (${roundTrip.toFixed(0)} ms with the network)`, false);
+        setStatus(`${body.count} result${body.count === 1 ? "" : "s"} ${like}in ${where} · search ${body.took_ms.toFixed(1)} ms (${roundTrip.toFixed(0)} ms with the network)`, false);
       }
     } catch (error) {
       if (error.name === "AbortError") return;
@@ -83,6 +81,49 @@
         form.removeAttribute("aria-busy");
       }
     }
+  }
+
+  async function search(options) {
+    const query = queryInput.value;
+    if (!query.trim()) {
+      setStatus("Type a query first, or pick an example.", true);
+      queryInput.focus();
+      return;
+    }
+    imageSearch = null;
+    const params = new URLSearchParams({ q: query, k: kSelect.value, category: categorySelect.value });
+    if (!(options && options.keepUrl)) history.replaceState(null, "", "?" + params.toString());
+    await runSearch("/api/search?" + params.toString(), {}, "");
+  }
+
+  // An image has no text to route: "Auto" searches every category.
+  function imageCategory() {
+    return categorySelect.value === "routed" ? "all" : categorySelect.value;
+  }
+
+  // More like this: the images most like an indexed one (itself first).
+  async function moreLikeThis(id, name, options) {
+    imageSearch = () => moreLikeThis(id, name);
+    const params = new URLSearchParams({ k: kSelect.value, category: imageCategory() });
+    if (!(options && options.keepUrl)) history.replaceState(null, "", "?" + new URLSearchParams({ similar: String(id), k: kSelect.value, category: categorySelect.value }).toString());
+    await runSearch(`/api/similar/${encodeURIComponent(id)}?` + params.toString(), {}, `like ${name || "image #" + id} `);
+  }
+
+  // Search by an uploaded (dropped or chosen) image.
+  async function searchByFile(file) {
+    if (!file) return;
+    imageSearch = () => searchByFile(file);
+    history.replaceState(null, "", location.pathname);  // an upload is not a link
+    if (maxUploadBytes !== null && file.size > maxUploadBytes) {
+      showResults([]);
+      setStatus(`Error: ${file.name} is ${file.size} bytes, over this service's limit of ${maxUploadBytes} bytes.`, true);
+      return;
+    }
+    const body = new FormData();
+    body.append("image", file, file.name);
+    body.append("k", kSelect.value);
+    body.append("category", imageCategory());
+    await runSearch("/api/search/image", { method: "POST", body }, `like ${file.name} `);
   }
 
   function showResults(results) {
@@ -105,7 +146,11 @@
       line.append(element("span", "score", hit.score.toFixed(3)), element("span", "category", hit.category || "?"));
       meta.append(line);
       button.append(element("span", "rank", String(hit.rank)), image, meta);
-      item.append(button);
+      const more = element("button", "more", "More like this");
+      more.type = "button";
+      more.dataset.index = String(index);
+      more.setAttribute("aria-label", `More like this: images like ${hit.name}`);
+      item.append(button, more);
       return item;
     }));
   }
@@ -144,6 +189,12 @@
   });
 
   resultsList.addEventListener("click", (event) => {
+    const more = event.target.closest(".more");
+    if (more) {
+      const hit = hits[Number(more.dataset.index)];
+      if (hit) moreLikeThis(hit.id, hit.name);
+      return;
+    }
     const button = event.target.closest(".hit");
     if (button) openViewer(Number(button.dataset.index));
   });
@@ -165,8 +216,35 @@
 
   // -- wiring --------------------------------------------------------------------------------
   form.addEventListener("submit", (event) => { event.preventDefault(); search(); });
-  categorySelect.addEventListener("change", () => { if (queryInput.value.trim()) search(); });
-  kSelect.addEventListener("change", () => { if (queryInput.value.trim()) search(); });
+  function searchAgain() {
+    if (imageSearch) imageSearch();
+    else if (queryInput.value.trim()) search();
+  }
+  categorySelect.addEventListener("change", searchAgain);
+  kSelect.addEventListener("change", searchAgain);
+  queryInput.addEventListener("input", () => { imageSearch = null; });  // typing goes back to text search
+
+  // -- search by an example image: the file picker, or a file dropped on the zone --------------
+  fileInput.addEventListener("change", () => {
+    if (fileInput.files.length) searchByFile(fileInput.files[0]);
+  });
+  const hasFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types || []).includes("Files");
+  dropZone.addEventListener("dragover", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+    dropZone.classList.add("dragging");
+  });
+  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragging"));
+  dropZone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropZone.classList.remove("dragging");
+    const files = event.dataTransfer ? event.dataTransfer.files : null;
+    if (files && files.length) searchByFile(files[0]);
+  });
+  // a file dropped anywhere else must not replace the page with it
+  window.addEventListener("dragover", (event) => { if (hasFiles(event)) event.preventDefault(); });
+  window.addEventListener("drop", (event) => { if (hasFiles(event)) event.preventDefault(); });
 
   function showExamples(examples) {
     examplesList.replaceChildren(...examples.map((text) => {
@@ -186,6 +264,7 @@
       const info = await response.json();
       const parts = Object.entries(info.categories).map(([name, count]) => `${count} ${name}`).join(", ");
       $("index-info").textContent = `${info.count} images (${parts || "none"}) · model ${info.model} · API docs at /docs`;
+      if (info.image_limits && Number.isFinite(info.image_limits.max_body_bytes)) maxUploadBytes = info.image_limits.max_body_bytes;
       showExamples(info.examples || []);
     } catch (error) {
       $("index-info").textContent = "Index information unavailable: " + error.message;
@@ -199,6 +278,8 @@
     if (params.get("q")) {
       queryInput.value = params.get("q");
       search({ keepUrl: true });
+    } else if (/^[0-9]{1,18}$/.test(params.get("similar") || "")) {
+      moreLikeThis(params.get("similar"), null, { keepUrl: true });
     }
   }
 

@@ -35,11 +35,16 @@
       section.append(element("h2", `${method.toUpperCase()} ${path}`));
       if (operation.summary) section.append(element("p", operation.summary));
       const rows = (operation.parameters || []).map((p) => `${p.name} (${p.in}${p.required ? ", required" : ""}): ${describe(p.schema)}${p.description ? " — " + p.description : ""}`);
-      const body = operation.requestBody && operation.requestBody.content["application/json"];
+      const content = (operation.requestBody && operation.requestBody.content) || {};
+      const form = !content["application/json"] && content["multipart/form-data"];
+      const body = content["application/json"] || form;
       if (body) {
         const name = refName(body.schema);
         const schema = name ? spec.components.schemas[name] : body.schema;
-        for (const [field, fieldSchema] of Object.entries(schema.properties || {})) rows.push(`body.${field}: ${describe(fieldSchema)}`);
+        for (const [field, fieldSchema] of Object.entries(schema.properties || {})) {
+          const type = fieldSchema.format === "binary" ? "file" : describe(fieldSchema);
+          rows.push(`${form ? "form" : "body"}.${field}: ${type}${form && fieldSchema.description ? " — " + fieldSchema.description : ""}`);
+        }
       }
       if (rows.length) {
         const list = element("ul");
