@@ -10,24 +10,22 @@ from pathlib import Path
 
 from ..config import ModelSource, ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..retrieval.queries import QueryConfig
+from ..retrieval.queries import QueryOptions
 from ..retrieval.rerank import RerankConfig
 
 HELP = "rank the test gallery for every query and write the submission JSON"
 
 
 @dataclass
-class PredictConfig(ModelSource, RuntimeOptions, ReaderOptions):
+class PredictConfig(ModelSource, RuntimeOptions, ReaderOptions, QueryOptions):
     data: Path | None = option(None, help="dataset root (uses test/test_text.txt and test/test_images/)")
     out: Path = option(Path("submission.json"), help="the submission JSON")
     top_k: int = option(10, minimum=1, maximum=1000, help="results per query")
-    vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for query routing (default: the published vocabulary)")
     queries: Path | None = option(None, help="query file (default DATA/test/test_text.txt)")
     gallery: Path | None = option(None, help="gallery directory (default DATA/test/test_images)")
     index: Path | None = option(None, help="a built index of the gallery (traffic-retrieval index): reuse it instead of re-encoding")
     contact_sheet: Path | None = option(None, metavar="OUT.png",
                                         help="also draw the first 20 queries' top results (relevant ones outlined when DATA/ground_truth/test_gt.txt exists)")
-    query: QueryConfig = field(default_factory=QueryConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
 
 

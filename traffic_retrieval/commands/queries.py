@@ -6,22 +6,20 @@ a3r-vit-bigg --json`` prints one ``{"query", "category", "text"}`` object a line
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import option
 from ..errors import TrafficRetrievalError
-from ..retrieval.queries import QueryConfig
+from ..retrieval.queries import QueryOptions
 
 HELP = "show each query's routed category and the exact text that will be encoded (no model)"
 
 
 @dataclass
-class QueriesConfig:
+class QueriesConfig(QueryOptions):
     queries: Path | None = option(None, help="query file, one query per line (e.g. DATA/test/test_text.txt)")
-    vocabulary: Path | None = option(None, help="vehicle_vocabulary.json for routing (default: the published vocabulary)")
     json: bool = option(False, help='one JSON object a line: {"query", "category", "text"}')
-    query: QueryConfig = field(default_factory=QueryConfig)
 
 
 Config = QueriesConfig

@@ -17,19 +17,19 @@ The output is the same for all three: a table, or ``--json`` one object per quer
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import CheckpointTrust, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
 from ..options import SearchCategory
-from ..retrieval.queries import QueryConfig
+from ..retrieval.queries import QueryOptions
 
 HELP = "search an index by text, by example images (--image) or by combined queries (--expr)"
 
 
 @dataclass
-class SearchConfig(RuntimeOptions, CheckpointTrust):
+class SearchConfig(RuntimeOptions, CheckpointTrust, QueryOptions):
     text: list[str] = option(default_factory=list, positional=True, metavar="QUERY",
                              help="query text (several: one search each, encoded in one batch); with --image an image file, with --expr a combined query")
     image: bool = option(False, help="the queries are image files: search by example (every category unless --category names one)")
@@ -38,12 +38,10 @@ class SearchConfig(RuntimeOptions, CheckpointTrust):
     k: int = option(10, short="-k", minimum=1, maximum=1000, help="results per query")  # maximum: index.retriever.MAX_K
     category: SearchCategory = option("routed", help="where to search: routed (the query recipe's gallery scope: the routed category, or all with --gallery-scope all; "
                                                      "all for --image and --expr), one category, or all of them")
-    vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for routing (default: the published vocabulary)")
     checkpoint: Path | None = option(None, help="the index's checkpoint at another path (must be the same model)")
     model: str | None = option(None, help="a zero-shot index's open_clip model, if not the one it records (must be the same)")
     pretrained: str | None = option(None, help="a zero-shot index's weights file at another path, or its tag (must be the same weights)")
     json: bool = option(False, help="one JSON object per query: {query, results: [{rank, id, name, path, score, category, label}]}")
-    query: QueryConfig = field(default_factory=QueryConfig)
 
 
 Config = SearchConfig

@@ -15,7 +15,7 @@ import codecs
 import threading
 import typing
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import option
@@ -38,6 +38,14 @@ class QueryConfig:
                                                 help="rank against all gallery images (the seed's) or only the routed category's; unset: the checkpoint's, else routed")
     prompt: bool = option(False, flag="--prompt", help="prompt enhancement (the seed's variant): vehicle queries keep their prefix and get --prompt-suffix")
     prompt_suffix: str = option(SEED_PROMPT_SUFFIX, flag="--prompt-suffix", metavar="TEXT", help="the prompt appended to vehicle queries")
+
+
+@dataclass
+class QueryOptions:
+    """What a command that answers queries takes: the routing vocabulary and the query recipe."""
+
+    vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for query routing (default: the published vocabulary)")
+    query: QueryConfig = field(default_factory=QueryConfig)
 
 
 def resolve_query_config(config: QueryConfig | None, checkpoint: dict | None = None) -> QueryConfig:

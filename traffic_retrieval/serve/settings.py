@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import CheckpointTrust, RuntimeOptions, checked, option
 from ..errors import TrafficRetrievalError
 from ..options import LogLevel
-from ..retrieval.queries import QueryConfig
+from ..retrieval.queries import QueryOptions
 
 DEFAULT_EXAMPLES = [
     "A walking woman between 18 and 60 years old with a backpack.",
@@ -26,7 +26,7 @@ DEFAULT_EXAMPLES = [
 
 
 @dataclass
-class ServeSettings(RuntimeOptions, CheckpointTrust):
+class ServeSettings(RuntimeOptions, CheckpointTrust, QueryOptions):
     index: Path | None = option(None, help="the index folder (traffic-retrieval index --out)")
     host: str = option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     port: int = option(8000, minimum=0, maximum=65535, help="port (0: any free port)")
@@ -41,7 +41,6 @@ class ServeSettings(RuntimeOptions, CheckpointTrust):
     checkpoint: Path | None = option(None, help="the index's checkpoint at another path (must be the same model)")
     model: str | None = option(None, help="a zero-shot index's open_clip model, if not the one it records (must be the same)")
     pretrained: str | None = option(None, help="a zero-shot index's weights file at another path, or its tag (must be the same weights)")
-    vocabulary: Path | None = option(None, help="vehicle_vocabulary.json from prepare, for routing queries")
     max_k: int = option(100, minimum=1, help="largest k a client may ask for")
     max_query_chars: int = option(1000, minimum=1, help="longest query accepted")
     max_batch_queries: int = option(64, minimum=1, help="queries in one POST /api/search")
@@ -60,7 +59,6 @@ class ServeSettings(RuntimeOptions, CheckpointTrust):
     max_body_bytes: int = option(1_000_000, minimum=1024, help="largest request body accepted (bytes received, whatever the headers say)")
     examples: list[str] = option(default_factory=lambda: list(DEFAULT_EXAMPLES), cli=False, help="example queries shown on the page")
     log_level: LogLevel = option("info", help="uvicorn's log level")
-    query: QueryConfig = field(default_factory=QueryConfig)
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")

@@ -8,6 +8,7 @@ JSON messages with ``epoch``, ``loss`` and optionally ``val`` (see ``log.RunLog`
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -76,9 +77,7 @@ def write_training_curves(run_dir: str | Path) -> Path | None:
     records = read_epoch_records(run_dir / "train.log")
     if not records:
         return None
-    try:
-        import matplotlib  # noqa: F401  (the curves extra)
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:  # the curves extra is not installed
         print(f"{CURVES_FILE} skipped: matplotlib is not installed (pip install 'traffic-retrieval[curves]')", file=sys.stderr)
         return None
     figure = plot_training_curves(records, title=run_dir.resolve().name)
