@@ -299,3 +299,22 @@ def test_search_image_and_expr_commands(index, gallery, capsys):
         assert main(["search", *arguments]) == 2
         err = capsys.readouterr().err
         assert reason in err and "Traceback" not in err, err
+
+
+def test_a_gallery_file_path_is_its_indexed_image_even_with_a_random_model(tmp_path, capsys):
+    """With a randomly initialised TR-Tiny-RN all embeddings nearly agree, so similarity alone cannot
+    put an image first; a path inside the gallery is its indexed image, which comes first."""
+    from tiny_gallery import build_tiny_index
+
+    source = make_tiny_gallery(tmp_path, seed=4, test_pedestrians=4, test_vehicles=4)
+    index = build_tiny_index(source, tmp_path / "INDEX")
+    paths = sorted(source["gallery"].iterdir())
+    with Retriever.open(index, device="cpu") as random_model:
+        for path in paths:
+            results = random_model.search_image(path, k=3)
+            assert results[0].name == path.name and results[0].rank == 1
+        outside = tmp_path / "copy.png"
+        outside.write_bytes(paths[0].read_bytes())  # outside the gallery: encoded, not looked up
+        assert len(random_model.search_image(outside, k=3)) == 3
+    assert main(["search", "--index", str(index), "--image", str(paths[3]), "-k", "2", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["name"] == paths[3].name

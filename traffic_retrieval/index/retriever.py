@@ -191,7 +191,8 @@ class Retriever(Closeable):
         if not images:
             return []
         target = ALL if category is None else category
-        hits = search_routed(self._gallery, self._image_embeddings(list(images)), [target] * len(images), k)
+        images = [self._indexed_id(image) for image in images]  # a gallery file is its indexed image
+        hits = search_routed(self._gallery, self._image_embeddings(images), [target] * len(images), k)
         for row, image in zip(hits, images):
             if isinstance(image, int):
                 self._own_image_first(row, image, target, k)
@@ -223,6 +224,17 @@ class Retriever(Closeable):
                 vectors[i] = embedding
         query = combine(torch.stack([v.float() for v in vectors]), [term.weight for term in terms])
         return self._results(search_routed(self._gallery, query[None], [ALL if category is None else category], k))[0]
+
+    def _indexed_id(self, image):
+        """``image`` itself, or the id of the indexed image when it is the path of a file inside the
+        gallery that the index holds (its stored embedding then answers, and it comes first)."""
+        if isinstance(image, bool) or not isinstance(image, (str, os.PathLike)):
+            return image
+        real_root, real_path = os.path.realpath(self._images_root), os.path.realpath(image)
+        if os.path.commonpath([real_root, real_path]) != real_root:
+            return image
+        found = self._store.indexed_id_of(os.path.relpath(real_path, real_root).replace(os.sep, "/"))
+        return image if found is None else found
 
     def _image_embeddings(self, images: list):
         """L2-normalised embeddings ``[n, dim]`` of image queries: an ``int`` is an indexed image

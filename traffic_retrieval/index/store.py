@@ -394,6 +394,11 @@ class IndexStore(Closeable):
         found = self._rows("WHERE id = ?", (int(image_id),))
         return found[0] if found else None
 
+    def indexed_id_of(self, relative_path: str) -> int | None:
+        """The id of the indexed image at ``relative_path`` (under the gallery root), if there is one."""
+        found = self._query("SELECT id FROM images WHERE path = ? AND state = 'indexed'", (relative_path,))
+        return int(found[0][0]) if found else None
+
     def records(self, image_ids: Iterable[int]) -> dict[int, StoredImage]:
         ids = [int(i) for i in image_ids]
         found: dict[int, StoredImage] = {}
