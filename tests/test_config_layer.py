@@ -117,7 +117,7 @@ def test_every_command_takes_a_config_file_and_help_lists_choices(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--precision {auto,fp32,bf16,fp16}" in text and "--rerank-candidates" in text and "--text-form {sentence,a3r}" in text and "--gallery-scope {routed,all}" in text
+    assert "--precision {auto,fp32,bf16,fp16}" in text and "--rerank-candidates" in text and "--text-form {sentence,a3r}" in text and "--gallery-scope {routed,all,soft}" in text and "--gallery-norm {none,center}" in text
 
 
 @pytest.mark.parametrize("argv, message", [

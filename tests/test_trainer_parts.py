@@ -208,3 +208,22 @@ def test_run_reports_each_epoch_to_its_callbacks(tmp_path):
     assert (first.epoch, first.epochs, first.step, first.samples) == (1, 2, 2, 16) and second.step == 4
     assert first.train_seconds > 0 and first.record == result["history"][0] and first.rank == 0
     assert {p.name for p in second.checkpoints} == {"epoch_2.pt", "last.pt"} and all(p.is_file() for p in second.checkpoints)
+
+
+def test_validation_reports_the_query_recipe_scores_and_the_routing_of_its_images(tiny):
+    """validate with a recipe (a3r texts, whole gallery, centred gallery) and the category captions a
+    checkpoint stores: the report has the scores, open_clip's R@10 and the val images' routing."""
+    from types import SimpleNamespace
+
+    from traffic_retrieval.train.validate import val_queries, validate
+
+    loaded, training_set = tiny
+    recipe = SimpleNamespace(router="a3r", text_form="a3r", prompt=False, prompt_suffix="", gallery_scope="all", gallery_norm="center",
+                             routing_penalty=0.05)
+    queries = val_queries(training_set, loaded.tokenizer, recipe, routing_texts={"pedestrian": ["a person walking."], "vehicle": ["a car."]})
+    assert queries.gallery_scope == "all" and queries.gallery_norm == "center"
+    report = validate(copy.deepcopy(loaded.model), training_set, loaded.preprocess, "cpu", None, queries)
+    assert 0 <= report["strict_mAP@10"] <= report["official_mAP@10"] <= 1 and 0 <= report["t2i_R@10"] <= 1
+    routing = report["routing"]
+    assert routing["images"] == ROWS and routing["per_category"]["vehicle"]["images"] == ROWS  # every tiny row is a vehicle
+    assert "routing" not in validate(copy.deepcopy(loaded.model), training_set, loaded.preprocess, "cpu", None)

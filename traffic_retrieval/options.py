@@ -43,8 +43,9 @@ RouterKind = Literal["vocabulary", "a3r"]
 """How a query is routed to a category. vocabulary: whole words of the vocabulary or a generic vehicle
 word, case-insensitive; a3r: the seed's (a type or brand occurs in the text, case-sensitive substring)."""
 
-GalleryScope = Literal["routed", "all"]
-"""Which gallery images a query is ranked against: routed (its category's) or all (the seed's)."""
+GalleryScope = Literal["routed", "all", "soft"]
+"""Which gallery images a query is ranked against: routed (its category's), all (the seed's), or soft (all of
+them, images outside the query's routed category scored ``routing_penalty`` lower: a misrouted image stays reachable)."""
 
 RerankMethod = Literal["ours", "a3r"]
 SoupCriterion = Literal["official", "r10"]
@@ -55,3 +56,7 @@ CaptionForm = Literal["sentence", "bare"]
 
 SaveOptimizer = Literal["last", "none"]
 """last: last.pt carries the optimizer state (exact --resume); none: no file does (resume restarts the optimizer)."""
+
+GalleryNorm = Literal["none", "center"]
+"""Inference-time adaptation of the gallery embeddings before ranking. none: as encoded; center: the gallery's
+mean embedding (one global mean over the whole gallery) subtracted, then each re-normalised to unit length."""

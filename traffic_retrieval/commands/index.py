@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import ModelSource, ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import IndexKind
+from ..options import GalleryNorm, IndexKind
 
 HELP = "build or update a persistent gallery index (SQLite + embedding shards + FAISS)"
 
@@ -39,6 +39,10 @@ class IndexConfig(RuntimeOptions, ReaderOptions, ModelSource):
     reduce_dim: int = option(128, minimum=0, help="hnsw: build the graph on this many principal directions and re-score candidates exactly "
                                                   "(0: full vectors; falls back to full vectors when the recall target is missed)")
     shard_size: int = option(4096, minimum=1, help="images per embedding shard, the unit of resumption")
+    gallery_norm: GalleryNorm | None = option(None, help="how the FAISS indexes hold the gallery: none, or center (centred on the gallery's mean "
+                                                         "embedding, re-normalised; search and serve then rank as predict --gallery-norm center); "
+                                                         "unset: the checkpoint's recorded recipe, else none. The shards keep raw embeddings: "
+                                                         "changing it rebuilds only the FAISS indexes")
     json: bool = option(False, help="print the whole report as JSON")
 
 
@@ -59,7 +63,7 @@ def run(config: IndexConfig) -> dict:
     ann = AnnConfig(kind=config.kind, flat_max=config.flat_max, recall_target=config.recall_target, reduce_dim=config.reduce_dim, progress=config.progress)
     return build_index(config.images, config.checkpoint, config.out, labels=config.labels, ann=ann, shard_size=config.shard_size,
                        batch_size=config.batch_size, workers=config.workers, device=config.device, precision=config.precision, progress=config.progress,
-                       trust_checkpoint=config.trust_checkpoint, model=config.model, pretrained=config.pretrained)
+                       trust_checkpoint=config.trust_checkpoint, model=config.model, pretrained=config.pretrained, gallery_norm=config.gallery_norm)
 
 
 def format_report(report: dict) -> str:
@@ -69,7 +73,8 @@ def format_report(report: dict) -> str:
         f"this run: encoded {report['encoded']} (new {report['new']}, changed {report['changed']}, resumed {report['resumed']}), "
         f"unchanged {report['unchanged']}, dropped {report['dropped']}, {report['seconds']:.1f} s",
         "faiss: " + (", ".join(f"{c} {k}" for c, k in report["kind"].items()) or "empty") + f", recall@10 {report['recall@10']:.3f}"
-        + (" (rebuilt)" if report["faiss_rebuilt"] else " (unchanged)"),
+        + (" (rebuilt)" if report["faiss_rebuilt"] else " (unchanged)")
+        + (f", gallery norm {report['gallery_norm']}" if report.get("gallery_norm", "none") != "none" else ""),
     ]
     if report["recall@10"] < report.get("recall_target", 0):
         lines.append(f"warning: recall@10 {report['recall@10']:.3f} is under the target {report['recall_target']}: "

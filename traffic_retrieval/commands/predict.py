@@ -1,7 +1,11 @@
 """``predict``: encode the test gallery (or read a built index of it) and the queries,
-route each query to its category, rank within it, optionally re-rank, and write the
+route each query to its category, rank within it (or, with the soft scope, across
+all categories with a penalty outside it), optionally re-rank, and write the
 submission JSON (one result per line of test_text.txt, in order, texts exactly as in
-the file)."""
+the file). With ``--gallery-norm center`` the gallery embeddings (and their flipped
+twins for re-ranking) are centred on the gallery's mean and re-normalised before
+ranking (``retrieval/adapt.py``). When DATA/ground_truth/test_label.txt exists the
+summary reports how well gallery images were routed to their categories."""
 
 from __future__ import annotations
 
@@ -59,7 +63,7 @@ class _Gallery:
     names: list[str]
     embeddings: object  # [n, dim], row order of ``names``
     flipped: object  # embeddings of the flipped images, or None
-    categories: list[str]
+    categories: list[str]  # the category each image is searched in (the model's vote; an index's: its labels' when it had them)
     unreadable: list[str]
     size: int  # files in the gallery, readable or not
     image_dir: Path
@@ -95,7 +99,8 @@ def run(config: PredictConfig) -> dict:
     from ..evaluation.submission import write_submission
     from ..retrieval.queries import QueryEncoder, count_truncated, query_recipe, read_queries
     from ..retrieval.rerank import rerank_hits
-    from ..retrieval.search import search_routed, search_targets
+    from ..retrieval.adapt import adapt_gallery, gallery_mean
+    from ..retrieval.search import ExactGallerySearch, search_scoped
     from ..runtime import resolve_runtime
 
     if config.data is None and (config.queries is None or (config.gallery is None and config.index is None)):
@@ -109,8 +114,13 @@ def run(config: PredictConfig) -> dict:
                                  vocabulary=VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
     encoded = query_encoder.encode(queries)
     recipe = query_encoder.config
+    if recipe.gallery_norm != "none":  # one mean, the gallery's, for the embeddings and their flipped twins
+        mean = gallery_mean(gallery.embeddings)
+        gallery.embeddings = adapt_gallery(gallery.embeddings, recipe.gallery_norm, mean)
+        gallery.flipped = adapt_gallery(gallery.flipped, recipe.gallery_norm, mean) if gallery.flipped is not None else None
+        gallery.search = ExactGallerySearch(gallery.embeddings, gallery.categories, getattr(gallery.search, "ids", None))
     depth = max(config.top_k, config.rerank.candidates) if config.rerank.enabled else config.top_k
-    hits = search_routed(gallery.search, encoded.embeddings, search_targets(encoded.categories, gallery.search.categories(), recipe.gallery_scope), depth)
+    hits = search_scoped(gallery.search, encoded.embeddings, encoded.categories, depth, recipe.gallery_scope, recipe.routing_penalty)
     if config.rerank.enabled:
         hits = rerank_hits(hits, gallery.embeddings, gallery.flipped, config.rerank, query_embeddings=encoded.embeddings)
     ranked_names = [[gallery.names[i] for i, _ in found[: config.top_k]] for found in hits]
@@ -128,7 +138,29 @@ def run(config: PredictConfig) -> dict:
         "contact_sheet": contact_sheet,
         "unreadable_images": gallery.unreadable,
         "gallery_per_category": {c: gallery.categories.count(c) for c in sorted(set(gallery.categories))},
+        "gallery_routing": _gallery_routing(config, gallery),
     }
+
+
+def _gallery_routing(config: PredictConfig, gallery: _Gallery) -> dict | None:
+    """``retrieval.adapt.routing_accuracy`` of the gallery's categories against
+    DATA/ground_truth/test_label.txt (images it labels; unlabelled ones are counted), or
+    None without that file."""
+    import os
+
+    from ..data.labels import read_label_file
+    from ..retrieval.adapt import routing_accuracy
+
+    label_file = Path(config.data) / "ground_truth" / "test_label.txt" if config.data else None
+    if label_file is None or not label_file.is_file():
+        return None
+    records, _ = read_label_file(label_file)
+    truth = {record.image_name: record.category for record in records}
+    pairs = [(category, truth.get(name, truth.get(os.path.splitext(name)[0])))  # label names may omit the suffix
+             for name, category in zip(gallery.names, gallery.categories)]
+    labelled = [(predicted, true) for predicted, true in pairs if true is not None]
+    report = routing_accuracy([p for p, _ in labelled], [t for _, t in labelled])
+    return {**report, "unlabelled": len(pairs) - len(labelled), "labels": str(label_file)}
 
 
 def _contact_sheet(config: PredictConfig, queries: list[str], ranked_names: list[list[str]], image_dir: Path) -> str:
@@ -150,8 +182,15 @@ def print_result(summary: dict, config: PredictConfig) -> None:
     print(f"wrote {summary['submission']}: {summary['queries']} queries over {summary['gallery_images']} gallery images "
           f"({', '.join(f'{n} {c}' for c, n in summary['gallery_per_category'].items())})")
     recipe = summary["query_recipe"]
-    print(f"queries: text form {recipe['text_form']}, router {recipe['router']}, gallery scope {recipe['gallery_scope']} "
+    scope = recipe["gallery_scope"] + (f" (penalty {recipe['routing_penalty']:g})" if "routing_penalty" in recipe else "")
+    norm = f", gallery norm {recipe['gallery_norm']}" if recipe.get("gallery_norm", "none") != "none" else ""
+    print(f"queries: text form {recipe['text_form']}, router {recipe['router']}, gallery scope {scope}{norm} "
           f"({', '.join(f'{n} {c}' for c, n in summary['queries_per_category'].items())})")
+    routing = summary.get("gallery_routing")
+    if routing:
+        from ..retrieval.adapt import format_routing
+
+        print(f"gallery {format_routing(routing)}" + (f"; {routing['unlabelled']} images unlabelled" if routing.get("unlabelled") else ""))
     if summary["empty_queries"]:
         print(f"{summary['empty_queries']} queries are empty or whitespace-only (answered like the others)")
     if summary["truncated_queries"]:

@@ -12,6 +12,13 @@ the ``index`` command, ``commands/index.py``), in one process or under torchrun.
    open_clip model, as ``predict`` does), rebuild the per-category FAISS indexes when the
    indexed set changed (``faiss_index.py``) and write ``index.json``, the commit
    point of the build, then the report.
+
+Gallery normalisation (``retrieval/adapt.py``, issue #14): the shards always hold the raw
+embeddings. Whenever the FAISS indexes are rebuilt, the mean of the indexed embeddings is
+computed streaming from the shards and recorded in index.json (``faiss.gallery_mean``);
+with ``gallery_norm="center"`` (unset: the checkpoint's recorded recipe, else ``none``)
+FAISS is built on the centred, re-normalised vectors, and ``faiss.gallery_norm`` says so.
+Changing the setting on an existing index rebuilds only the FAISS indexes.
 """
 
 from __future__ import annotations
@@ -51,13 +58,14 @@ class BuildSettings:
     trust_checkpoint: bool = False
     model: str | None = None  # zero-shot: an open_clip model ...
     pretrained: str | None = None  # ... and its pretrained tag or weights file
+    gallery_norm: str | None = None  # options.GalleryNorm; None: the checkpoint's recorded recipe, else none
 
     def describe(self) -> dict:
         ann = {key: value for key, value in vars(self.ann).items() if key != "progress"}
         return {"images": str(self.images), "checkpoint": str(self.checkpoint) if self.checkpoint else None, "model": self.model,
                 "pretrained": self.pretrained, "out": str(self.out), "labels": str(self.labels) if self.labels else None,
                 **ann, "shard_size": self.shard_size, "batch_size": self.batch_size, "workers": self.workers, "device": self.device,
-                "precision": self.precision}
+                "precision": self.precision, "gallery_norm": self.gallery_norm}
 
 
 def _check(settings: BuildSettings) -> dict:
@@ -73,6 +81,10 @@ def _check(settings: BuildSettings) -> dict:
                                 ("flat_max", settings.ann.flat_max, 0), ("reduce_dim", settings.ann.reduce_dim, 0)):
         if value < minimum:
             raise TrafficRetrievalError(f"{key} must be {'zero or more' if minimum == 0 else f'at least {minimum}'}, got {value}")
+    if settings.gallery_norm is not None:
+        from ..retrieval.adapt import check_gallery_norm
+
+        check_gallery_norm(settings.gallery_norm)
     if not 0 < settings.ann.recall_target <= 1:
         raise TrafficRetrievalError(f"recall_target must be in (0, 1], got {settings.ann.recall_target}")
     source = requested_source(settings.checkpoint, settings.model, settings.pretrained)
@@ -85,7 +97,8 @@ def _check(settings: BuildSettings) -> dict:
 
 def build_index(images: str | Path, checkpoint: str | Path | None, out: str | Path, *, labels: str | Path | None = None, ann: AnnConfig | None = None,
                 shard_size: int = 4096, batch_size: int = 256, workers: int = 2, device: str = "auto", precision: str = "auto",
-                progress: bool = True, trust_checkpoint: bool = False, model: str | None = None, pretrained: str | None = None) -> dict:
+                progress: bool = True, trust_checkpoint: bool = False, model: str | None = None, pretrained: str | None = None,
+                gallery_norm: str | None = None) -> dict:
     """Build or update the index at ``out`` of the gallery folder ``images`` with the
     model of ``checkpoint``, or (``checkpoint=None``) zero-shot with the open_clip ``model``
     and its ``pretrained`` tag or weights file (``model="hf-hub:ORG/REPO"``: no ``pretrained``);
@@ -94,13 +107,15 @@ def build_index(images: str | Path, checkpoint: str | Path | None, out: str | Pa
 
     ``labels``: an ``IMAGE$ATTR$TEXT`` file; ``ann``: the FAISS settings (kind, recall
     target, ...); ``shard_size``: images per embedding shard, the unit of resumption;
-    ``workers``: image decoding processes; ``precision``: ``options.Precision``.
+    ``workers``: image decoding processes; ``precision``: ``options.Precision``;
+    ``gallery_norm``: ``options.GalleryNorm``, how the FAISS indexes hold the gallery (None:
+    the checkpoint's recorded query recipe, else ``none``; the shards hold raw embeddings).
     """
     from ..runtime import autocast_dtype, cleanup, init_distributed, local_device, resolve_device
 
     ann = ann or AnnConfig(progress=progress)
     settings = BuildSettings(Path(images), Path(checkpoint) if checkpoint is not None else None, Path(out), Path(labels) if labels is not None else None,
-                             ann, shard_size, batch_size, workers, device, precision, progress, trust_checkpoint, model, pretrained)
+                             ann, shard_size, batch_size, workers, device, precision, progress, trust_checkpoint, model, pretrained, gallery_norm)
     source = _check(settings)
     started = time.perf_counter()
     device = resolve_device(device)
@@ -269,11 +284,14 @@ def _categorize(store: IndexStore, reader: ShardReader, loaded, device: str, dty
     return len(locations)
 
 
-def _fingerprint(store: IndexStore, ann_config: AnnConfig) -> str:
-    """Changes when the indexed set, a category or an embedding location, or the ANN settings change."""
+def _fingerprint(store: IndexStore, ann_config: AnnConfig, gallery_norm: str = "none") -> str:
+    """Changes when the indexed set, a category or an embedding location, the ANN settings or
+    the gallery normalisation change (``none`` leaves the digest as builds before it wrote it)."""
     import hashlib
 
     settings = {key: value for key, value in vars(ann_config).items() if key != "progress"}
+    if gallery_norm != "none":
+        settings["gallery_norm"] = gallery_norm
     digest = hashlib.sha256(repr(sorted(settings.items())).encode())
     for image in store.indexed_images():
         digest.update(repr((image.id, image.category, image.shard, image.row)).encode())
@@ -288,25 +306,58 @@ def _category_text_queries(loaded, category: str, device: str, dtype):
     return encode_texts(loaded, list(texts), device, dtype).numpy() if texts else None
 
 
-def _build_faiss(ann_config: AnnConfig, layout: IndexLayout, store: IndexStore, reader: ShardReader, loaded, device, dtype, previous: dict | None) -> tuple[dict, bool]:
+def _indexed_mean(store: IndexStore, reader: ShardReader, categories: list[str], dim: int):
+    """The mean ``[dim]`` (float32) of the embeddings FAISS indexes (those of ``categories``),
+    read from the shards ``CATEGORIZE_BLOCK`` rows at a time and summed in float64."""
     import numpy as np
 
+    total, count = np.zeros(dim, dtype=np.float64), 0
+    for category in categories:
+        locations = store.indexed_locations(category=category)
+        for start in range(0, len(locations), CATEGORIZE_BLOCK):
+            block = reader.gather([(shard, row) for _, shard, row in locations[start : start + CATEGORIZE_BLOCK]])
+            total += block.astype(np.float64).sum(axis=0)
+            count += len(block)
+    return (total / max(count, 1)).astype(np.float32)
+
+
+def _build_faiss(ann_config: AnnConfig, layout: IndexLayout, store: IndexStore, reader: ShardReader, loaded, device, dtype, previous: dict | None,
+                 gallery_norm: str = "none", dim: int | None = None) -> tuple[dict, bool]:
+    import numpy as np
+
+    from ..retrieval.adapt import apply_gallery_norm
     from . import faiss_index
 
-    fingerprint = _fingerprint(store, ann_config)
+    fingerprint = _fingerprint(store, ann_config, gallery_norm)
     old = (previous or {}).get("faiss") or {}
-    if old.get("fingerprint") == fingerprint and all((layout.root / entry["file"]).is_file() for entry in old["indexes"].values()):
+    categories = sorted(c for c in store.category_counts() if c != "?")
+    dim = dim if dim is not None else reader.dim
+    if (old.get("fingerprint") == fingerprint and old.get("gallery_norm", "none") == gallery_norm
+            and all((layout.root / entry["file"]).is_file() for entry in old["indexes"].values())):
+        if "gallery_mean" not in old:  # an index built before means were recorded: its FAISS files stand, the mean is added
+            old = {**old, "gallery_norm": gallery_norm, "gallery_mean": [float(value) for value in _indexed_mean(store, reader, categories, dim)]}
         return old, False
+    mean = _indexed_mean(store, reader, categories, dim)
     indexes = {}
-    for category in sorted(c for c in store.category_counts() if c != "?"):
+    for category in categories:
         locations = store.indexed_locations(category=category)
         vectors = reader.gather([(shard, row) for _, shard, row in locations])
+        if gallery_norm == "center":
+            vectors = apply_gallery_norm(vectors, mean)
         ids = np.array([image_id for image_id, _, _ in locations], dtype=np.int64)
         ann = faiss_index.build(vectors, ids, ann_config, _category_text_queries(loaded, category, device, dtype))
         relative = faiss_file_name(category, fingerprint)
         faiss_index.save(ann, layout.root / relative)
         indexes[category] = {"file": relative, **ann.describe()}
-    return {"kind": ann_config.kind, "fingerprint": fingerprint, "indexes": indexes}, True
+    return {"kind": ann_config.kind, "fingerprint": fingerprint, "indexes": indexes, "gallery_norm": gallery_norm,
+            "gallery_mean": [float(value) for value in mean]}, True
+
+
+def _gallery_norm(settings: BuildSettings, loaded) -> str:
+    """The build's gallery normalisation: the one asked for, else the checkpoint's recorded recipe's, else none."""
+    from ..retrieval.queries import QueryConfig, resolve_query_config
+
+    return resolve_query_config(QueryConfig(gallery_norm=settings.gallery_norm), getattr(loaded, "checkpoint", None)).gallery_norm
 
 
 def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loaded, source: dict, device, dtype, prepared: dict, rank_stats: list[dict],
@@ -324,7 +375,7 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         previous = layout.read_index_json()
     except TrafficRetrievalError:
         previous = None
-    faiss_info, rebuilt = _build_faiss(settings.ann, layout, store, reader, loaded, device, dtype, previous)
+    faiss_info, rebuilt = _build_faiss(settings.ann, layout, store, reader, loaded, device, dtype, previous, _gallery_norm(settings, loaded), dim)
 
     states = store.state_counts()
     categories = {c: n for c, n in store.category_counts().items() if c != "?"}
@@ -347,6 +398,7 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         "kind": {c: entry["kind"] for c, entry in indexes.items()},
         "recall@10": round(recall, 4),
         "faiss": faiss_info,
+        "gallery_norm": faiss_info["gallery_norm"],  # how FAISS holds the gallery (faiss.gallery_norm; the shards are raw)
         "labels": labels,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": seconds,
@@ -382,6 +434,7 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         "recall@10": info["recall@10"],
         "recall_target": settings.ann.recall_target,
         "faiss_rebuilt": rebuilt,
+        "gallery_norm": faiss_info["gallery_norm"],
         "labelled": (labels or {}).get("labelled", 0),
         "world_size": context.world_size,
         "seconds": seconds,

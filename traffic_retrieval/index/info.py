@@ -31,6 +31,7 @@ MAX_CATEGORIES = 1000
 MAX_NAME_CHARS = 200
 MAX_PATH_CHARS = 4096
 BUILT_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+GALLERY_NORMS = ("none", "center")  # faiss.gallery_norm: how the FAISS indexes hold the gallery (retrieval/adapt.py)
 SEARCH_PARAMS = {  # kind -> the settings it may carry, with their bounds
     "flat": {},
     "hnsw": {"efSearch": MAX_EF_SEARCH, "k_factor": MAX_K_FACTOR},
@@ -150,7 +151,7 @@ def check_index_info(info, where) -> dict:
         info["source"] = {"kind": "checkpoint", "path": checkpoint, "sha256": identity}  # read as format 2 says it
     else:
         _check_source(fields, info, checkpoint, identity, model)
-    fields.integer(fields.get(info, "dim", "dim"), "dim", 1, MAX_DIM)
+    dim = fields.integer(fields.get(info, "dim", "dim"), "dim", 1, MAX_DIM)
     dtype = fields.get(info, "embedding_dtype", "embedding_dtype", required=False)
     if dtype is not None and dtype != "float16":
         fields.fail("embedding_dtype", f"must be float16, got {shown(dtype)}")
@@ -167,7 +168,9 @@ def check_index_info(info, where) -> dict:
     labels = info.get("labels")
     if labels is not None and not isinstance(labels, dict):
         fields.fail("labels", f"must be an object or null, got {shown(labels)}")
-    _check_faiss(fields, fields.mapping(fields.get(info, "faiss", "faiss"), "faiss"))
+    faiss_info = _check_faiss(fields, fields.mapping(fields.get(info, "faiss", "faiss"), "faiss"), dim)
+    if "gallery_norm" in info and info["gallery_norm"] != faiss_info["gallery_norm"]:
+        fields.fail("gallery_norm", f"must be faiss.gallery_norm {shown(faiss_info['gallery_norm'])}, got {shown(info['gallery_norm'])}")
     return info
 
 
@@ -219,7 +222,19 @@ def _check_source(fields: _Fields, info: dict, checkpoint, identity, model: str)
         fields.text(identity, "identity", MAX_PATH_CHARS + MAX_NAME_CHARS)
 
 
-def _check_faiss(fields: _Fields, faiss_info: dict) -> None:
+def _check_faiss(fields: _Fields, faiss_info: dict, dim: int) -> dict:
+    """``faiss_info`` checked; ``gallery_norm`` (absent: an index built before it existed) set to ``none``."""
+    norm = faiss_info.get("gallery_norm", "none")
+    fields.choice(norm, "faiss.gallery_norm", GALLERY_NORMS)
+    mean = faiss_info.get("gallery_mean")
+    if mean is None and norm != "none":
+        fields.fail("faiss.gallery_mean", f"missing (required with gallery_norm {norm})")
+    if mean is not None:
+        if not isinstance(mean, list) or len(mean) != dim:
+            fields.fail("faiss.gallery_mean", f"must be a list of dim ({dim}) numbers, got {shown(mean)}")
+        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) <= 1.001 for value in mean):
+            fields.fail("faiss.gallery_mean", "must hold finite numbers from -1 to 1 (the mean of unit vectors)")
+    faiss_info["gallery_norm"] = norm
     fingerprint = fields.get(faiss_info, "faiss.fingerprint", "fingerprint")
     if not isinstance(fingerprint, str) or not HEX64.fullmatch(fingerprint):
         fields.fail("faiss.fingerprint", f"must be 64 hex digits, got {shown(fingerprint)}")
@@ -244,3 +259,4 @@ def _check_faiss(fields: _Fields, faiss_info: dict) -> None:
                 fields.fail(f"{prefix}.search_param.{_key(key)}",
                             f"not a setting of a {kind} index (allowed: {', '.join(allowed) or 'none'})")
             fields.integer(value, f"{prefix}.search_param.{key}", 1, allowed[key])
+    return faiss_info

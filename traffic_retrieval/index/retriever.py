@@ -24,6 +24,14 @@ encoded by ``retrieval.queries.QueryEncoder`` and searched by
 the path ``predict`` takes over its exact search. Searches are thread-safe: text
 encoding runs under the encoder's lock, FAISS searches take their settings per
 call, the store serialises its reads.
+
+Gallery normalisation (``retrieval/adapt.py``): the index's FAISS indexes hold the gallery
+as its build said (``index --gallery-norm``, recorded as ``faiss.gallery_norm`` with the
+gallery's mean). The retriever follows the index: an unset ``query_config.gallery_norm``
+becomes the index's, a different one is refused with one line (rebuild the index with it).
+Text queries are never centred; image queries (``search_image``, the image terms of
+``search_combined``) are centred on the recorded mean like the gallery, so an image and
+its indexed twin still score 1. ``embeddings()`` returns the raw stored embeddings.
 """
 
 from __future__ import annotations
@@ -67,6 +75,31 @@ class ImageRecord:
     state: str
 
 
+def _recipe(config) -> dict:
+    """The query recipe ``info()`` reports: text form, router, gallery scope (and the soft scope's penalty)."""
+    recipe = {key: getattr(config, key) for key in ("text_form", "router", "gallery_scope")}
+    if config.gallery_scope == "soft":
+        recipe["routing_penalty"] = config.routing_penalty
+    return recipe
+
+
+def _with_index_gallery_norm(query_config, info: dict, root):
+    """``query_config`` with the index's gallery normalisation: an unset one becomes it, a different
+    one is refused (FAISS holds the gallery one way; re-centring at query time would be another search)."""
+    from dataclasses import replace
+
+    from ..retrieval.queries import QueryConfig
+
+    query_config = query_config or QueryConfig()
+    built = (info.get("faiss") or {}).get("gallery_norm", "none")
+    asked = query_config.gallery_norm
+    if asked is not None and asked != built:
+        raise TrafficRetrievalError(f"{root}: the index holds the gallery with gallery_norm {built}, the query recipe asks for {asked}: "
+                                    f"rebuild it with `traffic-retrieval index --gallery-norm {asked} --out {root} ...` (only FAISS is rebuilt), "
+                                    f"or leave gallery_norm unset")
+    return replace(query_config, gallery_norm=built)
+
+
 def check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise TrafficRetrievalError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
@@ -82,6 +115,9 @@ class Retriever(Closeable):
         self._queries = query_encoder  # retrieval.queries.QueryEncoder
         self._device = device
         self._images_root = Path(info["images"])
+        faiss_info = info.get("faiss") or {}
+        self._gallery_norm = faiss_info.get("gallery_norm", "none")
+        self._gallery_mean = faiss_info.get("gallery_mean")  # list of dim floats (None: an index built before means were recorded)
 
     @classmethod
     def open(cls, index: str | Path, device: str = "auto", checkpoint: str | Path | None = None, vocabulary: str | Path | None = None,
@@ -115,6 +151,7 @@ class Retriever(Closeable):
                     raise
                 info = layout.read_index_json()
         store = IndexStore(layout.meta_db, readonly=True)
+        query_config = _with_index_gallery_norm(query_config, info, layout.root)
         query_encoder = QueryEncoder(loaded, query_config, device, autocast_dtype(precision, device),
                                      vocabulary=VehicleVocabulary.load(vocabulary) if vocabulary else None)
         return cls(layout, info, store, gallery, query_encoder, device)
@@ -146,7 +183,7 @@ class Retriever(Closeable):
         or the whole gallery),
         ``"pedestrian"``, ``"vehicle"`` or ``"all"``. A query is rewritten for its routed
         category (``"pedestrian"``/``"vehicle"``: for that one) before it is encoded."""
-        from ..retrieval.search import search_routed, search_targets
+        from ..retrieval.search import search_routed, search_scoped
 
         check_k(k)
         self._check_category(category)
@@ -159,9 +196,11 @@ class Retriever(Closeable):
             return []
         queries = list(queries)
         encoded = self._queries.encode(queries, None if category in (None, ALL) else [category] * len(queries))
-        targets = (search_targets(encoded.categories, self._gallery.categories(), self._queries.config.gallery_scope) if category is None
-                   else [category] * len(queries))
-        hits = search_routed(self._gallery, encoded.embeddings, targets, k)
+        recipe = self._queries.config
+        if category is None:  # the recipe's scope: routed, all, or soft (every category, a penalty outside the routed one)
+            hits = search_scoped(self._gallery, encoded.embeddings, encoded.categories, k, recipe.gallery_scope, recipe.routing_penalty)
+        else:
+            hits = search_routed(self._gallery, encoded.embeddings, [category] * len(queries), k)
         return self._results(hits)
 
     def _results(self, hits) -> list[list[SearchResult]]:
@@ -260,7 +299,12 @@ class Retriever(Closeable):
                 decoded[position] = load_image(self.image_path(image_id))
         encoded = dict(zip(decoded, self._encode_images(list(decoded.values())))) if decoded else {}
         rows = [encoded[p] if p in encoded else vectors[stored[p]] for p in range(len(images))]
-        return torch.nn.functional.normalize(torch.stack([row.float() for row in rows]), dim=1)
+        embeddings = torch.nn.functional.normalize(torch.stack([row.float() for row in rows]), dim=1)
+        if self._gallery_norm != "none":  # in the space FAISS holds the gallery in, as the gallery's own images are
+            from ..retrieval.adapt import apply_gallery_norm
+
+            embeddings = apply_gallery_norm(embeddings, torch.tensor(self._gallery_mean, dtype=torch.float32))
+        return embeddings
 
     def _stored_embeddings(self, image_ids: list[int]) -> dict:
         """id -> the embedding the index stored for an indexed image (None when its shard cannot
@@ -345,7 +389,8 @@ class Retriever(Closeable):
             "unreadable": info["unreadable"],
             "built_at": info["built_at"],
             "device": self._device,
-            "query_recipe": {key: getattr(self._queries.config, key) for key in ("text_form", "router", "gallery_scope")},
+            "query_recipe": _recipe(self._queries.config),
+            "gallery_norm": self._gallery_norm,  # how the FAISS indexes hold the gallery (index --gallery-norm)
         }
 
     def _gallery_path(self, row) -> str:

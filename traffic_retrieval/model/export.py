@@ -65,6 +65,9 @@ RECIPE_DESCRIPTIONS = {
     ("gallery_scope", "routed"): "a query is ranked against the gallery images of its category only (an image's category: the "
                                  "closest of `category_texts` in traffic_retrieval.json, by vote)",
     ("gallery_scope", "all"): "a query is ranked against the whole gallery",
+    ("gallery_scope", "soft"): "a query is ranked against the whole gallery, images outside its category scored `routing_penalty` lower",
+    ("gallery_norm", "none"): "gallery embeddings are ranked as encoded",
+    ("gallery_norm", "center"): "the gallery's mean embedding is subtracted from every gallery embedding, which is then re-normalised",
 }
 
 
@@ -265,7 +268,7 @@ def readme_text(loaded: LoadedModel, config: dict, metadata: dict, written: dict
     recipe = metadata.get("query_recipe")
     if isinstance(recipe, dict) and recipe:
         lines += ["## Queries", "", "The model was trained and validated with this query recipe; query it the same way:", ""]
-        for key in ("text_form", "router", "gallery_scope"):
+        for key in ("text_form", "router", "gallery_scope", "gallery_norm", "routing_penalty"):
             if key in recipe:
                 value = recipe[key]
                 description = RECIPE_DESCRIPTIONS.get((key, value), "") if isinstance(value, str) else ""

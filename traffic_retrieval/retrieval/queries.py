@@ -4,14 +4,19 @@ rewriting it into the text the model encodes (``data/text_forms.py``), and the o
 ``predict --index``, ``Retriever``, ``search``, ``serve`` and training's validation.
 
 ``QueryConfig`` holds the query recipe: the text form, the router and the gallery
-scope. Unset values come from the checkpoint (training records the recipe it used),
-else from ``DEFAULT_RECIPE``, so a model trained in the seed's form is queried in it
-with no flag (``resolve_query_config``).
+scope, and the inference-time settings for the camera domain (``retrieval/adapt.py``):
+the gallery normalisation and the soft scope's routing penalty. Unset values come from
+the checkpoint (training records the recipe it used), else from ``DEFAULT_RECIPE`` and
+``ADAPT_DEFAULTS``, so a model trained in the seed's form is queried in it with no flag
+(``resolve_query_config``). A recipe records ``gallery_norm`` only when it is not
+``none`` and ``routing_penalty`` only with the soft scope (``query_recipe``): recipes of
+today's behaviour keep their three keys.
 """
 
 from __future__ import annotations
 
 import codecs
+import math
 import threading
 import typing
 from collections import OrderedDict
@@ -22,9 +27,11 @@ from ..config import option
 from ..data.text_forms import SEED_PROMPT_SUFFIX, query_text
 from ..errors import TrafficRetrievalError
 from ..io import read_input_bytes
-from ..options import GalleryScope, RouterKind, TextForm
+from ..options import GalleryNorm, GalleryScope, RouterKind, TextForm
+from .search import DEFAULT_ROUTING_PENALTY
 
 DEFAULT_RECIPE = {"text_form": "sentence", "router": "vocabulary", "gallery_scope": "routed"}
+ADAPT_DEFAULTS = {"gallery_norm": "none", "routing_penalty": DEFAULT_ROUTING_PENALTY}  # recorded only when they matter (query_recipe)
 RECIPE_KEY = "query_recipe"  # where a checkpoint records the recipe its training used
 
 
@@ -35,7 +42,14 @@ class QueryConfig:
     router: RouterKind | None = option(None, flag="--router",
                                        help="query routing: a3r (the seed's case-sensitive substring) or vocabulary (whole words); unset: the checkpoint's, else vocabulary")
     gallery_scope: GalleryScope | None = option(None, flag="--gallery-scope",
-                                                help="rank against all gallery images (the seed's) or only the routed category's; unset: the checkpoint's, else routed")
+                                                help="rank against all gallery images (the seed's), only the routed category's, or soft: all of them, "
+                                                     "images outside the routed category scored --routing-penalty lower; unset: the checkpoint's, else routed")
+    gallery_norm: GalleryNorm | None = option(None, flag="--gallery-norm",
+                                              help="adapt the gallery to the query side before ranking: none, or center (subtract the gallery's mean "
+                                                   "embedding and re-normalise; camera galleries); unset: the checkpoint's (an index: the index's), else none")
+    routing_penalty: float | None = option(None, flag="--routing-penalty", minimum=0, maximum=10, metavar="PENALTY",
+                                           help=f"--gallery-scope soft: score subtracted from images outside a query's routed category; "
+                                                f"unset: the checkpoint's, else {DEFAULT_ROUTING_PENALTY}")
     prompt: bool = option(False, flag="--prompt", help="prompt enhancement (the seed's variant): vehicle queries keep their prefix and get --prompt-suffix")
     prompt_suffix: str = option(SEED_PROMPT_SUFFIX, flag="--prompt-suffix", metavar="TEXT", help="the prompt appended to vehicle queries")
 
@@ -57,12 +71,28 @@ def resolve_query_config(config: QueryConfig | None, checkpoint: dict | None = N
         if getattr(config, key) is None:
             value = recorded.get(key) if isinstance(recorded, dict) else None
             filled[key] = value if value in _CHOICES[key] else default
+    for key, default in ADAPT_DEFAULTS.items():
+        if getattr(config, key) is None:
+            value = recorded.get(key) if isinstance(recorded, dict) else None
+            filled[key] = value if _valid_adapt_value(key, value) else default
     return replace(config, **filled)
 
 
+def _valid_adapt_value(key: str, value) -> bool:
+    if key == "gallery_norm":
+        return value in typing.get_args(GalleryNorm)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 10
+
+
 def query_recipe(config: QueryConfig) -> dict:
-    """The recipe a resolved config records in a checkpoint."""
-    return {key: getattr(config, key) for key in DEFAULT_RECIPE}
+    """The recipe a resolved config records in a checkpoint: text form, router and gallery
+    scope; ``gallery_norm`` when it is not ``none``; ``routing_penalty`` with the soft scope."""
+    recipe = {key: getattr(config, key) for key in DEFAULT_RECIPE}
+    if config.gallery_norm not in (None, "none"):
+        recipe["gallery_norm"] = config.gallery_norm
+    if config.gallery_scope == "soft":
+        recipe["routing_penalty"] = DEFAULT_ROUTING_PENALTY if config.routing_penalty is None else float(config.routing_penalty)
+    return recipe
 
 
 def text_to_encode(query: str, category: str, config: QueryConfig) -> str:

@@ -2,7 +2,9 @@
 of query embeddings. ``ExactGallerySearch`` (blockwise torch, ``rank.py``) serves
 ``predict``; the index's FAISS search (``index/faiss_search.py``) serves ``Retriever``,
 ``search`` and ``serve``. ``search_routed`` sends each query to its target category
-(or to all of them, merged by score) the same way for both.
+(or to all of them, merged by score) the same way for both; ``search_scoped`` applies a
+query recipe's gallery scope (routed, all, or soft: every category, images outside the
+query's routed one scored ``penalty`` lower, so a misrouted image stays reachable).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from typing import Protocol
 
 ALL = "all"
+SOFT = "soft"
+DEFAULT_ROUTING_PENALTY = 0.05  # gallery_scope soft: subtracted from the scores of images outside the routed category
 Hits = list[tuple[int, float]]  # (gallery id, score), best first
 
 
@@ -52,7 +56,8 @@ class ExactGallerySearch:
 
 def search_targets(routed: list[str], available: list[str], scope: str = "routed") -> list[str]:
     """Where each query is searched: with ``scope`` "all" the whole gallery (the seed's), else
-    its routed category, or all categories when that one has no items."""
+    its routed category, or all categories when that one has no items. (``scope`` "soft"
+    cannot be expressed as targets: it is ``search_scoped``'s; here it reads as routed.)"""
     return [category if scope != ALL and category in available else ALL for category in routed]
 
 
@@ -71,6 +76,38 @@ def search_routed(gallery: GallerySearch, query_embeddings, targets: list[str], 
             for row in rows:
                 hits[row] = sorted(hits[row], key=lambda hit: (-hit[1], hit[0]))[:k]
     return hits
+
+
+def search_soft(gallery: GallerySearch, query_embeddings, routed: list[str], k: int, penalty: float = DEFAULT_ROUTING_PENALTY) -> list[Hits]:
+    """The top ``k`` hits of each query over every category, an image outside the query's
+    routed category (``routed[i]``) scored ``score - penalty``; merged by that score, ties
+    by id, best first. The scores returned are the penalised ones (what the ranking used).
+    Each category is searched once for all queries, for ``k`` hits: the merged top ``k``
+    is exact whenever each category's search is. ``penalty`` 0 ranks as scope "all"; a
+    penalty larger than any score gap ranks the routed category's images first, in the
+    routed order, and fills the rest of the ``k`` from the other categories. A query routed
+    to a category without images ranks as with scope "all" (no penalty), as routed falls back."""
+    if not routed:
+        return []
+    penalty = float(penalty)
+    per_category = {category: gallery.search(query_embeddings, k, category) for category in gallery.categories()}
+    hits: list[Hits] = []
+    for row, home in enumerate(routed):
+        merged = [(image, score if category == home or home not in per_category else score - penalty)  # no images routed there: as "all"
+                  for category, found in per_category.items() for image, score in found[row]]
+        hits.append(sorted(merged, key=lambda hit: (-hit[1], hit[0]))[:k])
+    return hits
+
+
+def search_scoped(gallery: GallerySearch, query_embeddings, routed: list[str], k: int, scope: str = "routed",
+                  penalty: float = DEFAULT_ROUTING_PENALTY) -> list[Hits]:
+    """The top ``k`` hits of each query (``routed[i]``: its routed category) under a gallery
+    scope: "routed" and "all" as ``search_routed`` over ``search_targets``; "soft" as
+    ``search_soft`` with ``penalty``. What predict, ``Retriever`` and validation call with a
+    resolved ``QueryConfig``'s ``gallery_scope`` and ``routing_penalty``."""
+    if scope == SOFT:
+        return search_soft(gallery, query_embeddings, routed, k, penalty)
+    return search_routed(gallery, query_embeddings, search_targets(routed, gallery.categories(), scope), k)
 
 
 def topk_by_category(query_embeddings, query_categories: list[str], gallery_embeddings, gallery_categories: list[str], k: int) -> list[Hits]:

@@ -20,11 +20,16 @@ class ValQueries:
     tokens: object  # int tensor [n, context]
     categories: list[str]
     gallery_scope: str = "routed"
+    gallery_norm: str = "none"
+    routing_penalty: float = 0.05
+    routing_texts: dict | None = None  # category -> captions: also report how the val images route (gallery_categories)
+    tokenizer: object = None
 
 
-def val_queries(val_set, tokenizer, recipe) -> ValQueries:
+def val_queries(val_set, tokenizer, recipe, routing_texts: dict | None = None) -> ValQueries:
     """Each val caption routed and rewritten as ``predict`` would a query (``recipe``: a
-    resolved ``retrieval.queries.QueryConfig``)."""
+    resolved ``retrieval.queries.QueryConfig``). ``routing_texts`` (the category captions a
+    checkpoint stores) adds the routing accuracy of the val images to the report."""
     from ..data.vocabulary import make_router
     from ..model.tokens import tokenize
     from ..retrieval.queries import text_to_encode
@@ -32,7 +37,8 @@ def val_queries(val_set, tokenizer, recipe) -> ValQueries:
     route = make_router(recipe.router)
     categories = [route(row["text"]) for row in val_set.rows]
     texts = [text_to_encode(row["text"], category, recipe) for row, category in zip(val_set.rows, categories)]
-    return ValQueries(tokenize(tokenizer, texts), categories, recipe.gallery_scope)
+    return ValQueries(tokenize(tokenizer, texts), categories, recipe.gallery_scope, recipe.gallery_norm, recipe.routing_penalty,
+                      routing_texts, tokenizer)
 
 
 def one_to_one_recall(text_embeddings, image_embeddings, k: int = 10, block: int = 1024) -> float:
@@ -55,8 +61,9 @@ def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries
     plus ``t2i_R@10``. ``queries`` None: the captions as tokenized for training, each
     searched in its labelled category. The model is left in the mode it came in."""
     from ..evaluation.metrics import evaluate_rankings
+    from ..retrieval.adapt import adapt_gallery
     from ..retrieval.encode import encode_tokens, encode_uint8_images
-    from ..retrieval.search import ExactGallerySearch, search_routed, search_targets
+    from ..retrieval.search import ExactGallerySearch, search_scoped
 
     gallery_categories = [r["category"] for r in val_set.rows]
     queries = queries or ValQueries(val_set.tokens, gallery_categories)
@@ -67,11 +74,32 @@ def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries
         text_embeddings = encode_tokens(model, queries.tokens, device, dtype)
     finally:
         model.train(was_training)
-    gallery = ExactGallerySearch(image_embeddings, gallery_categories)
-    ranked = search_routed(gallery, text_embeddings, search_targets(queries.categories, gallery.categories(), queries.gallery_scope), 10)
+    gallery = ExactGallerySearch(adapt_gallery(image_embeddings, queries.gallery_norm), gallery_categories)
+    ranked = search_scoped(gallery, text_embeddings, queries.categories, 10, queries.gallery_scope, queries.routing_penalty)
     names = [r["name"] for r in val_set.rows]
     names_by_attr: dict[str, set[str]] = {}
     for row in val_set.rows:
         names_by_attr.setdefault(row["attr"], set()).add(row["name"])
     report = evaluate_rankings([[names[i] for i, _ in result] for result in ranked], [names_by_attr[r["attr"]] for r in val_set.rows], gallery_categories)
-    return {**report.to_json_dict(), "t2i_R@10": one_to_one_recall(text_embeddings, image_embeddings)}
+    scores = {**report.to_json_dict(), "t2i_R@10": one_to_one_recall(text_embeddings, image_embeddings)}  # open_clip's: raw embeddings
+    if queries.routing_texts:
+        scores["routing"] = _routing(model, queries, image_embeddings, gallery_categories, device, dtype)
+    return scores
+
+
+def _routing(model, queries: ValQueries, image_embeddings, true_categories: list[str], device: str, dtype) -> dict:
+    """How the val images route to a category (``retrieval.encode.gallery_categories``, as ``predict``
+    and ``index`` route a gallery) against their labels."""
+    from types import SimpleNamespace
+
+    from ..retrieval.adapt import routing_accuracy
+    from ..retrieval.encode import gallery_categories
+
+    view = SimpleNamespace(model=model, tokenizer=queries.tokenizer, checkpoint={"category_texts": queries.routing_texts})
+    was_training = model.training
+    model.eval()
+    try:
+        predicted = gallery_categories(view, image_embeddings, device, dtype)
+    finally:
+        model.train(was_training)
+    return routing_accuracy(predicted, true_categories)
