@@ -1,4 +1,5 @@
-"""The ablation end to end on a tiny dataset: the seed row, one row per departure, the combined row."""
+"""The ablation end to end on a tiny dataset: the seed row, one row per departure, the combined row,
+each scored on both val splits and decided by the camera-domain one (``val_camera``)."""
 
 import json
 
@@ -25,8 +26,11 @@ def test_ablate_runs_the_seed_and_every_departure(tmp_path):
     for row in results:
         assert 0 <= row["test"]["strict_mAP@10"] <= row["test"]["official_mAP@10"] <= 1
         assert set(row["test"]["per_category"]) == {"pedestrian", "vehicle"}
+    assert "| row | val official | camera val official | camera val + |" in text and "on the camera-domain val split" in text
+    for row in results:  # both val splits scored; the camera-domain one decides
+        assert row["decided_by"] == "val_camera" and 0 <= row["val_camera"]["official_mAP@10"] <= 1 and 0 <= row["val"]["official_mAP@10"] <= 1
     for row in results[1:1 + len(DEPARTURES)]:  # one change from the seed row each
-        assert row["better_than_seed_on_val"] == (row["val"]["official_mAP@10"] > seed["val"]["official_mAP@10"])
+        assert row["better_than_seed_on_val"] == (row["val_camera"]["official_mAP@10"] > seed["val_camera"]["official_mAP@10"])
     if helpful:
         assert results[-1]["name"] == COMBINED_ROW and all(r["name"] in results[-1]["note"] for r in helpful)
     manifests = {p.name for p in (tmp_path / "ablation_work" / "prepared" / "manifests").iterdir()}

@@ -1,6 +1,7 @@
 """``demo``: the whole pipeline on a CPU - synth, prepare, train, predict, evaluate -
-ending with a results table. Each finished stage is kept, so an interrupted demo
-re-run continues where it stopped."""
+ending with a results table and the final model's scores on both val splits (the clean
+val and the camera-domain val_camera). Each finished stage is kept, so an interrupted
+demo re-run continues where it stopped."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def run(config: DemoConfig) -> dict:
 
     stage("train")
     train_config = command_config("train", config.preset, {"work": work, "out": run, "seed": config.seed, "epochs": config.epochs, "resume": True})
-    train(train_config)
+    trained = train(train_config)
     checkpoint = run / "checkpoints" / "final.pt"
 
     stage("predict")
@@ -75,6 +76,11 @@ def run(config: DemoConfig) -> dict:
     durations = {names[i]: timings[names[i + 1]] - timings[names[i]] for i in range(len(names) - 1)}
     print()
     print(format_scores(report))
+    last_epoch = trained["history"][-1] if trained["history"] else {}
+    val_scores = [f"{split} official mAP@10 {100 * last_epoch[split]['official_mAP@10']:.1f}"
+                  for split in ("val", "val_camera") if isinstance(last_epoch.get(split), dict)]
+    if val_scores:
+        print(f"final model (epoch {last_epoch['epoch']}), x100: " + ", ".join(val_scores))
     print("time: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in durations.items()) + f", total {sum(durations.values()) / 60:.1f} min")
     print(f"outputs in {out}: data/, work/, run/ (TensorBoard: tensorboard --logdir {run / 'tensorboard'}), submission.json, scores.json")
     return scores

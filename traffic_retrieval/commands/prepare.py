@@ -1,5 +1,6 @@
-"""``prepare``: parse the train and val labels, split pedestrians and vehicles,
-extract the vehicle vocabulary, and write training manifests and a report
+"""``prepare``: parse the train and val labels (and the camera-domain val split,
+DATA/val_camera, where present), split pedestrians and vehicles, extract the vehicle
+vocabulary (from train and val), and write manifests and a report
 (``WORK/manifests/*.jsonl``, ``WORK/vehicle_vocabulary.json``, ``WORK/prepare_report.json``)."""
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def run(config: PrepareConfig) -> dict:
 
 
 def _write_outputs(config: PrepareConfig, data_dir: Path, work_dir: Path) -> dict:
-    from ..data.prepare import SPLITS, label_file, split_rows
+    from ..data.prepare import CAMERA_VAL_SPLIT, SPLITS, images_in_test_gallery, label_file, split_rows
     from ..data.schema import CATEGORIES, VEHICLE
     from ..data.vocabulary import extract_vocabulary
     from ..errors import TrafficRetrievalError
@@ -58,9 +59,12 @@ def _write_outputs(config: PrepareConfig, data_dir: Path, work_dir: Path) -> dic
         labels_path = label_file(data_dir, split)
         if not labels_path.is_file():
             report["splits"][split] = None
+            # an earlier prepare's manifest of a split the data no longer has would still be validated on
+            (work_dir / "manifests" / f"{split}.jsonl").unlink(missing_ok=True)
             continue
         records, errors, rows, missing = split_rows(data_dir, split, config.strict, config.vehicle_types)
-        vehicle_attrs += [record.attr for record in records if record.category == VEHICLE]
+        if split != CAMERA_VAL_SPLIT:  # the camera val split only chooses checkpoints: nothing is learnt from it
+            vehicle_attrs += [record.attr for record in records if record.category == VEHICLE]
         atomic_write_jsonl(work_dir / "manifests" / f"{split}.jsonl", rows)
         report["skipped_lines"] += [{"source": f"{e.path}:{e.line_number}", "reason": e.reason} for e in errors]
         report["missing_images"] += missing
@@ -73,6 +77,8 @@ def _write_outputs(config: PrepareConfig, data_dir: Path, work_dir: Path) -> dic
             "per_category": {c: sum(1 for r in rows if r["category"] == c) for c in CATEGORIES},
             "distinct_attrs": {c: len({r["attr"] for r in rows if r["category"] == c}) for c in CATEGORIES},
         }
+        if split == CAMERA_VAL_SPLIT:
+            report["splits"][split]["in_test_gallery"] = images_in_test_gallery(data_dir, rows)
     if not report["splits"]["train"]["manifest_rows"]:
         atomic_write_json(work_dir / "prepare_report.json", report)  # the error points the user to it
         raise TrafficRetrievalError(f"{label_file(data_dir, 'train')}: no usable training records (see {work_dir / 'prepare_report.json'})")
@@ -88,15 +94,20 @@ def format_report(report: dict) -> str:
     """The report for a terminal: values from the label file shortened, control characters escaped."""
     from ..errors import printable
 
-    lines = [f"{'split':<6} {'lines':>7} {'used':>7} {'skipped':>8} {'missing':>8} {'pedestrian':>11} {'vehicle':>8}"]
+    lines = [f"{'split':<10} {'lines':>7} {'used':>7} {'skipped':>8} {'missing':>8} {'pedestrian':>11} {'vehicle':>8}"]
     for split, stats in report["splits"].items():
         if stats is None:
-            lines.append(f"{split:<6} (no label file)")
+            lines.append(f"{split:<10} (no label file)")
             continue
         lines.append(
-            f"{split:<6} {stats['label_lines']:>7} {stats['manifest_rows']:>7} {stats['skipped_lines']:>8} "
+            f"{split:<10} {stats['label_lines']:>7} {stats['manifest_rows']:>7} {stats['skipped_lines']:>8} "
             f"{stats['missing_images']:>8} {stats['per_category']['pedestrian']:>11} {stats['per_category']['vehicle']:>8}"
         )
+    for split, stats in report["splits"].items():
+        if stats and stats.get("in_test_gallery"):
+            names = ", ".join(printable(name, 40) for name in stats["in_test_gallery"][:3])
+            lines.append(f"warning: {len(stats['in_test_gallery'])} {split} images are also in test/test_images ({names}"
+                         f"{', ...' if len(stats['in_test_gallery']) > 3 else ''}): choosing checkpoints on them leaks the test")
     for skipped in report["skipped_lines"][:10]:
         lines.append(f"skipped {printable(skipped['source'])}: {printable(skipped['reason'], 200)}")
     if len(report["skipped_lines"]) > 10:

@@ -1,29 +1,35 @@
 """``soup``: average the weights of several fine-tuned checkpoints of one architecture
 (uniform, or greedy by a val criterion: official mAP@10, or the seed's text-to-image
-R@10 with one caption per image; ``model/soup.py``). The val captions are queried in
-the first checkpoint's recorded query recipe (text form, router, gallery scope). The output
-is a self-describing checkpoint like the inputs with a ``soup`` entry saying how it
-was made."""
+R@10 with one caption per image; ``model/soup.py``). The criterion is scored on the
+camera-domain val split of ``--val`` (``val_camera``, in the test's surveillance look)
+where the dataset has one, else on its val split (``--val-split``). The val captions are
+queried in the first checkpoint's recorded query recipe (text form, router, gallery
+scope). The output is a self-describing checkpoint like the inputs with a ``soup``
+entry saying how it was made."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from ..config import CheckpointTrust, RuntimeOptions, option
+from ..data.prepare import CAMERA_VAL_SPLIT
 from ..errors import TrafficRetrievalError
 from ..options import SoupCriterion, SoupMethod
 
 HELP = "average checkpoints' weights (uniform or greedy on the val split)"
 # Per-run results of the first ingredient that would mislabel the soup.
 _DROPPED_KEYS = ("metrics", "history", "epoch", "optimizer", "scaler")
+ValSplit = Literal["auto", "val", "val_camera"]
+"""The split of --val that scores: auto is the camera-domain val_camera where the dataset has its labels, else val."""
 
 
 @dataclass
 class SoupConfig(RuntimeOptions, CheckpointTrust):
     checkpoints: list[Path] = option(default_factory=list, help="the checkpoints to average (two or more)")
     val: Path | None = option(None, help="dataset root whose val split scores the ingredients (needed for greedy)")
+    val_split: ValSplit = option("auto", help="the split of --val that scores: val_camera (camera-domain), val; auto: val_camera where present")
     out: Path | None = option(None, help="the soup checkpoint to write")
     method: SoupMethod = option("greedy", help="greedy keeps an ingredient only when the val score improves")
     criterion: SoupCriterion = option("official", help="the val score: official mAP@10, or r10 (text-to-image R@10, one caption per image: the seed's)")
@@ -37,8 +43,18 @@ Config = SoupConfig
 CRITERION_METRICS = {"official": "official_mAP@10", "r10": "t2i_R@10"}  # criterion -> train.validate report key
 
 
+def scoring_split(val_dir: Path, val_split: str) -> str:
+    """The split of ``val_dir`` that scores: ``val_split``, where auto is val_camera when its label file exists, else val."""
+    from ..data.prepare import label_file
+
+    if val_split != "auto":
+        return val_split
+    return CAMERA_VAL_SPLIT if label_file(val_dir, CAMERA_VAL_SPLIT).is_file() else "val"
+
+
 def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[[dict], float]:
-    """``score(state_dict)``: the val criterion of the first checkpoint's model with those weights.
+    """``score(state_dict)``: the val criterion of the first checkpoint's model with those weights,
+    on the split ``scoring_split`` names.
 
     The val images are decoded once with the first checkpoint's preprocessing, and one
     model object is reused: each candidate is copied into it with ``load_state_dict``.
@@ -52,10 +68,11 @@ def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[
     from ..train.data import build_training_set
     from ..train.validate import val_queries, validate
 
-    labels = val_label_file(val_dir)
-    _, _, rows, _ = split_rows(val_dir, "val")
+    split = scoring_split(val_dir, config.val_split)
+    labels = val_label_file(val_dir, split)
+    _, _, rows, _ = split_rows(val_dir, split)
     if not rows:
-        raise TrafficRetrievalError(f"{labels}: no usable val records (run `traffic-retrieval prepare` to see why)")
+        raise TrafficRetrievalError(f"{labels}: no usable {split} records (run `traffic-retrieval prepare` to see why)")
     runtime = resolve_runtime(config.device, config.precision)
     device, dtype = runtime.device, runtime.dtype
     loaded = load_checkpoint(first_path, device=device, trust_architecture=config.trust_checkpoint)
@@ -74,14 +91,14 @@ def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[
     return score
 
 
-def val_label_file(val_dir: Path) -> Path:
+def val_label_file(val_dir: Path, split: str = "val") -> Path:
     from ..data.prepare import label_file
 
     if not Path(val_dir).is_dir():
         raise TrafficRetrievalError(f"{val_dir}: val dataset directory not found")
-    labels = label_file(val_dir, "val")
+    labels = label_file(val_dir, split)
     if not labels.is_file():
-        raise TrafficRetrievalError(f"{labels}: val label file not found (--val takes the dataset root)")
+        raise TrafficRetrievalError(f"{labels}: {split} label file not found (--val takes the dataset root)")
     return labels
 
 
@@ -93,7 +110,7 @@ def _check_config(config: SoupConfig) -> None:
     if config.method == "greedy" and config.val is None:
         raise TrafficRetrievalError("a greedy soup needs --val DATA (its val split scores the ingredients); use --method uniform without it")
     if config.val is not None:
-        val_label_file(config.val)  # before reading gigabytes of checkpoints
+        val_label_file(config.val, scoring_split(config.val, config.val_split))  # before reading gigabytes of checkpoints
 
 
 def run(config: SoupConfig) -> dict:
@@ -110,6 +127,7 @@ def run(config: SoupConfig) -> dict:
 
     score: Callable[[dict], float] | None = None  # the val criterion of a state dict, when --val is given
     bar, ingredient_scores = None, None
+    split = scoring_split(Path(config.val), config.val_split) if config.val is not None else None
     if config.val is not None:
         val_score = val_scorer(paths[0], Path(config.val), config)
         # every ingredient, then (greedy) each candidate and the uniform soup
@@ -141,7 +159,7 @@ def run(config: SoupConfig) -> dict:
         bar.close()
 
     scores = {
-        "metric": f"val {CRITERION_METRICS[config.criterion]}",
+        "metric": f"{split or 'val'} {CRITERION_METRICS[config.criterion]}",
         "ingredients": ingredient_scores,
         "uniform": uniform_score,
         "soup": soup_score,
@@ -152,6 +170,7 @@ def run(config: SoupConfig) -> dict:
         "ingredients": [str(p) for p in paths],
         "kept": [str(paths[i]) for i in kept],
         "val": str(config.val) if config.val is not None else None,
+        "val_split": split,
         "scores": scores,
     }
     output = {key: value for key, value in payloads[0].items() if key not in _DROPPED_KEYS}
@@ -163,6 +182,7 @@ def run(config: SoupConfig) -> dict:
         "method": config.method,
         "criterion": config.criterion,
         "metric": CRITERION_METRICS[config.criterion],
+        "val_split": split,  # the split of --val that scored (None without --val)
         "ingredients": [{"path": str(p), "score": None if ingredient_scores is None else ingredient_scores[i]} for i, p in enumerate(paths)],
         "kept": [str(paths[i]) for i in kept],
         "kept_indices": kept,
@@ -173,19 +193,20 @@ def run(config: SoupConfig) -> dict:
 
 
 def format_report(report: dict) -> str:
-    """Each ingredient's val score (x100), which ones the soup kept, and the soup's score."""
+    """Each ingredient's val score (x100, on the split that scored), which ones the soup kept, and the soup's score."""
 
     def percent(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}"
 
     kept = set(report["kept_indices"])
-    lines = [f"{'':<4} {'val ' + report['metric']:>15}  ingredient"]
+    split = report.get("val_split") or "val"
+    lines = [f"{'':<4} {split + ' ' + report['metric']:>15}  ingredient"]
     for i, ingredient in enumerate(report["ingredients"]):
         lines.append(f"{'kept' if i in kept else '':<4} {percent(ingredient['score']):>15}  {ingredient['path']}")
     lines.append(f"{report['method']} soup of {len(kept)}/{len(report['ingredients'])}: {percent(report['soup_score'])}")
     if report["method"] == "greedy":
         lines.append(f"uniform soup of all: {percent(report['uniform_score'])}")
-    lines.append(f"wrote {report['out']} (scores x100 on the val split)")
+    lines.append(f"wrote {report['out']} (scores x100 on the {split} split)")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """``synth``: generate a deterministic synthetic dataset in the exact challenge layout
 (train and val labels, a test gallery in a surveillance look, its queries and their
-ground truth), so the whole pipeline runs offline (``synth/``)."""
+ground truth, and a camera-domain val split in the test's look, ``val_camera``), so the
+whole pipeline runs offline (``synth/``)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,14 @@ class SynthCommandConfig:
     val_vehicles: int | None = option(None, minimum=0, metavar="N")
     test_pedestrians: int | None = option(None, minimum=0, metavar="N")
     test_vehicles: int | None = option(None, minimum=0, metavar="N")
+    val_camera_pedestrians: int | None = option(None, minimum=0, metavar="N",
+                                                help="camera-domain val split in the test's surveillance look (default: as many as val; 0 and 0: none)")
+    val_camera_vehicles: int | None = option(None, minimum=0, metavar="N")
 
 
 Config = SynthCommandConfig
-SIZES = ("train_pedestrians", "train_vehicles", "val_pedestrians", "val_vehicles", "test_pedestrians", "test_vehicles")
+SIZES = ("train_pedestrians", "train_vehicles", "val_pedestrians", "val_vehicles", "test_pedestrians", "test_vehicles",
+         "val_camera_pedestrians", "val_camera_vehicles")
 
 
 def run(config: SynthCommandConfig) -> dict:

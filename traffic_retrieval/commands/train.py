@@ -1,8 +1,11 @@
 """``train``: contrastive fine-tuning (or training from scratch) of an open_clip model
 on a prepare output (WORK/manifests). RUN (--out) gets config.yaml, train.log,
 TensorBoard events, training_curves.png and checkpoints/ (epoch_N.pt, best.pt by val
-official mAP@10, last.pt for --resume, final.pt). Under ``torchrun --nproc_per_node N
--m traffic_retrieval train ...`` the global batch is split across the processes (DDP).
+official mAP@10, last.pt for --resume, final.pt). Where the prepare output has a
+camera-domain val split (WORK/manifests/val_camera.jsonl), every epoch is scored on it
+too, with the same query recipe, and best.pt is chosen by it (``train/state.py``).
+Under ``torchrun --nproc_per_node N -m traffic_retrieval train ...`` the global batch
+is split across the processes (DDP).
 
 The job is a short orchestration over the ``train`` package (setup, data, schedule,
 loop, validate, checkpoints, state); ``run(config, callbacks=...)`` lets code watch
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import CheckpointTrust, RuntimeOptions, option
+from ..data.prepare import CAMERA_VAL_SPLIT
 from ..errors import TrafficRetrievalError
 from ..options import Loss, ResizeMode, SaveOptimizer
 from ..retrieval.queries import QueryConfig
@@ -103,11 +107,12 @@ def run(config: TrainConfig, callbacks=()) -> dict:
     from ..runtime import autocast_dtype, barrier, cleanup, init_distributed, local_device, resolve_device
     from ..train.callbacks import EpochEnd, notify
     from ..train.checkpoints import OPTIMIZER_RESTART_MESSAGE, Checkpointer, category_texts
-    from ..train.data import load_run_data
+    from ..train.data import load_run_data, load_val_set
     from ..train.log import RunLog
     from ..train.loop import train_epoch
     from ..train.schedule import plan_schedule
     from ..train.setup import load_model, lock_towers
+    from ..train.state import BEST_METRIC, selection_split
     from ..train.validate import val_queries, validate
 
     config = checked(config)  # a config made in code gets the checks a YAML one gets
@@ -136,11 +141,19 @@ def run(config: TrainConfig, callbacks=()) -> dict:
         recipe = resolve_query_config(config.query, loaded.checkpoint if config.checkpoint else None)
         training_set, val_set = load_run_data(work, config.train_manifest, loaded.preprocess, loaded.tokenizer, config.workers, context, config.validate,
                                               text_form=recipe.text_form)
-        queries = val_queries(val_set, loaded.tokenizer, recipe) if val_set is not None else None
+        routing_texts = category_texts(training_set.rows, seed=config.seed, text_form=recipe.text_form)  # stored in checkpoints; routes galleries
+        queries = val_queries(val_set, loaded.tokenizer, recipe, routing_texts) if val_set is not None else None
+        # the camera-domain val split (the test's look), scored the same way; it chooses best.pt where present. Its
+        # decoding draws from torch's RNG (DataLoader seeds), forked so the split changes nothing that is trained.
+        camera_val_set = None
+        if config.validate:
+            with torch.random.fork_rng(devices=[]):
+                camera_val_set = load_val_set(work, CAMERA_VAL_SPLIT, loaded.preprocess, loaded.tokenizer, config.workers, context, recipe.text_form)
+        camera_queries = val_queries(camera_val_set, loaded.tokenizer, recipe, routing_texts) if camera_val_set is not None else None
         state, parts = _state_and_step_parts(config, loaded, training_set, device, dtype, context)
         schedule = plan_schedule(len(training_set.rows), config.batch_size, config.grad_accum, config.epochs, config.lr, config.warmup, context.world_size,
                                  schedule_epochs=config.schedule_epochs)
-        checkpointer = Checkpointer(run_dir, loaded, {"category_texts": category_texts(training_set.rows, seed=config.seed, text_form=recipe.text_form),
+        checkpointer = Checkpointer(run_dir, loaded, {"category_texts": routing_texts,
                                                       "train_config": config_to_dict(config), RECIPE_KEY: query_recipe(recipe)},
                                     config.keep_checkpoints, keep_epochs=tuple(config.keep_epochs), save_every=config.save_every,
                                     save_optimizer=config.save_optimizer)
@@ -157,6 +170,9 @@ def run(config: TrainConfig, callbacks=()) -> dict:
                      f"text form {recipe.text_form}, router {recipe.router}, gallery scope {recipe.gallery_scope}")
             for message in training_set.unreadable:
                 log.line(f"skipped: {message}")
+            if camera_val_set is not None:
+                log.line(f"validating on val ({len(val_set.rows) if val_set is not None else 0} images) and {CAMERA_VAL_SPLIT} "
+                         f"({len(camera_val_set.rows)} images); best.pt is chosen by {CAMERA_VAL_SPLIT} {BEST_METRIC}")
             bare = _bare_vehicle_captions(training_set.rows) if recipe.text_form == "sentence" else 0
             if bare:
                 log.line(f"warning: {bare} vehicle captions are bare phrases (augment --caption-form bare) but the text form is sentence, "
@@ -178,6 +194,12 @@ def run(config: TrainConfig, callbacks=()) -> dict:
             if val_set is not None:  # rank 0 only
                 record["val"] = validate(model, val_set, loaded.preprocess, device, dtype, queries)
                 log.scalars({f"val/{k}": v for k, v in record["val"].items() if isinstance(v, float)}, state.step)
+            if camera_val_set is not None:  # rank 0 only
+                record[CAMERA_VAL_SPLIT] = validate(model, camera_val_set, loaded.preprocess, device, dtype, camera_queries)
+                log.scalars({f"{CAMERA_VAL_SPLIT}/{k}": v for k, v in record[CAMERA_VAL_SPLIT].items() if isinstance(v, float)}, state.step)
+            deciding_split = selection_split(record)
+            if deciding_split:
+                record["best_split"] = deciding_split  # the split whose score decides best.pt
             is_best = state.finish_epoch(record)
             written = ()
             if context.is_main:
@@ -201,7 +223,7 @@ def run(config: TrainConfig, callbacks=()) -> dict:
         held.close()
         cleanup(context)
     return {"run_dir": str(run_dir), "final_checkpoint": str(checkpointer.final_path), "history": state.history, "best": state.best,
-            "unreadable_images": len(training_set.unreadable)}
+            "best_split": state.best_split, "unreadable_images": len(training_set.unreadable)}
 
 
 def _bare_vehicle_captions(rows: list[dict]) -> int:
@@ -241,6 +263,11 @@ def _print_epoch(record: dict, epochs: int) -> None:
     from tqdm import tqdm
 
     val_text = f", val official mAP@10 {record['val']['official_mAP@10']:.3f}" if "val" in record else ""
+    if CAMERA_VAL_SPLIT in record:
+        val_text += f", {CAMERA_VAL_SPLIT} official mAP@10 {record[CAMERA_VAL_SPLIT]['official_mAP@10']:.3f}"
+        routing = record[CAMERA_VAL_SPLIT].get("routing") or {}
+        if routing.get("accuracy") is not None:
+            val_text += f" (images routed right {routing['accuracy']:.3f})"
     tqdm.write(f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.3f}{val_text}, {record['samples_per_second']:.0f} samples/s")
 
 
@@ -249,3 +276,8 @@ def print_result(result: dict, config: TrainConfig) -> None:
     print(f"final checkpoint: {result['final_checkpoint']}")
     if "val" in last:
         print(f"val official mAP@10 {last['val']['official_mAP@10']:.4f}, strict {last['val']['strict_mAP@10']:.4f}")
+    if CAMERA_VAL_SPLIT in last:
+        print(f"{CAMERA_VAL_SPLIT} official mAP@10 {last[CAMERA_VAL_SPLIT]['official_mAP@10']:.4f}, "
+              f"strict {last[CAMERA_VAL_SPLIT]['strict_mAP@10']:.4f}")
+    if result.get("best_split"):
+        print(f"best.pt: epoch {result['best']['epoch']} by {result['best_split']} official mAP@10 {result['best']['official_mAP@10']:.4f}")

@@ -1,5 +1,9 @@
 """Reading a dataset in the challenge layout: label files, image files and manifest
-rows per split (the ``prepare`` job, ``commands/prepare.py``, writes them out)."""
+rows per split (the ``prepare`` job, ``commands/prepare.py``, writes them out).
+
+``val_camera`` is an optional second val split of target-domain (surveillance camera)
+crops in the val format, used only to choose checkpoints and stages, never trained on
+(docs/data-format.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from .labels import LabelRecord, read_label_file
 from .schema import VEHICLE_TYPES
 from .vocabulary import VehicleVocabulary
 
-SPLITS = ("train", "val")
+CAMERA_VAL_SPLIT = "val_camera"
+SPLITS = ("train", "val", CAMERA_VAL_SPLIT)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -63,6 +68,25 @@ def split_rows(data_dir: Path, split: str, strict: bool = False, vehicle_types=V
             continue
         rows.append(manifest_row(record, image_path))
     return records, errors, rows, missing
+
+
+def images_in_test_gallery(data_dir: Path, rows: list[dict]) -> list[str]:
+    """The names of the ``rows``' images whose bytes equal a file of DATA/test/test_images (a
+    validation image that is also a test image); only files of equal size are read."""
+    import hashlib
+
+    gallery_dir = image_dir(data_dir, "test")
+    if not rows or not gallery_dir.is_dir():
+        return []
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    by_size: dict[int, list[dict]] = {}
+    for row in rows:
+        by_size.setdefault(Path(row["image"]).stat().st_size, []).append(row)
+    gallery_digests = {digest(entry) for entry in gallery_dir.iterdir() if entry.is_file() and entry.stat().st_size in by_size}
+    return [row["name"] for size_rows in by_size.values() for row in size_rows if digest(Path(row["image"])) in gallery_digests]
 
 
 def load_vocabulary(work_dir: Path) -> VehicleVocabulary:

@@ -3,8 +3,8 @@
 - ``generate.py``: ``generate_dataset(SynthConfig(out=..., seed=...))``, the ``synth``
   command: labels, captions and the plan of every image, rendering, the files;
 - ``captions.py``: the caption grammar, modelled on the challenge's real texts;
-- ``draw.py``: the drawn pedestrian and vehicle crops and the test split's
-  surveillance look.
+- ``draw.py``: the drawn pedestrian and vehicle crops and the surveillance look of
+  the test and camera val (``val_camera``) splits.
 
 It reads the data format from ``traffic_retrieval.data`` and nothing else of the
 project's but ``errors``. numpy and PIL are imported only when a name is used.

@@ -900,7 +900,7 @@ def overlay_timestamp(image: Image.Image, rng: np.random.Generator, max_height_f
 
 def surveillance_look(image: Image.Image, rng: np.random.Generator, max_text_fraction: float,
                       max_text_width: float = 0.92, min_short_side: int = 36) -> Image.Image:
-    """The test split's domain shift: lower resolution, blur, a mild colour cast, sensor
+    """The test and camera val splits' domain shift: lower resolution, blur, a mild colour cast, sensor
     noise and a timestamp; the caller saves it at a low JPEG quality for block artefacts."""
     w, h = image.size
     factor = max(rng.uniform(0.6, 0.85), min(1.0, min_short_side / min(w, h)))

@@ -4,6 +4,7 @@
 
     OUT/train/train_label.txt, OUT/train/train_images/
     OUT/val/val_label.txt, OUT/val/val_images/
+    OUT/val_camera/val_camera_label.txt, OUT/val_camera/val_camera_images/
     OUT/test/test_text.txt, OUT/test/test_images/
     OUT/ground_truth/test_gt.txt, OUT/ground_truth/test_label.txt
     OUT/synth_config.json
@@ -20,10 +21,17 @@ How the labels are made:
   brands) a brand alone, in the real proportions.
 - Captions follow the real texts' grammar (``captions``); images are drawn
   by ``draw``; the test split gets a surveillance look (domain shift).
+- ``val_camera`` is a second validation split in the test split's surveillance
+  look (the same drawing, downscale and JPEG quality) with images, labels and
+  names of its own: the validation that sees the domain shift, which ``train``,
+  ``ablate`` and ``soup`` choose by where it exists. Its counts of 0 leave it out.
 
 Everything is a function of the seed: the plan (names, labels, captions) is made
 in one process, and each image uses its own generator seeded from (seed, split,
 category, index), so the output is byte-identical for any number of workers.
+``val_camera`` draws from streams of its own (its names too, never one another
+split uses), so train, val and test are byte-identical with or without it, and
+to what the generator wrote before the split existed.
 """
 
 from __future__ import annotations
@@ -43,8 +51,14 @@ from ..data.schema import PEDESTRIAN, PEDESTRIAN_FLAGS, VEHICLE, VEHICLE_BRANDS,
 from ..errors import TrafficRetrievalError
 from .captions import flags_to_dict, pedestrian_caption, vehicle_text
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-_SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
+CAMERA_VAL_SPLIT = "val_camera"
+SPLITS: tuple[str, ...] = ("train", "val", "test", CAMERA_VAL_SPLIT)
+# The splits whose names come from the one shared draw (in this order); a split added
+# later draws its names from a stream of its own, so these keep theirs.
+_SHARED_NAME_SPLITS: tuple[str, ...] = ("train", "val", "test")
+SURVEILLANCE_SPLITS: tuple[str, ...] = ("test", CAMERA_VAL_SPLIT)  # drawn in the surveillance look
+LABELLED_SPLITS: tuple[str, ...] = ("train", "val", CAMERA_VAL_SPLIT)  # written as SPLIT/SPLIT_label.txt
+_SPLIT_IDS = {"train": 1, "val": 2, "test": 3, CAMERA_VAL_SPLIT: 4}
 _CATEGORY_IDS = {PEDESTRIAN: 1, VEHICLE: 2}
 # Independent random streams derived from the seed (numpy SeedSequence entropy).
 _STREAM_POOL, _STREAM_NAMES, _STREAM_QUERIES, _STREAM_PLAN, _STREAM_IMAGE = 11, 12, 13, 14, 15
@@ -155,11 +169,21 @@ class SynthConfig:
     val_vehicles: int = 150
     test_pedestrians: int = 800
     test_vehicles: int = 400
+    val_camera_pedestrians: int | None = None  # the camera-domain val split; None: as many as val (0 and 0: no split)
+    val_camera_vehicles: int | None = None
     workers: int = 2  # processes; the output is identical for any value
     overwrite: bool = False  # replace an earlier dataset's split folders in ``out``
 
     def count(self, split: str, category: str) -> int:
-        return int(getattr(self, f"{split}_{'pedestrians' if category == PEDESTRIAN else 'vehicles'}"))
+        kind = "pedestrians" if category == PEDESTRIAN else "vehicles"
+        value = getattr(self, f"{split}_{kind}")
+        if value is None and split == CAMERA_VAL_SPLIT:
+            value = getattr(self, f"val_{kind}")  # unset: as many as val
+        return int(value)
+
+    def writes(self, split: str) -> bool:
+        """Whether the dataset has ``split``: always, but the camera val split needs images."""
+        return split != CAMERA_VAL_SPLIT or self.count(split, PEDESTRIAN) + self.count(split, VEHICLE) > 0
 
 
 @dataclass
@@ -178,7 +202,7 @@ class ImageSpec:
 
     @property
     def label_name(self) -> str:
-        """The name as the label files write it: pedestrians of train/val without extension."""
+        """The name as the label files write it: pedestrians of the labelled splits without extension."""
         if self.category == PEDESTRIAN and self.split != "test":
             return self.name[: -len(".jpg")]
         return self.name
@@ -296,10 +320,25 @@ def _pedestrian_names(rng: np.random.Generator, count: int) -> list[str]:
     return [f"{number:06d}.jpg" for number in rng.choice(1_000_000, size=count, replace=False)]
 
 
-def _vehicle_names(rng: np.random.Generator, count: int) -> list[str]:
+def _pedestrian_names_avoiding(rng: np.random.Generator, count: int, taken: set[str]) -> list[str]:
+    """``count`` distinct 6-digit names that are not in ``taken``."""
+    if count + len(taken) > 1_000_000:
+        raise TrafficRetrievalError(f"at most 1000000 pedestrians fit 6-digit names, asked for {count + len(taken)}")
+    names: list[str] = []
+    seen = set(taken)
+    while len(names) < count:
+        for number in rng.integers(0, 1_000_000, size=count - len(names)):
+            name = f"{number:06d}.jpg"
+            if name not in seen:
+                seen.add(name)
+                names.append(name)
+    return names
+
+
+def _vehicle_names(rng: np.random.Generator, count: int, taken: Iterable[str] = ()) -> list[str]:
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     names: list[str] = []
-    seen: set[str] = set()
+    seen: set[str] = set(taken)
     while len(names) < count:
         name = "".join(letters[rng.integers(0, 26, size=10)]) + ".jpg"
         if name not in seen:
@@ -314,6 +353,8 @@ def validate_config(config: SynthConfig) -> None:
     for split in SPLITS:
         for category in (PEDESTRIAN, VEHICLE):
             value = getattr(config, f"{split}_{'pedestrians' if category == PEDESTRIAN else 'vehicles'}")
+            if value is None and split == CAMERA_VAL_SPLIT:
+                continue  # as many as val, checked there
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise TrafficRetrievalError(
                     f"synth: image counts must be integers >= 0, got {split} {category} = {value!r}")
@@ -327,12 +368,21 @@ def plan_dataset(config: SynthConfig) -> DatasetPlan:
     """Names, labels and captions of every image; cheap and single-process."""
     seed = int(config.seed)
     name_rng = np.random.default_rng([seed, _STREAM_NAMES])
-    pedestrian_names = iter(_pedestrian_names(name_rng, sum(config.count(s, PEDESTRIAN) for s in SPLITS)))
-    vehicle_names = iter(_vehicle_names(name_rng, sum(config.count(s, VEHICLE) for s in SPLITS)))
+    shared_pedestrian_names = _pedestrian_names(name_rng, sum(config.count(s, PEDESTRIAN) for s in _SHARED_NAME_SPLITS))
+    shared_vehicle_names = _vehicle_names(name_rng, sum(config.count(s, VEHICLE) for s in _SHARED_NAME_SPLITS))
+    # The camera val split's names: a stream of its own, none that another split uses.
+    camera_name_rng = np.random.default_rng([seed, _STREAM_NAMES, _SPLIT_IDS[CAMERA_VAL_SPLIT]])
+    camera_pedestrian_names = _pedestrian_names_avoiding(
+        camera_name_rng, config.count(CAMERA_VAL_SPLIT, PEDESTRIAN), set(shared_pedestrian_names))
+    camera_vehicle_names = _vehicle_names(camera_name_rng, config.count(CAMERA_VAL_SPLIT, VEHICLE), shared_vehicle_names)
+    shared_names = (iter(shared_pedestrian_names), iter(shared_vehicle_names))  # consumed in _SHARED_NAME_SPLITS order
+    names_by_split = {split: shared_names for split in _SHARED_NAME_SPLITS}
+    names_by_split[CAMERA_VAL_SPLIT] = (iter(camera_pedestrian_names), iter(camera_vehicle_names))
     draws = round(PEDESTRIAN_POOL_DRAWS * max(1.0, config.test_pedestrians / PEDESTRIAN_POOL_TEST_SIZE))
     pool, pool_p = pedestrian_flag_pool(seed, draws)
     plan = DatasetPlan()
     for split in SPLITS:
+        pedestrian_names, vehicle_names = names_by_split[split]
         specs: list[ImageSpec] = []
         rng = np.random.default_rng([seed, _STREAM_PLAN, _SPLIT_IDS[split], _CATEGORY_IDS[PEDESTRIAN]])
         for index in range(config.count(split, PEDESTRIAN)):
@@ -373,7 +423,7 @@ def render_image(seed: int, spec: ImageSpec):
     from .draw import clean_look, draw_pedestrian, draw_vehicle, surveillance_look
 
     rng = _image_rng(seed, spec)
-    surveillance = spec.split == "test"
+    surveillance = spec.split in SURVEILLANCE_SPLITS
     if spec.category == PEDESTRIAN:
         width = int(rng.integers(PEDESTRIAN_WIDTH[0], PEDESTRIAN_WIDTH[1] + 1))
         height = int(round(width * rng.uniform(*PEDESTRIAN_ASPECT)))
@@ -400,7 +450,7 @@ def _render_chunk(args: tuple[str, int, list[ImageSpec]]) -> int:
     out, seed, specs = args
     for spec in specs:
         image = render_image(seed, spec)
-        quality = JPEG_QUALITY_SURVEILLANCE if spec.split == "test" else JPEG_QUALITY_CLEAN
+        quality = JPEG_QUALITY_SURVEILLANCE if spec.split in SURVEILLANCE_SPLITS else JPEG_QUALITY_CLEAN
         image.save(_image_dir(Path(out), spec.split) / spec.name, format="JPEG", quality=quality,
                    subsampling=2, optimize=False)
     return len(specs)
@@ -462,7 +512,8 @@ def _prepare_out(config: SynthConfig) -> Path:
             elif folder.exists():
                 folder.unlink()
     for split in SPLITS:
-        _image_dir(out, split).mkdir(parents=True, exist_ok=True)
+        if config.writes(split):
+            _image_dir(out, split).mkdir(parents=True, exist_ok=True)
     (out / "ground_truth").mkdir(parents=True, exist_ok=True)
     return out
 
@@ -474,7 +525,7 @@ def _mean_relevant(queries: Sequence[ImageSpec], by_attr: dict[str, list[str]], 
 
 def generate_dataset(config: SynthConfig, progress: bool = True) -> dict:
     """Writes the synthetic dataset (module docstring) and returns a summary: image
-    counts and distinct ATTRs per split and category, mean relevant images per test
+    counts and distinct ATTRs per split and category (the camera val split when it has images), mean relevant images per test
     query by category, and the seconds it took."""
     started = time.perf_counter()
     validate_config(config)
@@ -484,7 +535,7 @@ def generate_dataset(config: SynthConfig, progress: bool = True) -> dict:
     all_specs = [spec for split in SPLITS for spec in plan.specs[split]]
     _render_all(config, all_specs, progress)
 
-    for split in ("train", "val"):
+    for split in (s for s in LABELLED_SPLITS if config.writes(s)):
         specs = plan.specs[split]
         ordered = sorted((s for s in specs if s.category == PEDESTRIAN), key=lambda s: s.name)
         ordered += [s for s in specs if s.category == VEHICLE]
@@ -496,10 +547,12 @@ def generate_dataset(config: SynthConfig, progress: bool = True) -> dict:
                 ("$".join([q.text, *by_attr[q.attr]]) for q in plan.test_queries))
     _write_text(out / "ground_truth" / "test_label.txt", (_label_line(s) for s in gallery))
     recorded = {k: v for k, v in asdict(config).items() if k not in ("out", "workers", "overwrite")}
+    recorded.update({f"{CAMERA_VAL_SPLIT}_{kind}": config.count(CAMERA_VAL_SPLIT, category)  # the counts used
+                     for kind, category in (("pedestrians", PEDESTRIAN), ("vehicles", VEHICLE))})
     _write_text(out / "synth_config.json", [json.dumps(recorded, indent=2, sort_keys=True)])
 
     summary: dict = {"out": str(out), "seed": int(config.seed), "images": {}, "distinct_attrs": {}}
-    for split in SPLITS:
+    for split in (s for s in SPLITS if config.writes(s)):
         summary["images"][split] = {
             c: sum(1 for s in plan.specs[split] if s.category == c) for c in (PEDESTRIAN, VEHICLE)}
         summary["distinct_attrs"][split] = {

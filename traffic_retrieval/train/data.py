@@ -128,8 +128,9 @@ def build_training_set(rows: list[dict], preprocess: PreprocessConfig, tokenizer
 def load_run_data(work: Path, manifest: str, preprocess: PreprocessConfig, tokenizer, workers: int, context, with_val: bool = True,
                   text_form: str = "sentence"):
     """(training set, val set or None) of a prepare output: WORK/manifests/<manifest>.jsonl,
-    and WORK/manifests/val.jsonl on rank 0 when ``with_val`` and it has rows. Rank 0 fills
-    the decoded-image cache (WORK/cache) first; the other ranks then read it."""
+    and WORK/manifests/val.jsonl on rank 0 when ``with_val`` and it has rows (``load_val_set``
+    reads the camera-domain val split the same way). Rank 0 fills the decoded-image cache
+    (WORK/cache) first; the other ranks then read it."""
     from ..io import read_jsonl
     from ..runtime import barrier
 
@@ -140,10 +141,17 @@ def load_run_data(work: Path, manifest: str, preprocess: PreprocessConfig, token
     barrier(context)
     if not context.is_main:
         training_set = build_training_set(train_rows, preprocess, tokenizer, work / "cache", workers, text_form)
-    val_set = None
-    val_path = work / "manifests" / "val.jsonl"
-    if with_val and context.is_main and val_path.is_file():
-        val_rows = read_jsonl(val_path)
-        if val_rows:
-            val_set = build_training_set(val_rows, preprocess, tokenizer, work / "cache", workers, text_form)
+    val_set = load_val_set(work, "val", preprocess, tokenizer, workers, context, text_form) if with_val else None
     return training_set, val_set
+
+
+def load_val_set(work: Path, split: str, preprocess: PreprocessConfig, tokenizer, workers: int, context, text_form: str = "sentence"):
+    """The decoded val set of WORK/manifests/<split>.jsonl (``val``, or the camera-domain
+    ``val_camera``) on rank 0; None on the other ranks, or where the manifest is absent or empty."""
+    from ..io import read_jsonl
+
+    path = Path(work) / "manifests" / f"{split}.jsonl"
+    if not context.is_main or not path.is_file():
+        return None
+    rows = read_jsonl(path)
+    return build_training_set(rows, preprocess, tokenizer, Path(work) / "cache", workers, text_form) if rows else None

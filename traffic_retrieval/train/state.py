@@ -6,6 +6,12 @@ puts it back, so an interrupted run continues exactly where it stopped (the data
 order and augmentation of an epoch are seeded by the epoch number, see ``loop.py``).
 ``state_dict(optimizer=False)`` leaves the optimizer out and says so
 (``"optimizer_saved": False``): such a payload resumes with a fresh optimizer.
+
+The best epoch is chosen by the camera-domain val split (``val_camera``, the test's
+surveillance look) where an epoch record has it, else by the val split
+(``selection_split``); ``best_split`` says which. A resume whose records are scored on
+another split than the best so far (a camera val split added or removed) starts the
+best afresh: scores of two splits are not compared.
 """
 
 from __future__ import annotations
@@ -17,6 +23,18 @@ from typing import Any
 from ..errors import TrafficRetrievalError
 
 BEST_METRIC = "official_mAP@10"
+# The val splits that may choose the best epoch, by preference: the first one an epoch record scored.
+SELECTION_SPLITS: tuple[str, ...] = ("val_camera", "val")
+
+
+def selection_split(record: dict) -> str | None:
+    """The split whose ``BEST_METRIC`` decides whether an epoch record is the best: the
+    camera-domain val split where the record has it, else val; None when it has neither."""
+    for split in SELECTION_SPLITS:
+        scores = record.get(split)
+        if isinstance(scores, dict) and scores.get(BEST_METRIC) is not None:
+            return split
+    return None
 
 
 def no_best_yet() -> dict:
@@ -33,6 +51,7 @@ class TrainingState:
     step: int = 0  # optimizer steps taken
     best: dict = field(default_factory=no_best_yet)  # best val score so far and its epoch
     history: list[dict] = field(default_factory=list)  # one record per finished epoch
+    best_split: str | None = None  # the split ``best`` was scored on (``selection_split``), None before one
 
     def model_weights(self) -> dict:
         """The model's weights on the CPU (the ``state_dict`` key open_clip reads)."""
@@ -53,7 +72,7 @@ class TrainingState:
         else:
             payload["optimizer_saved"] = False
         payload.update({"scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": dict(self.best),
-                        "history": list(self.history)})
+                        "best_split": self.best_split, "history": list(self.history)})
         if self.heads is not None:
             payload["attribute_heads"] = self.heads.state_dict()
         return payload
@@ -78,17 +97,25 @@ class TrainingState:
             self.scaler.load_state_dict(payload["scaler"])  # the fp16 loss scale, so a resumed run repeats an uninterrupted one
         self.epoch, self.step = int(payload["epoch"]), int(payload["step"])
         self.best = dict(payload.get("best") or no_best_yet())
+        # a state saved before the camera val split existed had its best chosen on val
+        self.best_split = payload.get("best_split", "val" if self.best.get("epoch") is not None else None)
         self.history = list(payload.get("history", []))
         return restored
 
     def finish_epoch(self, record: dict) -> bool:
-        """Add a finished epoch's record; True when its val score is the best so far."""
+        """Add a finished epoch's record; True when its score on ``selection_split(record)``
+        (camera val where it has one, else val) is the best so far. A best so far of another
+        split does not count: the first record of a new split is the best."""
         self.epoch = record["epoch"]
         self.history.append(record)
-        score = record.get("val", {}).get(BEST_METRIC)
-        if score is None or score <= self.best[BEST_METRIC]:
+        split = selection_split(record)
+        if split is None:
+            return False
+        score = record[split][BEST_METRIC]
+        if split == self.best_split and score <= self.best[BEST_METRIC]:
             return False
         self.best = {BEST_METRIC: score, "epoch": record["epoch"]}
+        self.best_split = split
         return True
 
 
@@ -114,6 +141,8 @@ def check_resume_payload(payload, model, heads=None) -> None:
     for key, expected in (("scaler", dict), ("best", dict), ("history", list), ("attribute_heads", dict)):
         if payload.get(key) is not None and not isinstance(payload[key], expected):
             raise TrafficRetrievalError(f"{key} must be a {expected.__name__}")
+    if payload.get("best_split") is not None and payload["best_split"] not in SELECTION_SPLITS:
+        raise TrafficRetrievalError(f"best_split must be one of {', '.join(SELECTION_SPLITS)} or null")
     best = payload.get("best") or no_best_yet()
     score = best.get(BEST_METRIC)
     if not (isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)):
