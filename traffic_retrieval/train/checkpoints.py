@@ -2,7 +2,7 @@
 
 - ``epoch_N.pt`` after every ``save_every``-th epoch, the last and the ``keep_epochs`` (the
   newest ``keep`` kept, 0 keeps all; ``keep_epochs`` never deleted),
-- ``best.pt`` when an epoch beats the best val official mAP@10 so far (a hard link to that
+- ``best.pt`` when an epoch beats the best official mAP@10 so far on the deciding val split (the camera-domain one where it exists; a hard link to that
   epoch's ``epoch_N.pt`` when it was written),
 - ``last.pt`` every epoch: ``TrainingState.state_dict()`` (history, scaler and, unless
   ``save_optimizer="none"``, the optimizer), for ``--resume``,
