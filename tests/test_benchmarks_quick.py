@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-BENCHMARKS = ["bench_encode", "bench_train", "bench_rank_memory", "bench_search", "bench_serve", "bench_serve_memory", "bench_checkpoint_disk"]
+BENCHMARKS = ["bench_encode", "bench_train", "bench_rank_memory", "bench_search", "bench_serve", "bench_serve_memory", "bench_checkpoint_disk", "bench_transfer"]
 
 
 def test_every_benchmark_is_listed_here():
