@@ -93,7 +93,7 @@ def write_log(run_dir: Path, records: list[dict]) -> None:
 
 
 def test_training_curves_from_train_log(tmp_path):
-    from traffic_retrieval.train.curves import read_epoch_records, write_training_curves
+    from traffic_retrieval.train.curves import plot_training_curves, read_epoch_records, write_training_curves
 
     val = lambda x: {"official_mAP@10": x, "strict_mAP@10": x / 2, "recall@1": x, "recall@5": x + 0.1, "recall@10": x + 0.2,
                      "per_category": {"pedestrian": {"official_mAP@10": x}}}
@@ -108,6 +108,14 @@ def test_training_curves_from_train_log(tmp_path):
     image = Image.open(out)
     assert image.format == "PNG" and image.size == (1100, 400)  # loss and validation panels
     assert len(image.convert("RGB").getcolors(1 << 24)) > 50  # lines and text were drawn
+
+    camera = tmp_path / "camera"  # a run with a camera-domain val split draws its curves beside val's
+    camera.mkdir()
+    write_log(camera, [{**r, "val_camera": val(0.05 * r["epoch"])} for r in records])
+    figure_axes = plot_training_curves(read_epoch_records(camera / "train.log")).axes[1]
+    labels = [line.get_label() for line in figure_axes.get_lines()]
+    assert "official_mAP@10" in labels and "val_camera official_mAP@10" in labels
+    assert write_training_curves(camera) == camera / "training_curves.png"
 
     no_val = tmp_path / "no_val"
     no_val.mkdir()

@@ -55,10 +55,12 @@ def plot_training_curves(records: list[dict], title: str = ""):
     loss_axis.grid(alpha=0.3)
     if with_val:
         val_axis = axes[1]
-        for metric in VAL_METRICS:
-            points = [(r["epoch"], r["val"][metric]) for r in with_val if isinstance(r["val"].get(metric), (int, float))]
-            if points:
-                val_axis.plot(*zip(*points), marker="o", markersize=3, label=metric)
+        for split, style in (("val", "-"), ("val_camera", "--")):  # the camera-domain split, where the run has one
+            for metric in VAL_METRICS:
+                points = [(r["epoch"], r[split][metric]) for r in with_val
+                          if isinstance(r.get(split), dict) and isinstance(r[split].get(metric), (int, float))]
+                if points:
+                    val_axis.plot(*zip(*points), linestyle=style, marker="o", markersize=3, label=metric if split == "val" else f"{split} {metric}")
         val_axis.set(title="validation", xlabel="epoch", ylabel="score", ylim=(0, 1.02))
         val_axis.grid(alpha=0.3)
         val_axis.legend(loc="best", fontsize="small")
