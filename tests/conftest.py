@@ -17,3 +17,14 @@ def challenge_text() -> Path:
         pytest.skip("../shared/data/challenge_text is not present (only in the project's workspace)")
     return CHALLENGE_TEXT
 
+
+
+@pytest.fixture(scope="module")
+def retriever(index):
+    """A Retriever over the module's own ``index`` fixture, in fp32: bf16 autocast (the CPU default
+    where supported) lets a query's scores move by ~1e-4 with the other queries of its encoding
+    batch, more than the gaps between a random test model's scores."""
+    from traffic_retrieval.index import Retriever
+
+    with Retriever.open(index, device="cpu", precision="fp32") as opened:
+        yield opened

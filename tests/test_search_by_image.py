@@ -169,12 +169,6 @@ def index(source):
 
 
 @pytest.fixture(scope="module")
-def retriever(index):
-    with Retriever.open(index, device="cpu", precision="fp32") as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
 def gallery(retriever):
     """(id, path, category) of every indexed image."""
     return [(image.id, retriever.image_path(image.id), image.category) for image in retriever._store.indexed_images()]

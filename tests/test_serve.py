@@ -27,7 +27,6 @@ from PIL import Image  # noqa: E402
 
 from tiny_gallery import build_tiny_index, make_tiny_gallery  # noqa: E402
 from traffic_retrieval.errors import TrafficRetrievalError  # noqa: E402
-from traffic_retrieval.index import Retriever  # noqa: E402
 from traffic_retrieval.serve.app import ServeSettings, create_app, label_text  # noqa: E402
 from traffic_retrieval.serve.batching import MicroBatcher  # noqa: E402
 from traffic_retrieval.cli import build_parser  # noqa: E402
@@ -47,14 +46,6 @@ def index(tmp_path_factory):
     (root / "secret.txt").write_text(SECRET)  # next to the gallery: traversal targets
     (root / "data" / "test" / "secret.txt").write_text(SECRET)
     return build_tiny_index(source, root / "INDEX")
-
-
-@pytest.fixture(scope="module")
-def retriever(index):
-    # fp32: bf16 autocast (the CPU default where supported) lets a query's scores move by ~1e-4 with
-    # the other queries of its encoding batch, more than the gaps between this random model's scores
-    with Retriever.open(index, device="cpu", precision="fp32") as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module")

@@ -55,12 +55,6 @@ def index(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def retriever(index):
-    with Retriever.open(index, device="cpu", precision="fp32") as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
 def client(retriever):
     with TestClient(create_app(retriever, ServeSettings()), base_url=LOCAL) as test_client:
         yield test_client
