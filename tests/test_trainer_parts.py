@@ -5,6 +5,7 @@ A tiny TR-Tiny-RN on random 80 px images; CPU, fp32."""
 import copy
 import dataclasses
 import io
+import math
 
 import pytest
 import torch
@@ -227,3 +228,31 @@ def test_validation_reports_the_query_recipe_scores_and_the_routing_of_its_image
     routing = report["routing"]
     assert routing["images"] == ROWS and routing["per_category"]["vehicle"]["images"] == ROWS  # every tiny row is a vehicle
     assert "routing" not in validate(copy.deepcopy(loaded.model), training_set, loaded.preprocess, "cpu", None)
+
+
+def test_mix_style_mixes_channel_statistics_deterministically():
+    from traffic_retrieval.train.augment import _beta_samples, mix_style
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(8, 3, 16, 16) * 0.5
+    images[4:] += 0.4  # two "styles": dark and bright
+    assert mix_style(images, generator, 0.0) is images and torch.equal(mix_style(images[:1], generator, 1.0), images[:1])
+    mixed = mix_style(images, torch.Generator().manual_seed(1), 1.0)
+    assert torch.equal(mixed, mix_style(images, torch.Generator().manual_seed(1), 1.0))  # deterministic given the generator
+    assert mixed.shape == images.shape and 0 <= mixed.min() and mixed.max() <= 1
+    means_before, means_after = images.mean(dim=(2, 3)), mixed.mean(dim=(2, 3))
+    assert not torch.allclose(means_before, means_after)  # some images took another's exposure
+    # the content (each image's normalised pattern) stays where no clamping happened
+    centred = lambda x: (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True)
+    assert torch.corrcoef(torch.stack([centred(images)[0].flatten(), centred(mixed)[0].flatten()]))[0, 1] > 0.99
+    draws = _beta_samples(0.1, 20000, torch.Generator().manual_seed(2))
+    assert 0 < draws.min() and draws.max() < 1 and abs(float(draws.mean()) - 0.5) < 0.02
+    assert float(((draws < 0.1) | (draws > 0.9)).float().mean()) > 0.7  # Beta(0.1, 0.1): mostly near 0 or 1
+
+
+def test_a_step_with_style_mixing_trains(tiny):
+    state, parts = fresh_run(tiny)
+    parts = dataclasses.replace(parts, style_mix=0.5)
+    before = weights(state.model)
+    loss = train_step(state, parts, [torch.arange(ROWS)], torch.Generator().manual_seed(0))
+    assert math.isfinite(loss) and any(not torch.equal(before[k], v) for k, v in weights(state.model).items())

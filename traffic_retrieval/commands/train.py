@@ -61,6 +61,8 @@ class TrainConfig(RuntimeOptions, TowerLocking, CheckpointTrust):
     threads: int = option(0, minimum=0, help="torch CPU threads (0: all cores)")
     augment: bool = option(True, help="surveillance-look training augmentations")
     random_resized_crop: bool = option(False, help="the seed's RandomResizedCrop (scale 0.9-1, ratio 3/4-4/3) after squaring")
+    style_mix: float = option(0.0, minimum=0, maximum=1, help="share of training images whose style (per-channel mean and std: exposure, "
+                                                             "white balance) is mixed with another image's (MixStyle at the input; camera robustness)")
     grad_accum: int = option(1, minimum=1, help="gradient accumulation steps")
     grad_checkpointing: bool = option(False, help="gradient checkpointing")
     attribute_heads: float = option(0.0, minimum=0, help="weight of the auxiliary attribute-head loss (0: off)")
@@ -255,7 +257,7 @@ def _state_and_step_parts(config: TrainConfig, loaded, training_set, device: str
     state = TrainingState(model, make_optimizer(groups, config.lr, (config.beta1, config.beta2), config.eps), make_scaler(device, dtype), heads)
     parts = StepParts(distributed_module(contrastive_module(model, heads), context, device), LOSSES[config.loss], training_set,
                       Normalization.of(loaded.preprocess), device, dtype, context, AugmentConfig() if config.augment else None,
-                      config.random_resized_crop, config.attribute_heads, targets)
+                      config.random_resized_crop, config.style_mix, config.attribute_heads, targets)
     return state, parts
 
 

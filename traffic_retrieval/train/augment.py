@@ -109,3 +109,40 @@ def random_resized_crop(images, generator, scale: tuple[float, float] = SEED_CRO
         crop = images[index : index + 1, :, top : top + crop_height, left : left + crop_width]
         out[index] = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0] if (crop_height, crop_width) != (height, width) else crop[0]
     return out
+
+
+def mix_style(images, generator, probability: float, alpha: float = 0.1):
+    """MixStyle (Zhou et al., ICLR 2021) at the input: for a ``probability`` share of a float
+    NCHW batch in [0, 1], each image's per-channel mean and standard deviation (its "style":
+    exposure, white balance, contrast) are replaced by a mix with another image's of the batch,
+    ``lam * own + (1 - lam) * other``, ``lam ~ Beta(alpha, alpha)``; the content stays. Draws
+    from ``generator`` only (torch's Beta sampler takes no generator: ``_beta_samples``), so a
+    run is deterministic given its seed, on every rank alike."""
+    import torch
+
+    count = len(images)
+    if probability <= 0 or count < 2:
+        return images
+    chosen = torch.rand(count, generator=generator) < probability
+    if not chosen.any():
+        return images
+    partners = torch.randperm(count, generator=generator)
+    lam = _beta_samples(alpha, count, generator).view(count, 1, 1, 1)
+    mean = images.mean(dim=(2, 3), keepdim=True)
+    std = images.std(dim=(2, 3), keepdim=True).clamp_min(1e-4)
+    mixed = (images - mean) / std * (lam * std + (1 - lam) * std[partners]) + lam * mean + (1 - lam) * mean[partners]
+    out = images.clone()
+    out[chosen] = mixed[chosen].clamp_(0, 1)
+    return out
+
+
+def _beta_samples(alpha: float, count: int, generator, grid: int = 4096):
+    """``count`` draws of Beta(alpha, alpha) from ``generator`` by inverting its CDF tabulated on a grid."""
+    import torch
+
+    x = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    density = (x * (1 - x)) ** (alpha - 1)
+    cdf = torch.cumsum(density, 0)
+    cdf = cdf / cdf[-1]
+    u = torch.rand(count, generator=generator, dtype=torch.float64)
+    return x[torch.searchsorted(cdf, u).clamp_(max=grid - 1)].float()

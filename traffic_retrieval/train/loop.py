@@ -54,6 +54,7 @@ class StepParts:
     context: DistributedContext = field(default_factory=DistributedContext)
     augment: AugmentConfig | None = None  # None: no augmentation
     random_resized_crop: bool = False  # the seed's RandomResizedCrop(scale 0.9-1, ratio 3/4-4/3) before any other augmentation
+    style_mix: float = 0.0  # share of images whose channel statistics are mixed with another's (MixStyle at the input)
     attribute_weight: float = 0.0  # weight of the attribute-head loss
     attribute_targets: dict | None = None  # attribute_heads.attribute_targets of the training rows
 
@@ -69,13 +70,15 @@ def _micro_batch(parts: StepParts, global_index, generator):
     """(this rank's images and tokens on the device, the global batch's ATTR ids, this rank's row indices)."""
     import torch
 
-    from .augment import augment_batch, random_resized_crop
+    from .augment import augment_batch, mix_style, random_resized_crop
 
     training_set, context = parts.training_set, parts.context
     images = training_set.images[global_index]
     if parts.random_resized_crop:
         images = (random_resized_crop(images.float(), generator).round_().clamp_(0, 255)).to(torch.uint8)
     images = augment_batch(images, parts.augment, generator) if parts.augment is not None else images.float() / 255
+    if parts.style_mix > 0:
+        images = mix_style(images, generator, parts.style_mix)
     share = len(global_index) // context.world_size
     local = slice(context.rank * share, (context.rank + 1) * share)
     local_index = global_index[local]
