@@ -66,7 +66,7 @@ class Setup:
 
 
 def seed_setup(epochs: int) -> Setup:
-    return Setup().with_train(resize_mode="pad", random_resized_crop=True, loss="clip", augment=False, attribute_heads=0.0,
+    return Setup().with_train(resize_mode="pad", random_resized_crop=True, loss="clip", augment=False, attribute_heads=0.0, style_mix=0.0,
                               schedule_epochs=SEED_SCHEDULE_FACTOR * epochs)
 
 
@@ -82,6 +82,7 @@ DEPARTURES = [
     ("multi-positive loss", lambda s, e: s.with_train(loss="multi-positive"), "equal-ATTR pairs in a batch are positives"),
     ("attribute heads", lambda s, e: s.with_train(attribute_heads=0.5), "auxiliary flag/color/type/brand losses on the image embedding"),
     ("surveillance augmentation", lambda s, e: s.with_train(augment=True), "low-res/blur/exposure/cast/noise on training images"),
+    ("style mixing", lambda s, e: s.with_train(style_mix=0.5), "half the training images take a mix of another image's exposure and white balance (MixStyle)"),
     ("no attribute augmentation", lambda s, e: replace(s, caption_form=""), "vehicle captions as labelled"),
     ("prompt", lambda s, e: replace(s, prompt=True), "vehicle queries keep their prefix and get the seed's camera prompt"),
     ("re-ranking (a3r)", lambda s, e: replace(s, rerank="a3r"), "the seed's adaption re-ranking of the top 50"),
