@@ -52,6 +52,7 @@ class Setup:
     text_form: str = "a3r"  # trained and queried in
     router: str = "a3r"
     gallery_scope: str = "all"
+    gallery_norm: str = "none"
     caption_form: str = "bare"  # of the attribute-augmented vehicle captions ("" = no augmentation)
     prompt: bool = False
     rerank: str = ""  # "" (none), "a3r" or "ours"
@@ -82,6 +83,7 @@ DEPARTURES = [
     ("multi-positive loss", lambda s, e: s.with_train(loss="multi-positive"), "equal-ATTR pairs in a batch are positives"),
     ("attribute heads", lambda s, e: s.with_train(attribute_heads=0.5), "auxiliary flag/color/type/brand losses on the image embedding"),
     ("surveillance augmentation", lambda s, e: s.with_train(augment=True), "low-res/blur/exposure/cast/noise on training images"),
+    ("centred gallery", lambda s, e: replace(s, gallery_norm="center"), "the gallery's mean embedding subtracted before ranking"),
     ("style mixing", lambda s, e: s.with_train(style_mix=0.5), "half the training images take a mix of another image's exposure and white balance (MixStyle)"),
     ("no attribute augmentation", lambda s, e: replace(s, caption_form=""), "vehicle captions as labelled"),
     ("prompt", lambda s, e: replace(s, prompt=True), "vehicle queries keep their prefix and get the seed's camera prompt"),
@@ -164,7 +166,7 @@ class Runner:
         run_dir = self.work / f"run{self.run_count}"
         overrides = {"work": self.prepared, "out": run_dir, "seed": self.config.seed, "epochs": self.config.epochs,
                      "train_manifest": manifest, "keep_checkpoints": 3, "resume": True, "progress": self.config.progress,
-                     "query": {"text_form": setup.text_form}, **dict(setup.train)}
+                     "query": {"text_form": setup.text_form, "gallery_norm": setup.gallery_norm}, **dict(setup.train)}
         train(command_config("train", self.config.preset, overrides))
         self.checkpoints[key] = run_dir / "checkpoints" / "final.pt"
         return self.checkpoints[key]
@@ -190,7 +192,8 @@ class Runner:
         from .predict import run as predict
 
         submission = self.work / f"{name}.json"
-        query = QueryConfig(text_form=setup.text_form, router=setup.router, gallery_scope=setup.gallery_scope, prompt=setup.prompt)
+        query = QueryConfig(text_form=setup.text_form, router=setup.router, gallery_scope=setup.gallery_scope, gallery_norm=setup.gallery_norm,
+                            prompt=setup.prompt)
         rerank = RerankConfig(enabled=bool(setup.rerank), method=setup.rerank or "ours")
         predict(PredictConfig(checkpoint=checkpoint, queries=queries, gallery=gallery, out=submission, query=query, rerank=rerank,
                               vocabulary=self.prepared / "vehicle_vocabulary.json", progress=self.config.progress))
