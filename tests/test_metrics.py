@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from tiny_gallery import build_tiny_index, make_tiny_gallery  # noqa: E402
 from traffic_retrieval.errors import TrafficRetrievalError  # noqa: E402
-from traffic_retrieval.index import Retriever  # noqa: E402
 from traffic_retrieval.serve.app import ServeSettings, create_app  # noqa: E402
 from traffic_retrieval.serve.metrics import LATENCY_BUCKETS, BatchSizes  # noqa: E402
 
@@ -26,11 +25,10 @@ LATENCY = "traffic_retrieval_http_request_duration_seconds"
 
 
 @pytest.fixture(scope="module")
-def retriever(tmp_path_factory):
+def index(tmp_path_factory):
+    """The tiny index the shared ``retriever`` fixture (tests/conftest.py) opens."""
     root = tmp_path_factory.mktemp("metrics")
-    index = build_tiny_index(make_tiny_gallery(root, seed=3, test_pedestrians=6, test_vehicles=4), root / "INDEX")
-    with Retriever.open(index, device="cpu", precision="fp32") as opened:
-        yield opened
+    return build_tiny_index(make_tiny_gallery(root, seed=3, test_pedestrians=6, test_vehicles=4), root / "INDEX")
 
 
 @pytest.fixture
