@@ -60,3 +60,10 @@ SaveOptimizer = Literal["last", "none"]
 GalleryNorm = Literal["none", "center"]
 """Inference-time adaptation of the gallery embeddings before ranking. none: as encoded; center: the gallery's
 mean embedding (one global mean over the whole gallery) subtracted, then each re-normalised to unit length."""
+
+AugmentLevel = Literal["surveillance", "camera"]
+"""Training augmentations (train.augment.AUGMENT_LEVELS). surveillance: the mild set; camera: stronger, plus Gaussian blur, JPEG, gamma,
+desaturation and border occluders."""
+
+AugmentSchedule = Literal["constant", "ramp"]
+"""How the augmentations' probabilities change over a run (train.augment.augment_strength)."""

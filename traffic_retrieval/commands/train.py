@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config import CheckpointTrust, RuntimeOptions, option
 from ..data.prepare import CAMERA_VAL_SPLIT
 from ..errors import TrafficRetrievalError
-from ..options import Loss, ResizeMode, SaveOptimizer
+from ..options import AugmentLevel, AugmentSchedule, Loss, ResizeMode, SaveOptimizer
 from ..retrieval.queries import QueryConfig
 
 HELP = "contrastive training of an open_clip model"
@@ -59,7 +59,13 @@ class TrainConfig(RuntimeOptions, TowerLocking, CheckpointTrust):
     loss: Loss = option("multi-positive", help="multi-positive: equal-ATTR pairs are positives; clip: only the pair itself")
     workers: int = option(2, minimum=0, help="image decoding processes")
     threads: int = option(0, minimum=0, help="torch CPU threads (0: all cores)")
-    augment: bool = option(True, help="surveillance-look training augmentations")
+    augment: bool = option(True, help="camera-look training augmentations (--augment-level)")
+    augment_level: AugmentLevel = option("surveillance", help="surveillance: the mild set (resolution, blur, exposure, cast, noise); camera: "
+                                                             "stronger, plus Gaussian blur, JPEG, gamma, desaturation and border occluders")
+    augment_schedule: AugmentSchedule = option("constant", help="constant, or ramp: the degradations' probabilities grow linearly to full "
+                                                                "strength over the cosine schedule's epochs")
+    consistency: float = option(0.0, minimum=0, maximum=10, help="weight of a loss pulling each augmented image's embedding toward its clean "
+                                                                 "view's (1 - cosine; needs --augment); 0: off")
     random_resized_crop: bool = option(False, help="the seed's RandomResizedCrop (scale 0.9-1, ratio 3/4-4/3) after squaring")
     style_mix: float = option(0.0, minimum=0, maximum=1, help="share of training images whose style (per-channel mean and std: exposure, "
                                                              "white balance) is mixed with another image's (MixStyle at the input; camera robustness)")
@@ -237,7 +243,7 @@ def _bare_vehicle_captions(rows: list[dict]) -> int:
 
 def _state_and_step_parts(config: TrainConfig, loaded, training_set, device: str, dtype, context):
     """The optimizer over the model (and the attribute heads, when asked) and what every step uses."""
-    from ..train.augment import AugmentConfig
+    from ..train.augment import AUGMENT_LEVELS
     from ..train.loop import Normalization, StepParts
     from ..train.losses import LOSSES
     from ..train.setup import contrastive_module, distributed_module, make_optimizer, make_scaler, parameter_groups
@@ -256,8 +262,9 @@ def _state_and_step_parts(config: TrainConfig, loaded, training_set, device: str
         groups += parameter_groups(heads, config.wd)
     state = TrainingState(model, make_optimizer(groups, config.lr, (config.beta1, config.beta2), config.eps), make_scaler(device, dtype), heads)
     parts = StepParts(distributed_module(contrastive_module(model, heads), context, device), LOSSES[config.loss], training_set,
-                      Normalization.of(loaded.preprocess), device, dtype, context, AugmentConfig() if config.augment else None,
-                      config.random_resized_crop, config.style_mix, config.attribute_heads, targets)
+                      Normalization.of(loaded.preprocess), device, dtype, context, AUGMENT_LEVELS[config.augment_level] if config.augment else None,
+                      config.random_resized_crop, config.style_mix, config.augment_schedule, config.consistency if config.augment else 0.0,
+                      config.attribute_heads, targets)
     return state, parts
 
 

@@ -4,25 +4,71 @@ Training images come from the web, the gallery from surveillance cameras. These
 augmentations teach invariance to what such cameras do to a picture - low
 resolution, blur, exposure, a mild color cast, sensor noise - without ever
 looking at the test images. Hue is never rotated: colors are labels here.
+
+Two levels (``AUGMENT_LEVELS``, ``train --augment-level``): ``surveillance``, the mild
+original set, and ``camera``, the set a real surveillance camera calls for: stronger
+resolution loss, a Gaussian blur of random width, JPEG block artefacts, gamma (dusk and
+over-exposure), partial desaturation, stronger sensor noise and colour casts, and
+occluders (a bar or a box at the border, as a timestamp or a passing object leaves).
+``scheduled`` scales every degradation's probability by a strength in [0, 1], so a run
+can ramp the augmentation up toward its end (``--augment-schedule ramp``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields, replace
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     flip: float = 0.5  # probability of a horizontal flip
     low_resolution: float = 0.5  # probability of a down-then-up resize
     min_scale: float = 0.35
     blur: float = 0.3
+    max_blur_sigma: float = 0.0  # 0: a fixed 3x3 binomial kernel; else a Gaussian of sigma uniform in [0.3, max] per image
     exposure: float = 0.8  # brightness/contrast jitter
     color_cast: float = 0.5  # per-channel gain up to +-max_cast
     max_cast: float = 0.08
     noise: float = 0.3
     max_noise: float = 0.06
     translate: float = 0.5  # probability of a shift up to 1/16 of the side
+    gamma: float = 0.0  # probability of a gamma curve with exponent in [1/max_gamma, max_gamma]
+    max_gamma: float = 1.8
+    desaturate: float = 0.0  # probability of pulling colours toward grey by up to max_desaturation
+    max_desaturation: float = 0.5
+    occlude: float = 0.0  # probability of a flat box (up to a fifth of the side) at the border
+    jpeg: float = 0.0  # probability of a JPEG round trip at a quality in jpeg_quality
+    jpeg_quality: tuple[int, int] = (15, 60)
+
+
+DEGRADATIONS = ("low_resolution", "blur", "exposure", "color_cast", "noise", "translate", "gamma", "desaturate", "occlude", "jpeg")
+
+AUGMENT_LEVELS = {
+    "surveillance": AugmentConfig(),
+    "camera": AugmentConfig(low_resolution=0.6, min_scale=0.25, blur=0.5, max_blur_sigma=1.5, exposure=0.8, color_cast=0.6, max_cast=0.12,
+                            noise=0.5, max_noise=0.08, gamma=0.4, desaturate=0.3, occlude=0.25, jpeg=0.6),
+}
+AUGMENT_SCHEDULES = ("constant", "ramp")
+
+
+def augment_strength(schedule: str, epoch: int, epochs: int) -> float:
+    """How strongly epoch ``epoch`` (0-based) of ``epochs`` augments: ``constant``: 1;
+    ``ramp``: linearly from 1/epochs in the first epoch to 1 in the last, so the model
+    first learns the attributes on clean images and meets the hardest camera
+    degradations toward the end."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "ramp":
+        return min(1.0, (epoch + 1) / max(1, epochs))
+    raise ValueError(f"augment schedule must be one of {', '.join(AUGMENT_SCHEDULES)}, got {schedule!r}")
+
+
+def scheduled(config: AugmentConfig, strength: float) -> AugmentConfig:
+    """``config`` with every degradation's probability scaled by ``strength`` (the flip stays)."""
+    if strength >= 1.0:
+        return config
+    return replace(config, **{name: getattr(config, name) * max(0.0, strength) for name in DEGRADATIONS})
 
 
 def augment_batch(images_uint8, config: AugmentConfig, generator):
@@ -58,9 +104,12 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
 
     blur = chosen(config.blur)
     if blur.any():
-        kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
-        kernel2d = (kernel[:, None] * kernel[None, :]).expand(3, 1, 3, 3)
-        images[blur] = F.conv2d(F.pad(images[blur], (1, 1, 1, 1), mode="replicate"), kernel2d, groups=3)
+        if config.max_blur_sigma > 0:
+            images[blur] = gaussian_blur(images[blur], uniform(0.3, max(0.3, config.max_blur_sigma), int(blur.sum())))
+        else:
+            kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
+            kernel2d = (kernel[:, None] * kernel[None, :]).expand(3, 1, 3, 3)
+            images[blur] = F.conv2d(F.pad(images[blur], (1, 1, 1, 1), mode="replicate"), kernel2d, groups=3)
 
     exposure = chosen(config.exposure).float().view(n, 1, 1, 1)
     brightness = 1 + exposure * uniform(-0.3, 0.3, n, 1, 1, 1)
@@ -71,9 +120,89 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
     cast = chosen(config.color_cast).float().view(n, 1, 1, 1)
     images = images * (1 + cast * uniform(-config.max_cast, config.max_cast, n, 3, 1, 1))
 
+    if config.gamma > 0:
+        curve = chosen(config.gamma).float().view(n, 1, 1, 1)
+        exponent = torch.exp(curve * uniform(-1, 1, n, 1, 1, 1) * math.log(max(1.0, config.max_gamma)))
+        images = images.clamp(0, 1) ** exponent
+
+    if config.desaturate > 0:
+        pull = chosen(config.desaturate).float().view(n, 1, 1, 1) * uniform(0, config.max_desaturation, n, 1, 1, 1)
+        gray = images.mean(dim=1, keepdim=True)
+        images = images + pull * (gray - images)
+
     noise = chosen(config.noise).float().view(n, 1, 1, 1)
     images = images + noise * uniform(0, config.max_noise, n, 1, 1, 1) * torch.randn(images.shape, generator=generator)
-    return images.clamp_(0, 1)
+    images = images.clamp_(0, 1)
+
+    if config.occlude > 0:
+        images = occlude_border(images, chosen(config.occlude), generator)
+    if config.jpeg > 0:
+        images = jpeg_round_trip(images, chosen(config.jpeg), config.jpeg_quality, generator)
+    return images
+
+
+def gaussian_blur(images, sigmas):
+    """Each float NCHW image blurred by a separable Gaussian of its own ``sigmas[i]``
+    (kernel radius ceil(2 sigma), replicate padding)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, channels = images.shape[:2]
+    radius = max(1, int(math.ceil(2 * float(sigmas.max()))))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernels = torch.exp(-0.5 * (offsets[None, :] / sigmas.view(-1, 1)) ** 2)
+    kernels = kernels / kernels.sum(dim=1, keepdim=True)  # [n, 2r+1]
+    # one group per (image, channel): a single grouped conv per direction
+    flat = images.reshape(1, n * channels, *images.shape[2:])
+    weight = kernels.repeat_interleave(channels, dim=0)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), weight.view(n * channels, 1, 1, -1), groups=n * channels)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), weight.view(n * channels, 1, -1, 1), groups=n * channels)
+    return flat.view_as(images)
+
+
+def occlude_border(images, chosen, generator):
+    """A flat box of a random grey level over a chosen image's border: a bar across the
+    top or bottom (a timestamp, a car roof) or a box at a side (a passer-by), up to a
+    fifth of the side deep."""
+    import torch
+
+    _, _, height, width = images.shape
+    out = images.clone()
+    for index in torch.nonzero(chosen).flatten().tolist():
+        side = int(torch.randint(0, 4, (), generator=generator))
+        depth = 1 + int(torch.randint(0, max(1, min(height, width) // 5), (), generator=generator))
+        level = float(torch.rand((), generator=generator))
+        if side == 0:
+            out[index, :, :depth, :] = level
+        elif side == 1:
+            out[index, :, height - depth :, :] = level
+        elif side == 2:
+            out[index, :, :, :depth] = level
+        else:
+            out[index, :, :, width - depth :] = level
+    return out
+
+
+def jpeg_round_trip(images, chosen, quality_range: tuple[int, int], generator):
+    """Chosen float NCHW images encoded as JPEG at a quality drawn in ``quality_range`` and
+    decoded again (Pillow's libjpeg, 4:2:0 chroma subsampling): the 8x8 block artefacts and
+    chroma loss of a camera's video encoder."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = images.clone()
+    low, high = int(quality_range[0]), int(quality_range[1])
+    for index in torch.nonzero(chosen).flatten().tolist():
+        quality = int(torch.randint(low, high + 1, (), generator=generator))
+        pixels = (images[index] * 255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+        decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), dtype=np.float32)
+        out[index] = torch.from_numpy(decoded).permute(2, 0, 1) / 255
+    return out
 
 
 SEED_CROP_SCALE = (0.9, 1.0)  # open_clip's RandomResizedCrop in the seed's training transform

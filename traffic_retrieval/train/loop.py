@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..runtime import DistributedContext
@@ -55,6 +55,8 @@ class StepParts:
     augment: AugmentConfig | None = None  # None: no augmentation
     random_resized_crop: bool = False  # the seed's RandomResizedCrop(scale 0.9-1, ratio 3/4-4/3) before any other augmentation
     style_mix: float = 0.0  # share of images whose channel statistics are mixed with another's (MixStyle at the input)
+    augment_schedule: str = "constant"  # augment.AUGMENT_SCHEDULES: how the degradations' probabilities grow over the epochs
+    consistency: float = 0.0  # weight of 1 - cos(augmented view, clean view) per image (the clean view's embedding without gradient)
     attribute_weight: float = 0.0  # weight of the attribute-head loss
     attribute_targets: dict | None = None  # attribute_heads.attribute_targets of the training rows
 
@@ -66,8 +68,16 @@ class EpochResult:
     seconds: float  # the epoch's steps, from drawing its order to the last optimizer step
 
 
-def _micro_batch(parts: StepParts, global_index, generator):
-    """(this rank's images and tokens on the device, the global batch's ATTR ids, this rank's row indices)."""
+@dataclass
+class MicroBatch:
+    images: Any  # this rank's model input on the device
+    tokens: Any  # this rank's tokens on the device
+    attr_ids: Any  # the global batch's ATTR ids on the device
+    local_index: Any  # this rank's training rows
+    clean_images: Any = None  # with ``consistency``: this rank's images before the camera-look degradations
+
+
+def _micro_batch(parts: StepParts, global_index, generator) -> MicroBatch:
     import torch
 
     from .augment import augment_batch, mix_style, random_resized_crop
@@ -76,15 +86,24 @@ def _micro_batch(parts: StepParts, global_index, generator):
     images = training_set.images[global_index]
     if parts.random_resized_crop:
         images = (random_resized_crop(images.float(), generator).round_().clamp_(0, 255)).to(torch.uint8)
+    clean = images.float() / 255 if parts.consistency > 0 else None
     images = augment_batch(images, parts.augment, generator) if parts.augment is not None else images.float() / 255
     if parts.style_mix > 0:
         images = mix_style(images, generator, parts.style_mix)
     share = len(global_index) // context.world_size
     local = slice(context.rank * share, (context.rank + 1) * share)
     local_index = global_index[local]
-    images = parts.normalization(images[local]).to(parts.device).contiguous(memory_format=torch.channels_last)
-    tokens = training_set.tokens[local_index].to(parts.device)
-    return images, tokens, training_set.attr_ids[global_index].to(parts.device), local_index
+    to_input = lambda batch: parts.normalization(batch[local]).to(parts.device).contiguous(memory_format=torch.channels_last)
+    return MicroBatch(to_input(images), training_set.tokens[local_index].to(parts.device), training_set.attr_ids[global_index].to(parts.device),
+                      local_index, to_input(clean) if clean is not None else None)
+
+
+def consistency_loss(image_features, clean_features):
+    """Mean ``1 - cos`` between each augmented view's embedding and its clean view's (held
+    fixed): the camera-look degradations should not move an image in the embedding space."""
+    import torch
+
+    return (1 - torch.nn.functional.cosine_similarity(image_features.float(), clean_features.float().detach(), dim=-1)).mean()
 
 
 def train_step(state, parts: StepParts, micro_batches: list, generator) -> float:
@@ -101,13 +120,18 @@ def train_step(state, parts: StepParts, micro_batches: list, generator) -> float
     state.optimizer.zero_grad(set_to_none=True)
     losses = []
     for global_index in micro_batches:
-        images, tokens, attr_ids, local_index = _micro_batch(parts, global_index, generator)
+        batch = _micro_batch(parts, global_index, generator)
         with autocast(parts.device, parts.dtype):
-            image_features, text_features, logits = parts.forward(images, tokens)
+            if batch.clean_images is not None:
+                with torch.no_grad():
+                    clean_features = model.encode_image(batch.clean_images, normalize=True)
+            image_features, text_features, logits = parts.forward(batch.images, batch.tokens)
             loss = parts.loss_fn(gather_features(image_features.float(), parts.context), gather_features(text_features.float(), parts.context),
-                                 model.logit_scale.exp(), attr_ids)
+                                 model.logit_scale.exp(), batch.attr_ids)
             if parts.attribute_targets is not None:
-                loss = loss + parts.attribute_weight * attribute_loss(logits, parts.attribute_targets, local_index)
+                loss = loss + parts.attribute_weight * attribute_loss(logits, parts.attribute_targets, batch.local_index)
+            if batch.clean_images is not None:
+                loss = loss + parts.consistency * consistency_loss(image_features, clean_features)
         state.scaler.scale(loss / len(micro_batches)).backward()
         losses.append(loss.detach())
     state.scaler.step(state.optimizer)
@@ -135,7 +159,11 @@ def train_epoch(state, parts: StepParts, schedule, epoch: int, seed: int, progre
     import torch
     from tqdm import tqdm
 
+    from .augment import augment_strength, scheduled
+
     started = time.perf_counter()
+    if parts.augment is not None and parts.augment_schedule != "constant":
+        parts = replace(parts, augment=scheduled(parts.augment, augment_strength(parts.augment_schedule, epoch, schedule.epochs)))
     generator = epoch_generator(seed, epoch)
     order = torch.randperm(len(parts.training_set.rows), generator=generator)
     total_loss = 0.0
