@@ -61,6 +61,10 @@ GalleryNorm = Literal["none", "center"]
 """Inference-time adaptation of the gallery embeddings before ranking. none: as encoded; center: the gallery's
 mean embedding (one global mean over the whole gallery) subtracted, then each re-normalised to unit length."""
 
+GalleryBn = Literal["none", "adapt"]
+"""The image tower's BatchNorm statistics when encoding a gallery. none: the training images'; adapt: re-estimated on the
+gallery (AdaBN; a model without BatchNorm is unchanged)."""
+
 AugmentLevel = Literal["surveillance", "camera"]
 """Training augmentations (train.augment.AUGMENT_LEVELS). surveillance: the mild set; camera: stronger, plus Gaussian blur, JPEG, gamma,
 desaturation and border occluders."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import ModelSource, ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import GalleryNorm, IndexKind
+from ..options import GalleryBn, GalleryNorm, IndexKind
 
 HELP = "build or update a persistent gallery index (SQLite + embedding shards + FAISS)"
 
@@ -43,6 +43,9 @@ class IndexConfig(RuntimeOptions, ReaderOptions, ModelSource):
                                                          "embedding, re-normalised; search and serve then rank as predict --gallery-norm center); "
                                                          "unset: the checkpoint's recorded recipe, else none. The shards keep raw embeddings: "
                                                          "changing it rebuilds only the FAISS indexes")
+    gallery_bn: GalleryBn | None = option(None, help="the image tower's BatchNorm statistics: none (the training images'), or adapt (re-estimated "
+                                                     "on a sample of this gallery, AdaBN, and kept in the index for later updates and image queries); "
+                                                     "unset: the checkpoint's recorded recipe, else none. Fixed for the index's life")
     json: bool = option(False, help="print the whole report as JSON")
 
 
@@ -63,7 +66,8 @@ def run(config: IndexConfig) -> dict:
     ann = AnnConfig(kind=config.kind, flat_max=config.flat_max, recall_target=config.recall_target, reduce_dim=config.reduce_dim, progress=config.progress)
     return build_index(config.images, config.checkpoint, config.out, labels=config.labels, ann=ann, shard_size=config.shard_size,
                        batch_size=config.batch_size, workers=config.workers, device=config.device, precision=config.precision, progress=config.progress,
-                       trust_checkpoint=config.trust_checkpoint, model=config.model, pretrained=config.pretrained, gallery_norm=config.gallery_norm)
+                       trust_checkpoint=config.trust_checkpoint, model=config.model, pretrained=config.pretrained, gallery_norm=config.gallery_norm,
+                       gallery_bn=config.gallery_bn)
 
 
 def format_report(report: dict) -> str:
@@ -74,7 +78,8 @@ def format_report(report: dict) -> str:
         f"unchanged {report['unchanged']}, dropped {report['dropped']}, {report['seconds']:.1f} s",
         "faiss: " + (", ".join(f"{c} {k}" for c, k in report["kind"].items()) or "empty") + f", recall@10 {report['recall@10']:.3f}"
         + (" (rebuilt)" if report["faiss_rebuilt"] else " (unchanged)")
-        + (f", gallery norm {report['gallery_norm']}" if report.get("gallery_norm", "none") != "none" else ""),
+        + (f", gallery norm {report['gallery_norm']}" if report.get("gallery_norm", "none") != "none" else "")
+        + (f", BatchNorm statistics of {report['bn_stats']['images']} gallery images" if report.get("bn_stats") else ""),
     ]
     if report["recall@10"] < report.get("recall_target", 0):
         lines.append(f"warning: recall@10 {report['recall@10']:.3f} is under the target {report['recall_target']}: "

@@ -69,8 +69,9 @@ class _Gallery:
     image_dir: Path
 
 
-def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool) -> _Gallery:
-    """The gallery's embeddings: from a built index, or encoded now."""
+def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool, gallery_bn: str = "none") -> _Gallery:
+    """The gallery's embeddings: from a built index, or encoded now (with ``gallery_bn``
+    ``adapt``, after re-estimating the image tower's BatchNorm statistics on the gallery)."""
     from ..retrieval.encode import encode_image_files, gallery_categories
     from ..retrieval.search import ExactGallerySearch
 
@@ -85,6 +86,10 @@ def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool) ->
                         list(indexed.unreadable), len(indexed.names) + len(indexed.unreadable), Path(indexed.info["images"]))
     gallery_dir = Path(config.gallery or Path(config.data) / "test" / "test_images")
     paths = list_gallery_images(gallery_dir)
+    if gallery_bn == "adapt":
+        from ..retrieval.encode import adapt_batchnorm_to_files
+
+        adapt_batchnorm_to_files(loaded, [str(p) for p in paths], runtime, config.batch_size, config.workers, config.progress)
     encoded = encode_image_files(loaded, [str(p) for p in paths], runtime.device, runtime.dtype, config.batch_size, config.workers, config.progress,
                                  with_flipped=with_flipped)
     if not encoded.readable:
@@ -97,7 +102,7 @@ def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool) ->
 def run(config: PredictConfig) -> dict:
     from ..data.vocabulary import VehicleVocabulary
     from ..evaluation.submission import write_submission
-    from ..retrieval.queries import QueryEncoder, count_truncated, query_recipe, read_queries
+    from ..retrieval.queries import QueryEncoder, count_truncated, query_recipe, read_queries, resolve_query_config
     from ..retrieval.rerank import rerank_hits
     from ..retrieval.adapt import adapt_gallery, gallery_mean
     from ..retrieval.search import ExactGallerySearch, search_scoped
@@ -108,9 +113,20 @@ def run(config: PredictConfig) -> dict:
     queries = read_queries(Path(config.queries or Path(config.data) / "test" / "test_text.txt"))
     runtime = resolve_runtime(config.device, config.precision)
     loaded = load_model_for_inference(config.checkpoint, config.model, config.pretrained, runtime.device, config.trust_checkpoint)
-    gallery = _read_gallery(config, loaded, runtime, with_flipped=config.rerank.enabled)
+    if config.index:  # the gallery was encoded as the index says
+        from dataclasses import replace
 
-    query_encoder = QueryEncoder(loaded, config.query, runtime.device, runtime.dtype,
+        from ..index.retriever import index_gallery_bn
+        from ..index.store import IndexLayout
+
+        layout = IndexLayout(config.index)
+        query_config = replace(config.query, gallery_bn=index_gallery_bn(config.query.gallery_bn, layout.read_index_json(), layout.root))
+    else:
+        query_config = config.query
+    query_config = resolve_query_config(query_config, loaded.checkpoint)
+    gallery = _read_gallery(config, loaded, runtime, with_flipped=config.rerank.enabled, gallery_bn=query_config.gallery_bn)
+
+    query_encoder = QueryEncoder(loaded, query_config, runtime.device, runtime.dtype,
                                  vocabulary=VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
     encoded = query_encoder.encode(queries)
     recipe = query_encoder.config
@@ -184,6 +200,7 @@ def print_result(summary: dict, config: PredictConfig) -> None:
     recipe = summary["query_recipe"]
     scope = recipe["gallery_scope"] + (f" (penalty {recipe['routing_penalty']:g})" if "routing_penalty" in recipe else "")
     norm = f", gallery norm {recipe['gallery_norm']}" if recipe.get("gallery_norm", "none") != "none" else ""
+    norm += f", gallery BatchNorm {recipe['gallery_bn']}" if recipe.get("gallery_bn", "none") != "none" else ""
     print(f"queries: text form {recipe['text_form']}, router {recipe['router']}, gallery scope {scope}{norm} "
           f"({', '.join(f'{n} {c}' for c, n in summary['queries_per_category'].items())})")
     routing = summary.get("gallery_routing")

@@ -32,6 +32,8 @@ MAX_NAME_CHARS = 200
 MAX_PATH_CHARS = 4096
 BUILT_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 GALLERY_NORMS = ("none", "center")  # faiss.gallery_norm: how the FAISS indexes hold the gallery (retrieval/adapt.py)
+GALLERY_BNS = ("none", "adapt")  # gallery_bn: the BatchNorm statistics the gallery was encoded with (batchnorm.py)
+BN_STATS_FILE = "bn_stats.safetensors"  # = batchnorm.BN_STATS_FILE
 SEARCH_PARAMS = {  # kind -> the settings it may carry, with their bounds
     "flat": {},
     "hnsw": {"efSearch": MAX_EF_SEARCH, "k_factor": MAX_K_FACTOR},
@@ -171,7 +173,24 @@ def check_index_info(info, where) -> dict:
     faiss_info = _check_faiss(fields, fields.mapping(fields.get(info, "faiss", "faiss"), "faiss"), dim)
     if "gallery_norm" in info and info["gallery_norm"] != faiss_info["gallery_norm"]:
         fields.fail("gallery_norm", f"must be faiss.gallery_norm {shown(faiss_info['gallery_norm'])}, got {shown(info['gallery_norm'])}")
+    _check_batchnorm(fields, info)
     return info
+
+
+def _check_batchnorm(fields: _Fields, info: dict) -> None:
+    """``gallery_bn`` (absent: an index built before it existed, ``none``) and ``bn_stats``:
+    null, or with ``adapt`` the statistics file's record."""
+    setting = fields.choice(info.get("gallery_bn", "none"), "gallery_bn", GALLERY_BNS)
+    stats = info.get("bn_stats")
+    if stats is not None:
+        if setting != "adapt":
+            fields.fail("bn_stats", f"must be null with gallery_bn {setting}, got {shown(stats)}")
+        stats = fields.mapping(stats, "bn_stats", limit=8)
+        if stats.get("file") != BN_STATS_FILE:
+            fields.fail("bn_stats.file", f"must be {BN_STATS_FILE}, got {shown(stats.get('file'))}")
+        _check_sha256(fields, stats.get("sha256"), "bn_stats.sha256", "the statistics file's sha256")
+        fields.integer(stats.get("images"), "bn_stats.images", 1, MAX_COUNT)
+    info["gallery_bn"], info["bn_stats"] = setting, stats
 
 
 def _check_sha256(fields: _Fields, value, field: str, what: str) -> str:

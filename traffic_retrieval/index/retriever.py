@@ -32,6 +32,9 @@ becomes the index's, a different one is refused with one line (rebuild the index
 Text queries are never centred; image queries (``search_image``, the image terms of
 ``search_combined``) are centred on the recorded mean like the gallery, so an image and
 its indexed twin still score 1. ``embeddings()`` returns the raw stored embeddings.
+An index built with ``gallery_bn: adapt`` (``batchnorm.py``) holds the BatchNorm statistics
+it encoded the gallery with; the retriever loads them into its model, so image queries are
+encoded in the gallery's space.
 """
 
 from __future__ import annotations
@@ -84,8 +87,10 @@ def _recipe(config) -> dict:
 
 
 def _with_index_gallery_norm(query_config, info: dict, root):
-    """``query_config`` with the index's gallery normalisation: an unset one becomes it, a different
-    one is refused (FAISS holds the gallery one way; re-centring at query time would be another search)."""
+    """``query_config`` with the index's gallery normalisation and BatchNorm statistics: an
+    unset one becomes the index's, a different one is refused (FAISS holds the gallery one
+    way; re-centring at query time would be another search, and the gallery was encoded
+    with its statistics)."""
     from dataclasses import replace
 
     from ..retrieval.queries import QueryConfig
@@ -97,7 +102,16 @@ def _with_index_gallery_norm(query_config, info: dict, root):
         raise TrafficRetrievalError(f"{root}: the index holds the gallery with gallery_norm {built}, the query recipe asks for {asked}: "
                                     f"rebuild it with `traffic-retrieval index --gallery-norm {asked} --out {root} ...` (only FAISS is rebuilt), "
                                     f"or leave gallery_norm unset")
-    return replace(query_config, gallery_norm=built)
+    return replace(query_config, gallery_norm=built, gallery_bn=index_gallery_bn(query_config.gallery_bn, info, root))
+
+
+def index_gallery_bn(asked: str | None, info: dict, root) -> str:
+    """The index's ``gallery_bn``; one asked for that differs is refused in one line."""
+    built = info.get("gallery_bn", "none")
+    if asked is not None and asked != built:
+        raise TrafficRetrievalError(f"{root}: the index's gallery was encoded with gallery_bn {built}, the query recipe asks for {asked}: "
+                                    f"build a new index with `traffic-retrieval index --gallery-bn {asked} --out NEW ...`, or leave gallery_bn unset")
+    return built
 
 
 def check_k(k) -> int:
@@ -150,8 +164,12 @@ class Retriever(Closeable):
                 if attempt:  # a build finishing meanwhile replaces the FAISS files: read its index.json once more
                     raise
                 info = layout.read_index_json()
-        store = IndexStore(layout.meta_db, readonly=True)
         query_config = _with_index_gallery_norm(query_config, info, layout.root)
+        if info.get("bn_stats"):  # image queries are encoded with the statistics the gallery was
+            from .batchnorm import load_index_batchnorm
+
+            load_index_batchnorm(layout.root, info["bn_stats"], loaded.model)
+        store = IndexStore(layout.meta_db, readonly=True)
         query_encoder = QueryEncoder(loaded, query_config, device, autocast_dtype(precision, device),
                                      vocabulary=VehicleVocabulary.load(vocabulary) if vocabulary else None)
         return cls(layout, info, store, gallery, query_encoder, device)
@@ -391,6 +409,7 @@ class Retriever(Closeable):
             "device": self._device,
             "query_recipe": _recipe(self._queries.config),
             "gallery_norm": self._gallery_norm,  # how the FAISS indexes hold the gallery (index --gallery-norm)
+            "gallery_bn": info.get("gallery_bn", "none"),  # the BatchNorm statistics the gallery was encoded with (index --gallery-bn)
         }
 
     def _gallery_path(self, row) -> str:

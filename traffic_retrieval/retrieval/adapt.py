@@ -26,8 +26,18 @@ Design choices:
 - an image equal to the mean (a gallery of one image) becomes the zero vector: it
   scores 0 against every query.
 
-Everything here is a pure function of tensors (torch or numpy: the same type comes
-back), usable from ``predict``, training's validation and the index build.
+``gallery_bn: adapt`` (AdaBN, Li et al. 2018, "Adaptive Batch Normalization for
+practical domain adaptation") acts one step earlier, inside the image tower: a
+BatchNorm layer normalises with the mean and variance of the *training* images, which
+a camera gallery does not share (darker, blurrier, noisier), so every layer downstream
+sees shifted inputs. ``estimate_batchnorm`` re-estimates those statistics on the gallery
+itself (a sample of at most ``ADAPT_BN_MAX_IMAGES`` images, evenly spaced, so the same
+gallery always gives the same statistics) before it is encoded; weights stay as
+trained. A model without BatchNorm (every ViT) is left as it is. Queries by image must
+then be encoded with the same statistics (an index stores them, ``index/build.py``).
+
+The gallery functions are pure functions of tensors (torch or numpy: the same type
+comes back), usable from ``predict``, training's validation and the index build.
 """
 
 from __future__ import annotations
@@ -35,6 +45,9 @@ from __future__ import annotations
 from ..errors import TrafficRetrievalError
 
 GALLERY_NORMS = ("none", "center")  # = options.GalleryNorm
+GALLERY_BNS = ("none", "adapt")  # = options.GalleryBn
+ADAPT_BN_MAX_IMAGES = 8192  # gallery images whose statistics AdaBN takes (more change the estimate little)
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _is_numpy(value) -> bool:
@@ -121,3 +134,98 @@ def format_routing(report: dict) -> str:
         return "routing accuracy: no labelled images"
     parts = ", ".join(f"{category} {entry['accuracy']:.3f} of {entry['images']}" for category, entry in report["per_category"].items())
     return f"routing accuracy {report['accuracy']:.3f} over {report['images']} images ({parts})"
+
+
+def check_gallery_bn(gallery_bn: str) -> str:
+    if gallery_bn not in GALLERY_BNS:
+        raise TrafficRetrievalError(f"gallery_bn must be one of {', '.join(GALLERY_BNS)}, got {gallery_bn!r}")
+    return gallery_bn
+
+
+def batchnorm_layers(model) -> list:
+    """``(name, module)`` of every BatchNorm layer of the model's image tower (named as in
+    ``model.visual.state_dict()``); empty for a tower without any (ViTs use LayerNorm)."""
+    import torch
+
+    visual = getattr(model, "visual", model)
+    return [(name, module) for name, module in visual.named_modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+            and module.track_running_stats]
+
+
+def adaptation_sample(count: int, limit: int = ADAPT_BN_MAX_IMAGES) -> list[int]:
+    """The positions of a gallery of ``count`` images whose statistics AdaBN takes: all of
+    them up to ``limit``, else ``limit`` evenly spaced ones (deterministic)."""
+    if count <= limit:
+        return list(range(count))
+    return [int(i * count / limit) for i in range(limit)]
+
+
+def estimate_batchnorm(model, uint8_batches, preprocess, device: str, dtype) -> dict | None:
+    """AdaBN: every BatchNorm layer of ``model``'s image tower takes the mean and variance
+    of the images in ``uint8_batches`` (uint8 NCHW tensors, already resized) instead of the
+    training images'; the cumulative average over the batches (``momentum=None``), computed
+    with no gradient and the weights untouched. The model is left in eval mode with the new
+    statistics; returns them (``{"layer.running_mean": tensor, ...}``, on the CPU), or None
+    when the tower has no BatchNorm (nothing changed). Batches of one image are skipped
+    (a layer with 1x1 maps cannot take a variance from them); no image at all leaves the
+    statistics as they were."""
+    import torch
+
+    from ..data.images import normalize_uint8_batch
+    from ..runtime import autocast
+
+    layers = batchnorm_layers(model)
+    if not layers:
+        return None
+    saved = {name: {buffer: getattr(module, buffer).clone() for buffer in BN_BUFFERS} for name, module in layers}
+    momenta = {name: module.momentum for name, module in layers}
+    model.eval()
+    seen = 0
+    try:
+        for name, module in layers:
+            module.reset_running_stats()
+            module.momentum = None
+            module.train()
+        with torch.no_grad(), autocast(device, dtype):
+            for batch in uint8_batches:
+                if batch is None or len(batch) < 2:
+                    continue
+                images = normalize_uint8_batch(batch, preprocess).to(device)
+                model.encode_image(images.contiguous(memory_format=torch.channels_last))
+                seen += len(batch)
+    finally:
+        for name, module in layers:
+            module.momentum = momenta[name]
+            module.eval()
+    if seen == 0:
+        load_batchnorm(model, {f"{name}.{buffer}": value for name, buffers in saved.items() for buffer, value in buffers.items()})
+        return None
+    return batchnorm_state(model)
+
+
+def batchnorm_state(model) -> dict:
+    """The image tower's BatchNorm statistics, ``{"layer.running_mean": tensor, ...}`` on the CPU."""
+    return {f"{name}.{buffer}": getattr(module, buffer).detach().cpu().clone() for name, module in batchnorm_layers(model) for buffer in BN_BUFFERS}
+
+
+def load_batchnorm(model, stats: dict, source: str = "BatchNorm statistics") -> None:
+    """Set the image tower's BatchNorm statistics from ``stats`` (as ``batchnorm_state``
+    returns them); a missing, extra or mis-shaped entry is a one-line error naming ``source``."""
+    import torch
+
+    layers = dict(batchnorm_layers(model))
+    expected = {f"{name}.{buffer}" for name in layers for buffer in BN_BUFFERS}
+    if set(stats) != expected:
+        missing, extra = sorted(expected - set(stats)), sorted(set(stats) - expected)
+        raise TrafficRetrievalError(f"{source}: do not fit the model's image tower"
+                                    + (f" (missing {missing[0]})" if missing else "") + (f" (unexpected {extra[0]})" if extra else ""))
+    for key, value in stats.items():
+        name, buffer = key.rsplit(".", 1)
+        target = getattr(layers[name], buffer)
+        value = torch.as_tensor(value)
+        if tuple(value.shape) != tuple(target.shape):
+            raise TrafficRetrievalError(f"{source}: {key} has shape {tuple(value.shape)}, the model's {tuple(target.shape)}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise TrafficRetrievalError(f"{source}: {key} holds non-finite values")
+        with torch.no_grad():
+            target.copy_(value.to(target.dtype))

@@ -38,6 +38,19 @@ def encode_image_files(loaded, paths: list[str], device: str, dtype, batch_size:
     return ImageEncoding(stack(embeddings), readable, errors, stack(flipped) if with_flipped else None)
 
 
+def adapt_batchnorm_to_files(loaded, paths: list[str], runtime, batch_size: int, workers: int, progress: bool) -> dict | None:
+    """AdaBN on a gallery of image files (``retrieval.adapt.estimate_batchnorm`` over its
+    ``adaptation_sample``): the model keeps the new statistics; returns them (None: no BatchNorm)."""
+    from .adapt import adaptation_sample, batchnorm_layers, estimate_batchnorm
+
+    if not batchnorm_layers(loaded.model):
+        return None
+    sample = [paths[i] for i in adaptation_sample(len(paths))]
+    batches = (batch.images for batch in read_image_batches(sample, loaded.preprocess, batch_size, workers, progress=progress,
+                                                             description="adapt BatchNorm"))
+    return estimate_batchnorm(loaded.model, batches, loaded.preprocess, runtime.device, runtime.dtype)
+
+
 def encode_uint8_images(model, images_uint8, preprocess, device: str, dtype, batch_size: int = 256):
     """L2-normalised embeddings of already decoded uint8 NCHW images (the training cache)."""
     import torch

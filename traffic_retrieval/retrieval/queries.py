@@ -9,7 +9,7 @@ the gallery normalisation and the soft scope's routing penalty. Unset values com
 the checkpoint (training records the recipe it used), else from ``DEFAULT_RECIPE`` and
 ``ADAPT_DEFAULTS``, so a model trained in the seed's form is queried in it with no flag
 (``resolve_query_config``). A recipe records ``gallery_norm`` only when it is not
-``none`` and ``routing_penalty`` only with the soft scope (``query_recipe``): recipes of
+``none`` (``gallery_bn`` too) and ``routing_penalty`` only with the soft scope (``query_recipe``): recipes of
 today's behaviour keep their three keys.
 """
 
@@ -27,11 +27,11 @@ from ..config import option
 from ..data.text_forms import SEED_PROMPT_SUFFIX, query_text
 from ..errors import TrafficRetrievalError
 from ..io import read_input_bytes
-from ..options import GalleryNorm, GalleryScope, RouterKind, TextForm
+from ..options import GalleryBn, GalleryNorm, GalleryScope, RouterKind, TextForm
 from .search import DEFAULT_ROUTING_PENALTY
 
 DEFAULT_RECIPE = {"text_form": "sentence", "router": "vocabulary", "gallery_scope": "routed"}
-ADAPT_DEFAULTS = {"gallery_norm": "none", "routing_penalty": DEFAULT_ROUTING_PENALTY}  # recorded only when they matter (query_recipe)
+ADAPT_DEFAULTS = {"gallery_norm": "none", "gallery_bn": "none", "routing_penalty": DEFAULT_ROUTING_PENALTY}  # recorded only when they matter (query_recipe)
 RECIPE_KEY = "query_recipe"  # where a checkpoint records the recipe its training used
 
 
@@ -47,6 +47,10 @@ class QueryConfig:
     gallery_norm: GalleryNorm | None = option(None, flag="--gallery-norm",
                                               help="adapt the gallery to the query side before ranking: none, or center (subtract the gallery's mean "
                                                    "embedding and re-normalise; camera galleries); unset: the checkpoint's (an index: the index's), else none")
+    gallery_bn: GalleryBn | None = option(None, flag="--gallery-bn",
+                                          help="the image tower's BatchNorm statistics for the gallery: none (the training images'), or adapt "
+                                               "(re-estimated on the gallery, AdaBN; camera galleries; no effect on a model without BatchNorm); "
+                                               "unset: the checkpoint's (an index: the index's), else none")
     routing_penalty: float | None = option(None, flag="--routing-penalty", minimum=0, maximum=10, metavar="PENALTY",
                                            help=f"--gallery-scope soft: score subtracted from images outside a query's routed category; "
                                                 f"unset: the checkpoint's, else {DEFAULT_ROUTING_PENALTY}")
@@ -81,15 +85,19 @@ def resolve_query_config(config: QueryConfig | None, checkpoint: dict | None = N
 def _valid_adapt_value(key: str, value) -> bool:
     if key == "gallery_norm":
         return value in typing.get_args(GalleryNorm)
+    if key == "gallery_bn":
+        return value in typing.get_args(GalleryBn)
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 10
 
 
 def query_recipe(config: QueryConfig) -> dict:
     """The recipe a resolved config records in a checkpoint: text form, router and gallery
-    scope; ``gallery_norm`` when it is not ``none``; ``routing_penalty`` with the soft scope."""
+    scope; ``gallery_norm`` and ``gallery_bn`` when they are not ``none``; ``routing_penalty`` with the soft scope."""
     recipe = {key: getattr(config, key) for key in DEFAULT_RECIPE}
     if config.gallery_norm not in (None, "none"):
         recipe["gallery_norm"] = config.gallery_norm
+    if config.gallery_bn not in (None, "none"):
+        recipe["gallery_bn"] = config.gallery_bn
     if config.gallery_scope == "soft":
         recipe["routing_penalty"] = DEFAULT_ROUTING_PENALTY if config.routing_penalty is None else float(config.routing_penalty)
     return recipe

@@ -21,6 +21,7 @@ class ValQueries:
     categories: list[str]
     gallery_scope: str = "routed"
     gallery_norm: str = "none"
+    gallery_bn: str = "none"  # adapt: the val images are encoded by a copy of the model with BatchNorm statistics of their own (AdaBN)
     routing_penalty: float = 0.05
     routing_texts: dict | None = None  # category -> captions: also report how the val images route (gallery_categories)
     tokenizer: object = None
@@ -37,8 +38,8 @@ def val_queries(val_set, tokenizer, recipe, routing_texts: dict | None = None) -
     route = make_router(recipe.router)
     categories = [route(row["text"]) for row in val_set.rows]
     texts = [text_to_encode(row["text"], category, recipe) for row, category in zip(val_set.rows, categories)]
-    return ValQueries(tokenize(tokenizer, texts), categories, recipe.gallery_scope, recipe.gallery_norm, recipe.routing_penalty,
-                      routing_texts, tokenizer)
+    return ValQueries(tokenize(tokenizer, texts), categories, recipe.gallery_scope, recipe.gallery_norm, recipe.gallery_bn or "none",
+                      recipe.routing_penalty, routing_texts, tokenizer)
 
 
 def one_to_one_recall(text_embeddings, image_embeddings, k: int = 10, block: int = 1024) -> float:
@@ -70,7 +71,8 @@ def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries
     was_training = model.training
     model.eval()
     try:
-        image_embeddings = encode_uint8_images(model, val_set.images, preprocess, device, dtype)
+        image_embeddings = encode_uint8_images(_gallery_model(model, val_set, preprocess, device, dtype, queries.gallery_bn),
+                                               val_set.images, preprocess, device, dtype)
         text_embeddings = encode_tokens(model, queries.tokens, device, dtype)
     finally:
         model.train(was_training)
@@ -85,6 +87,22 @@ def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries
     if queries.routing_texts:
         scores["routing"] = _routing(model, queries, image_embeddings, gallery_categories, device, dtype)
     return scores
+
+
+def _gallery_model(model, val_set, preprocess, device: str, dtype, gallery_bn: str, batch_size: int = 256):
+    """The model that encodes the val images: ``model`` itself, or for ``gallery_bn`` ``adapt``
+    (and a tower with BatchNorm) a copy whose statistics are the val images' own (AdaBN),
+    so the model being trained keeps its running statistics."""
+    import copy
+
+    from ..retrieval.adapt import batchnorm_layers, estimate_batchnorm
+
+    if gallery_bn != "adapt" or not batchnorm_layers(model):
+        return model
+    adapted = copy.deepcopy(model)
+    batches = (val_set.images[start : start + batch_size] for start in range(0, len(val_set.images), batch_size))
+    estimate_batchnorm(adapted, batches, preprocess, device, dtype)
+    return adapted
 
 
 def _routing(model, queries: ValQueries, image_embeddings, true_categories: list[str], device: str, dtype) -> dict:

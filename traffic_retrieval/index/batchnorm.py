@@ -1,0 +1,105 @@
+"""BatchNorm statistics of an index (``gallery_bn: adapt``, AdaBN: ``retrieval/adapt.py``).
+
+An index built with ``gallery_bn: adapt`` encodes its gallery with the image tower's
+BatchNorm statistics re-estimated on that gallery. They are estimated once, by the first
+build, on an evenly spaced sample of the gallery (``adapt.adaptation_sample``), written
+to ``bn_stats.safetensors`` in the index folder and recorded (file, sha256, images) in
+the index's metadata and index.json. Every later update, every rank of a torchrun build
+and every ``Retriever`` (so a query by image) load that file: the whole index lives in
+one embedding space. The setting of an index that holds embeddings cannot change (its
+shards would mix two spaces): that asks for a new ``--out``.
+
+The file comes from an index folder, so it is untrusted: safetensors holds tensors only
+(reading it runs no code), its size is capped, its sha256 must be the recorded one and
+every tensor must fit the model's BatchNorm layers (``adapt.load_batchnorm``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import TrafficRetrievalError
+
+from .info import BN_STATS_FILE  # noqa: F401  (the file's name, checked in index.json)
+MAX_BN_STATS_BYTES = 64 * 1024 * 1024  # far above any image tower's BatchNorm buffers (ResNet-50x64: under 1 MB)
+META_KEY = "gallery_bn"  # IndexStore meta: {"setting": "none" | "adapt", "stats": record or None}
+
+
+def resolve_gallery_bn(asked: str | None, loaded) -> str:
+    """A new index's setting: the one asked for, else the checkpoint's recorded recipe's, else none."""
+    from ..retrieval.queries import QueryConfig, resolve_query_config
+
+    return resolve_query_config(QueryConfig(gallery_bn=asked), getattr(loaded, "checkpoint", None)).gallery_bn
+
+
+def prepare_batchnorm(root: Path, store, layout, loaded, asked: str | None, gallery_files: list[str], runtime, batch_size: int, workers: int,
+                      progress: bool) -> tuple[str, dict | None]:
+    """(Rank 0, before encoding.) ``(setting, statistics record)`` the build encodes with.
+    An index that holds embeddings keeps its setting (``asked`` None: it; another one is
+    refused) and its statistics file; a new one takes ``asked`` (else the checkpoint's
+    recipe) and, for ``adapt``, estimates the statistics on ``gallery_files`` (paths
+    relative to ``root``, sorted) and writes them. The record is None with the training
+    statistics (``none``, or a model without BatchNorm)."""
+    from ..retrieval.adapt import batchnorm_layers
+
+    recorded = store.meta(META_KEY)
+    recorded = recorded if isinstance(recorded, dict) else {"setting": "none", "stats": None}  # an index from before: the training statistics
+    if store.state_counts().get("indexed", 0) > 0:
+        setting = recorded.get("setting", "none") if asked is None else asked
+        if setting != recorded.get("setting", "none"):
+            raise TrafficRetrievalError(f"{layout.root}: this index was encoded with gallery_bn {recorded.get('setting', 'none')}, the build asks for "
+                                        f"{setting}: its embeddings would mix two spaces; build into a new --out (or leave gallery_bn unset)")
+    else:
+        setting = resolve_gallery_bn(asked, loaded)
+    if setting != "adapt" or not batchnorm_layers(loaded.model):
+        store.set_meta(META_KEY, {"setting": setting, "stats": None})
+        return setting, None
+    if recorded.get("setting") == "adapt" and recorded.get("stats"):  # an update, or a resumed build: the statistics it encoded with
+        load_index_batchnorm(layout.root, recorded["stats"], loaded.model)
+        return setting, recorded["stats"]
+    record = _estimate_and_write(root, layout, loaded, gallery_files, runtime, batch_size, workers, progress)
+    store.set_meta(META_KEY, {"setting": setting, "stats": record})
+    return setting, record
+
+
+def _estimate_and_write(root: Path, layout, loaded, gallery_files: list[str], runtime, batch_size: int, workers: int, progress: bool) -> dict:
+    from safetensors.torch import save_file
+
+    from ..io import atomic_path, file_sha256
+    from ..retrieval.adapt import adaptation_sample, batchnorm_state
+    from ..retrieval.encode import adapt_batchnorm_to_files
+
+    if adapt_batchnorm_to_files(loaded, [str(root / path) for path in gallery_files], runtime, batch_size, workers, progress) is None:
+        raise TrafficRetrievalError(f"{root}: fewer than 2 gallery images could be read, too few to estimate BatchNorm statistics (gallery_bn adapt)")
+    path = layout.root / BN_STATS_FILE
+    with atomic_path(path) as tmp:
+        save_file({key: value.contiguous() for key, value in batchnorm_state(loaded.model).items()}, str(tmp))
+    return {"file": BN_STATS_FILE, "sha256": file_sha256(path), "images": len(adaptation_sample(len(gallery_files)))}
+
+
+def load_index_batchnorm(index_root: Path, record: dict, model) -> None:
+    """Load an index's recorded BatchNorm statistics into ``model`` (checked: module docstring)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    import hashlib
+
+    from ..retrieval.adapt import load_batchnorm
+
+    path = Path(index_root) / BN_STATS_FILE
+    if not isinstance(record, dict) or record.get("file") != BN_STATS_FILE:
+        raise TrafficRetrievalError(f"{index_root}: bn_stats must name {BN_STATS_FILE}, got {record!r:.80}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_BN_STATS_BYTES:
+            raise TrafficRetrievalError(f"{path}: {size} bytes, more than BatchNorm statistics take ({MAX_BN_STATS_BYTES} at most)")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TrafficRetrievalError(f"{path}: missing (the index was built with gallery_bn adapt)") from None
+    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        raise TrafficRetrievalError(f"{path}: sha256 differs from the one index.json records (a changed or foreign file)")
+    try:
+        stats = load_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise TrafficRetrievalError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    load_batchnorm(model, stats, str(path))
