@@ -1,41 +1,60 @@
 """Transfer: train on the clean renderer setting, score on the camera-domain splits.
 
-Issue #14. A synthetic dataset (the demo's default sizes, seed 0) is made with a
-camera-domain val split (``val_camera``, drawn in the test split's surveillance look)
-and prepared; a model is trained with a preset (default ``cpu-tiny``, its epochs)
+Issue #14. A synthetic dataset is made and prepared; a model is trained with a preset
+(default ``cpu-tiny``, its epochs; ``--set KEY=VALUE`` overrides any of its training keys)
 through the trainer's public hook, ``commands.train.run(config, callbacks=[...])``,
 timing the whole call and each epoch's training steps (``EpochEnd.train_seconds``).
-The final checkpoint is then scored on three splits:
+The dataset comes from one of two renderers (``--renderer``):
+
+- ``ours`` (default): the project's own renderer (``traffic_retrieval/synth``), the demo's
+  default sizes, with a camera-domain val split (``val_camera``, drawn in the test split's
+  surveillance look);
+- ``foreign``: an independent second renderer (``benchmarks/foreign_renderer.py``, run as
+  a subprocess; sizes ``--foreign-train`` / ``--foreign-val`` / ``--foreign-test``), its
+  test gallery in one of two camera looks (``--look``). It has no camera val split. The
+  ``dev`` look may be used to choose a recipe; the ``holdout`` look must NEVER be used to
+  choose a recipe, a hyper-parameter or a switch: it is only a check that a recipe chosen
+  elsewhere transfers. Made once per renderer, look, seed and sizes in the cache folder
+  (e.g. ``foreign-dev-0-4000-400-1200``) and reused.
+
+The final checkpoint is then scored on the splits the dataset has:
 
 - ``val``: the clean val split (the training images' look);
-- ``val_camera``: the camera-domain val split;
+- ``val_camera``: the camera-domain val split (``ours`` only);
 - ``test``: the camera-domain test split, with its ground truth.
 
 Val splits are scored as ``ablate`` scores them (``commands.ablate.write_split_queries``:
 every caption is a query, relevance = equal ATTR), then ``predict`` + ``evaluate_files``;
 the test split with ``predict --data`` + ``evaluate_files`` against
-``ground_truth/test_gt.txt``. The test split is scored under every inference-time switch,
+``ground_truth/test_gt.txt``. The test split is scored under every inference-time variant,
 and so are the val splits unless ``--val-variants baseline`` (``--quick``): the camera val
 split, not the test, is where a switch should be chosen. One ``predict`` each, the gallery
 encoded again every time (``predict --index`` would reuse an encoded gallery, but without
-the flipped twins re-ranking uses):
+the flipped twins re-ranking uses). Every variant but ``recipe`` sets the gallery
+normalisation and the gallery BatchNorm explicitly (a checkpoint may record either in its
+query recipe):
 
-- ``baseline``: ``--gallery-norm none``, the checkpoint's gallery scope (routed);
-- ``center``: ``--gallery-norm center``;
-- ``soft``: ``--gallery-scope soft``;
-- ``center+soft``: both;
-- ``center+soft+rerank``: both and ``--rerank``.
+- ``recipe``: no flags: the checkpoint's own recorded query recipe, what a user gets;
+- ``baseline``: ``--gallery-norm none --gallery-bn none``, the checkpoint's gallery scope (routed);
+- ``center``: ``--gallery-norm center --gallery-bn none``;
+- ``adabn``: ``--gallery-norm none --gallery-bn adapt``;
+- ``center+adabn``: ``--gallery-norm center --gallery-bn adapt``;
+- ``soft``: ``--gallery-norm none --gallery-bn none --gallery-scope soft``;
+- ``center+adabn+soft``: ``--gallery-norm center --gallery-bn adapt --gallery-scope soft``;
+- ``center+adabn+soft+rerank``: the same and ``--rerank``.
 
 Reported: official and strict mAP@10 overall and per category (pedestrian / vehicle)
 for every split x variant, the test gallery's routing accuracy (``predict`` reports it
 from ``ground_truth/test_label.txt``; the val splits' from the training's last
 validation), the ratios camera test / clean val and camera val / clean val (official and
 strict, overall and per category; the clean val under the baseline, and under the same
-variant where scored), the training and scoring seconds, and the machine. A Markdown
-table is printed.
+variant where scored; camera val ratios are None without a camera val split), the
+training and scoring seconds, and the machine. A Markdown table is printed.
 
     python benchmarks/bench_transfer.py                 # writes benchmarks/results/bench_transfer.json
     python benchmarks/bench_transfer.py --epochs 10     # shorter training
+    python benchmarks/bench_transfer.py --renderer foreign --look dev \\
+        --set augment=true --set augment_level=camera   # writes benchmarks/results/bench_transfer_foreign_dev.json
     python benchmarks/bench_transfer.py --quick         # smoke run (tiny data, 2 epochs), temp folder
 """
 
@@ -46,6 +65,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,19 +76,37 @@ import _common  # noqa: E402
 SPLITS = ("val", "val_camera", "test")
 SPLIT_TITLES = {"val": "clean val", "val_camera": "camera val", "test": "camera test"}
 CATEGORIES = ("pedestrian", "vehicle")
-# name -> (QueryConfig overrides, re-rank); unset values are the checkpoint's recipe
+# name -> (QueryConfig overrides, re-rank); unset values are the checkpoint's recipe. Every variant but "recipe"
+# sets gallery_norm and gallery_bn explicitly: a checkpoint may record either in its query recipe.
 VARIANTS = {
-    "baseline": ({"gallery_norm": "none"}, False),
-    "center": ({"gallery_norm": "center"}, False),
-    "soft": ({"gallery_norm": "none", "gallery_scope": "soft"}, False),
-    "center+soft": ({"gallery_norm": "center", "gallery_scope": "soft"}, False),
-    "center+soft+rerank": ({"gallery_norm": "center", "gallery_scope": "soft"}, True),
+    "recipe": ({}, False),
+    "baseline": ({"gallery_norm": "none", "gallery_bn": "none"}, False),
+    "center": ({"gallery_norm": "center", "gallery_bn": "none"}, False),
+    "adabn": ({"gallery_norm": "none", "gallery_bn": "adapt"}, False),
+    "center+adabn": ({"gallery_norm": "center", "gallery_bn": "adapt"}, False),
+    "soft": ({"gallery_norm": "none", "gallery_bn": "none", "gallery_scope": "soft"}, False),
+    "center+adabn+soft": ({"gallery_norm": "center", "gallery_bn": "adapt", "gallery_scope": "soft"}, False),
+    "center+adabn+soft+rerank": ({"gallery_norm": "center", "gallery_bn": "adapt", "gallery_scope": "soft"}, True),
 }
-VARIANT_FLAGS = {"baseline": "", "center": "--gallery-norm center", "soft": "--gallery-scope soft",
-                 "center+soft": "--gallery-norm center --gallery-scope soft",
-                 "center+soft+rerank": "--gallery-norm center --gallery-scope soft --rerank"}
+REFERENCE_VARIANT = "baseline"  # the clean val under it is the ratios' reference
+
+
+def variant_flags(overrides: dict, rerank: bool) -> str:
+    """The CLI flags a variant means ("" = no flags: the checkpoint's recipe)."""
+    flags = [f"--{key.replace('_', '-')} {value}" for key, value in overrides.items()]
+    return " ".join(flags + (["--rerank"] if rerank else []))
+
+
+VARIANT_FLAGS = {name: variant_flags(*spec) for name, spec in VARIANTS.items()}
 QUICK_SIZES = {"train_pedestrians": 40, "train_vehicles": 40, "val_pedestrians": 12, "val_vehicles": 12, "test_pedestrians": 12, "test_vehicles": 12}
 SIZE_KEYS = tuple(QUICK_SIZES)
+RENDERERS = ("ours", "foreign")
+LOOKS = ("dev", "holdout")
+FOREIGN_SIZES = {"foreign_train": 4000, "foreign_val": 400, "foreign_test": 1200}
+FOREIGN_QUICK_SIZES = {"foreign_train": 80, "foreign_val": 24, "foreign_test": 24}
+FOREIGN_RENDERER = Path(__file__).resolve().parent / "foreign_renderer.py"
+# training keys the benchmark sets itself: --set may not override them
+RESERVED_TRAIN_KEYS = {"work": None, "out": None, "progress": None, "seed": "--seed", "epochs": "--epochs"}
 
 
 def demo_sizes() -> dict:
@@ -78,24 +116,76 @@ def demo_sizes() -> dict:
     return {f.name: f.default for f in dataclasses.fields(SynthConfig) if f.name in SIZE_KEYS}
 
 
+def parse_set(items: list[str], error) -> dict:
+    """``KEY=VALUE`` training overrides as a (nested, for dotted keys such as ``query.gallery_bn``) mapping,
+    each value read as YAML (``true`` -> True, ``0.5`` -> 0.5, ``camera`` -> "camera")."""
+    import yaml
+
+    overrides: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            error(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})")
+        *parents, last = key.split(".")
+        if key.split(".")[0] in RESERVED_TRAIN_KEYS:
+            flag = RESERVED_TRAIN_KEYS[key.split(".")[0]]
+            error(f"--set {key}: " + (f"use {flag}" if flag else "the benchmark sets it itself"))
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                error(f"--set {item!r}: {part} was given a value and sub-keys")
+        node[last] = value
+    return overrides
+
+
 def parse_args(argv=None):
+    from traffic_retrieval.errors import TrafficRetrievalError
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu-tiny", help="training preset (its model, batch, lr, epochs)")
+    parser.add_argument("--set", dest="train_set", action="append", default=[], metavar="KEY=VALUE",
+                        help="training override on top of the preset, repeatable, the value read as YAML "
+                             "(e.g. --set augment=true --set augment_level=camera --set consistency=0.5; dotted keys for nested ones: query.gallery_bn=adapt)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    parser.add_argument("--renderer", choices=RENDERERS, default="ours",
+                        help="the dataset's renderer: ours (traffic_retrieval/synth, with a camera val split) or foreign (benchmarks/foreign_renderer.py, val and test only)")
+    parser.add_argument("--look", choices=LOOKS, default=None,
+                        help="--renderer foreign: the test gallery's camera look (default dev); holdout is a check, never for choosing a recipe")
     for key in SIZE_KEYS:
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None,
-                            help=f"images (default: the demo's, {demo_sizes()[key]}); the camera val split has as many as val")
+                            help=f"--renderer ours: images (default: the demo's, {demo_sizes()[key]}); the camera val split has as many as val")
+    for key, default in FOREIGN_SIZES.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None,
+                            help=f"--renderer foreign: images of the {key.split('_')[1]} split (default {default}, {FOREIGN_QUICK_SIZES[key]} with --quick)")
+    parser.add_argument("--foreign-workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="--renderer foreign: processes rendering the dataset (the output does not depend on it)")
     parser.add_argument("--cache-dir", type=Path, default=_common.DEFAULT_CACHE_DIR)
     parser.add_argument("--results-dir", type=Path, default=None, help=_common.RESULTS_DIR_HELP)
-    parser.add_argument("--name", default=None, help="result file name (default bench_transfer, bench_transfer_quick with --quick)")
+    parser.add_argument("--name", default=None, help="result file name (default bench_transfer, or bench_transfer_foreign_LOOK with --renderer foreign; "
+                                                     "_quick appended with --quick)")
     parser.add_argument("--val-variants", choices=("all", "baseline"), default="all",
                         help="score the val splits under every variant (default) or only the baseline (--quick); the test split gets every variant")
     parser.add_argument("--wait-quiet", type=float, default=180, help="first wait up to this many seconds for other processes to leave the CPUs (0: do not wait)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny dataset, 2 epochs, result in a temporary folder")
     args = parser.parse_args(argv)
-    defaults = QUICK_SIZES if args.quick else demo_sizes()
-    for key in SIZE_KEYS:
+    foreign = args.renderer == "foreign"
+    own_sizes, foreign_sizes = FOREIGN_SIZES if foreign else SIZE_KEYS, SIZE_KEYS if foreign else FOREIGN_SIZES
+    given = [key for key in foreign_sizes if getattr(args, key) is not None]
+    if given:
+        parser.error(f"--{given[0].replace('_', '-')} is for --renderer {'ours' if foreign else 'foreign'}")
+    if not foreign and args.look is not None:
+        parser.error("--look is for --renderer foreign")
+    if foreign:
+        args.look = args.look or "dev"
+    defaults = (FOREIGN_QUICK_SIZES if args.quick else FOREIGN_SIZES) if foreign else (QUICK_SIZES if args.quick else demo_sizes())
+    for key in own_sizes:
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     if args.quick:
@@ -103,11 +193,55 @@ def parse_args(argv=None):
         args.epochs = args.epochs or 2
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be at least 1")
-    if min(args.val_pedestrians + args.val_vehicles, args.test_pedestrians + args.test_vehicles) < 1:
+    if foreign:
+        if min(args.foreign_train, args.foreign_val, args.foreign_test) < 1:
+            parser.error("the foreign renderer's train, val and test splits need images")
+        if args.seed < 0:
+            parser.error("--renderer foreign: --seed must be >= 0")
+    elif min(args.val_pedestrians + args.val_vehicles, args.test_pedestrians + args.test_vehicles) < 1:
         parser.error("the val and test splits need images")
-    args.name = args.name or ("bench_transfer_quick" if args.quick else "bench_transfer")
+    args.train_overrides = parse_set(args.train_set, parser.error)
+    try:  # the preset and the overrides checked now, with the config's own message, not after the dataset is made
+        from traffic_retrieval.commands import command_config
+
+        command_config("train", args.preset, args.train_overrides)
+    except TrafficRetrievalError as exc:
+        parser.error(str(exc))
+    default_name = f"bench_transfer_foreign_{args.look}" if foreign else "bench_transfer"
+    args.name = args.name or (f"{default_name}_quick" if args.quick else default_name)
     args.results_dir = _common.results_dir_for(args.results_dir, args.quick)
     return args
+
+
+def foreign_dataset(cache_dir: Path, look: str, seed: int, sizes: dict, workers: int) -> Path:
+    """The foreign renderer's dataset (``benchmarks/foreign_renderer.py`` in a subprocess), made once per look, seed
+    and sizes and reused: complete when ``ground_truth/test_gt.txt`` exists. Rendered into a temporary sibling folder
+    and renamed into place, so a killed run leaves no half dataset under the final name."""
+    cache_dir = Path(cache_dir)
+    name = "-".join(str(v) for v in ("foreign", look, seed, sizes["foreign_train"], sizes["foreign_val"], sizes["foreign_test"]))
+    out = cache_dir / name
+    if (out / "ground_truth" / "test_gt.txt").is_file():
+        return out
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    command = [sys.executable, str(FOREIGN_RENDERER), "--out", str(tmp), "--seed", str(seed), "--look", look,
+               "--train", str(sizes["foreign_train"]), "--val", str(sizes["foreign_val"]), "--test", str(sizes["foreign_test"]),
+               "--workers", str(max(1, workers))]
+    print(f"[bench_transfer] rendering the foreign dataset {out} ...", file=sys.stderr, flush=True)
+    try:
+        finished = subprocess.run(command, capture_output=True, text=True)
+        if finished.returncode != 0 or not (tmp / "ground_truth" / "test_gt.txt").is_file():
+            raise SystemExit(f"bench_transfer: the foreign renderer failed (exit {finished.returncode}): {(finished.stdout + finished.stderr)[-2000:]}")
+        (tmp / "foreign_summary.json").write_text(finished.stdout)  # the renderer's summary (split sizes, relevant images per query)
+        if (out / "ground_truth" / "test_gt.txt").is_file():  # another run made it meanwhile
+            return out
+        if out.exists():  # an incomplete folder under the final name (not ours: renames are whole)
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def dataset_with_camera_split(cache_dir: Path, sizes: dict, seed: int) -> Path:
@@ -152,7 +286,7 @@ def train(args, work: Path, run_dir: Path) -> dict:
     from traffic_retrieval.commands import command_config
     from traffic_retrieval.commands.train import run as train_run
 
-    config = command_config("train", args.preset, {"work": work, "out": run_dir, "seed": args.seed, "epochs": args.epochs, "progress": False})
+    config = command_config("train", args.preset, {**args.train_overrides, "work": work, "out": run_dir, "seed": args.seed, "epochs": args.epochs, "progress": False})
     timer = EpochTimer()
     with _common.CpuLoad() as load:
         started = time.perf_counter()
@@ -175,17 +309,24 @@ def train(args, work: Path, run_dir: Path) -> dict:
     }
 
 
-def split_inputs(data: Path, work: Path, run_dir: Path) -> dict:
-    """split -> (predict's data, queries, gallery, ground truth)."""
+def dataset_splits(work: Path) -> tuple:
+    """The scored splits the prepared dataset has: ``val`` and ``test`` always, ``val_camera`` where prepared."""
+    return tuple(split for split in SPLITS if split != "val_camera" or (work / "manifests" / f"{split}.jsonl").is_file())
+
+
+def split_inputs(data: Path, work: Path, run_dir: Path, splits: tuple = SPLITS) -> dict:
+    """split -> (predict's data, queries, gallery, ground truth), for each of ``splits``."""
     from traffic_retrieval.commands.ablate import write_split_queries
     from traffic_retrieval.io import read_jsonl
 
     inputs = {}
-    for split in ("val", "val_camera"):
+    for split in splits:
+        if split == "test":
+            inputs["test"] = (data, data / "test" / "test_text.txt", data / "test" / "test_images", data / "ground_truth" / "test_gt.txt")
+            continue
         rows = read_jsonl(work / "manifests" / f"{split}.jsonl")
         queries, ground_truth = write_split_queries(rows, run_dir, split)
         inputs[split] = (None, queries, data / split / f"{split}_images", ground_truth)
-    inputs["test"] = (data, data / "test" / "test_text.txt", data / "test" / "test_images", data / "ground_truth" / "test_gt.txt")
     return inputs
 
 
@@ -222,7 +363,7 @@ def ratio(numerator, denominator):
 def ratios(results: dict) -> dict:
     """variant -> {"CAMERA/val_baseline" and "CAMERA/val_same_variant" for CAMERA in test, val_camera: official and
     strict, overall and per category}: the camera split under the variant over the clean val under the baseline
-    and under the same variant (None where a split was not scored under the variant)."""
+    and under the same variant (None where a split was not scored under the variant, or the dataset lacks it)."""
     def one(camera: dict | None, clean: dict | None) -> dict | None:
         if camera is None or clean is None:
             return None
@@ -230,7 +371,9 @@ def ratios(results: dict) -> dict:
         return {**{m: ratio(metric(cam, m), metric(ref, m)) for m in ("official", "strict")},
                 "per_category": {c: {m: ratio(metric(cam, m, c), metric(ref, m, c)) for m in ("official", "strict")} for c in CATEGORIES}}
 
-    return {variant: {f"{camera}/val_{reference}": one(results[camera].get(variant), results["val"].get("baseline" if reference == "baseline" else variant))
+    clean = results.get("val", {})
+    return {variant: {f"{camera}/val_{reference}": one(results.get(camera, {}).get(variant),
+                                                       clean.get(REFERENCE_VARIANT if reference == "baseline" else variant))
                       for camera in ("test", "val_camera") for reference in ("baseline", "same_variant")}
             for variant in VARIANTS}
 
@@ -242,33 +385,41 @@ def markdown(results: dict, routing: dict, ratio_table: dict) -> str:
     lines = ["| split | variant | official | strict | ped. official | ped. strict | veh. official | veh. strict | gallery routed right | seconds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for split in SPLITS:
-        for variant, entry in results[split].items():
+        for variant, entry in results.get(split, {}).items():
             scores = entry["scores"]
             accuracy = (entry["gallery_routing"] or routing.get(split) or {}).get("accuracy")
             lines.append(f"| {SPLIT_TITLES[split]} | {variant} | {pct(metric(scores, 'official'))} | {pct(metric(scores, 'strict'))} | "
                          f"{pct(metric(scores, 'official', 'pedestrian'))} | {pct(metric(scores, 'strict', 'pedestrian'))} | "
                          f"{pct(metric(scores, 'official', 'vehicle'))} | {pct(metric(scores, 'strict', 'vehicle'))} | {pct(accuracy)} | {entry['seconds']:.1f} |")
-    lines += ["", "Ratios camera / clean val (the clean val under the baseline; under the same variant in brackets):", "",
-              "| variant | camera test / clean val, official | strict | camera val / clean val, official | strict |", "|---|---|---|---|---|"]
+    cameras = [camera for camera in ("test", "val_camera") if camera in results]
+    lines += ["", f"Ratios camera / clean val (the clean val under the {REFERENCE_VARIANT}; under the same variant in brackets):", "",
+              "| variant | " + " | ".join(f"{SPLIT_TITLES[camera]} / clean val, official | strict" for camera in cameras) + " |",
+              "|---|" + "---|---|" * len(cameras)]
 
     def fmt(variant: str, key: str, name: str) -> str:
         base, same = ratio_table[variant][f"{key}/val_baseline"], ratio_table[variant][f"{key}/val_same_variant"]
         text = "-" if base is None or base[name] is None else f"{base[name]:.2f}"
-        if variant != "baseline" and same is not None and same[name] is not None:
+        if variant != REFERENCE_VARIANT and same is not None and same[name] is not None:
             text += f" ({same[name]:.2f})"
         return text
 
     for variant in ratio_table:
-        lines.append(f"| {variant} | {fmt(variant, 'test', 'official')} | {fmt(variant, 'test', 'strict')} | "
-                     f"{fmt(variant, 'val_camera', 'official')} | {fmt(variant, 'val_camera', 'strict')} |")
+        lines.append(f"| {variant} | " + " | ".join(f"{fmt(variant, camera, 'official')} | {fmt(variant, camera, 'strict')}" for camera in cameras) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    sizes = {key: getattr(args, key) for key in SIZE_KEYS}
-    data = dataset_with_camera_split(args.cache_dir, sizes, args.seed)
-    work = prepared_work(data)
+    foreign = args.renderer == "foreign"
+    if foreign:
+        sizes = {key: getattr(args, key) for key in FOREIGN_SIZES}
+        data = foreign_dataset(args.cache_dir, args.look, args.seed, sizes, args.foreign_workers)
+        work = _common.prepared_work(data)
+    else:
+        sizes = {key: getattr(args, key) for key in SIZE_KEYS}
+        data = dataset_with_camera_split(args.cache_dir, sizes, args.seed)
+        work = prepared_work(data)
+    splits = dataset_splits(work)
     run_dir = Path(args.cache_dir) / f"transfer-run-{os.getpid()}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -277,31 +428,43 @@ def main(argv=None) -> int:
         load_before = _common.loadavg()
         trained = train(args, work, run_dir / "run")
         print(f"[bench_transfer] trained {trained['model']} for {trained['epochs']} epochs in {trained['seconds']:.1f} s", file=sys.stderr, flush=True)
-        inputs = split_inputs(data, work, run_dir)
-        results = {split: {} for split in SPLITS}
+        inputs = split_inputs(data, work, run_dir, splits)
+        results = {split: {} for split in splits}
         with _common.CpuLoad() as scoring_load:
-            for split in SPLITS:
-                for variant in (VARIANTS if split == "test" or args.val_variants == "all" else ("baseline",)):
+            for split in splits:
+                for variant in (VARIANTS if split == "test" or args.val_variants == "all" else (REFERENCE_VARIANT,)):
                     results[split][variant] = score(trained["checkpoint"], work, run_dir, split, variant, inputs[split])
+                    if variant == "recipe" and split == "test":
+                        print(f"[bench_transfer] variant recipe (no flags): the checkpoint's query recipe resolved to "
+                              f"{json.dumps(results[split][variant]['query_recipe'])}", file=sys.stderr, flush=True)
         load_after = _common.loadavg()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    routing = {split: trained["last_validation"].get(split, {}).get("routing") for split in ("val", "val_camera")}
-    routing["test"] = results["test"]["baseline"]["gallery_routing"]
+    routing = {split: (trained["last_validation"].get(split) or {}).get("routing") for split in splits if split != "test"}
+    routing["test"] = results["test"][REFERENCE_VARIANT]["gallery_routing"]
     ratio_table = ratios(results)
     machine = _common.machine()
     machine["avx512_bf16"] = "avx512_bf16" in machine["cpu_flags"]
-    recorded = json.loads((data / "synth_config.json").read_text())
-    dataset = {key: recorded.get(key) for key in (*SIZE_KEYS, "val_camera_pedestrians", "val_camera_vehicles", "seed")}
+    if foreign:
+        summary_file = data / "foreign_summary.json"
+        rendered = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        dataset = {"renderer": "foreign", "look": args.look, "seed": args.seed, **sizes, "path": str(data),
+                   "splits": rendered.get("splits"), "mean_relevant_per_query": rendered.get("mean_relevant_per_query")}
+    else:
+        recorded = json.loads((data / "synth_config.json").read_text())
+        dataset = {"renderer": "ours", **{key: recorded.get(key) for key in (*SIZE_KEYS, "val_camera_pedestrians", "val_camera_vehicles", "seed")}}
     trained_record = {k: v for k, v in trained.items() if k != "checkpoint"}
+    trained_on = f"the foreign renderer's clean look (its test gallery in the {args.look} camera look)" if foreign else "the clean renderer setting"
+    split_text = "the clean val split and the camera-domain test split" if "val_camera" not in splits else \
+        "the clean val split, the camera-domain val split and the camera-domain test split"
     path = _common.write_result(args.name, {
-        "measures": "a model trained on the clean renderer setting, scored on the clean val split, the camera-domain val split and the "
-                    "camera-domain test split (official / strict mAP@10, overall and per category) under each inference-time switch; "
-                    "ratios camera / clean val",
+        "measures": f"a model trained on {trained_on}, scored on {split_text} (official / strict mAP@10, overall and per "
+                    "category) under each inference-time switch; ratios camera / clean val",
         "machine": machine,
         "parameters": {"preset": args.preset, "epochs": trained["epochs"], "model": trained["model"], "batch_size": trained["batch_size"],
                        "seed": args.seed, "quick": args.quick, "cache_dir": str(args.cache_dir), "variants": VARIANT_FLAGS,
-                       "val_variants": args.val_variants},
+                       "val_variants": args.val_variants, "renderer": args.renderer, "look": args.look,
+                       "foreign_sizes": sizes if foreign else None, "train_overrides": args.train_overrides},
         "dataset": dataset,
         "quiet_wait": quiet,
         "training": trained_record,
@@ -314,12 +477,12 @@ def main(argv=None) -> int:
         "loadavg_after": load_after,
     }, args.results_dir)
     print(markdown(results, routing, ratio_table))
-    base = ratio_table["baseline"]
-    summary = (f"{trained['model']} ({args.preset}, {trained['epochs']} epochs, trained in {trained['seconds']:.1f} s): official mAP@10 "
-               f"clean val {100 * metric(results['val']['baseline']['scores'], 'official'):.1f}, "
-               f"camera val {100 * metric(results['val_camera']['baseline']['scores'], 'official'):.1f}, "
-               f"camera test {100 * metric(results['test']['baseline']['scores'], 'official'):.1f}")
-    camera_ratio = base["test/val_baseline"]["official"]
+    base = ratio_table[REFERENCE_VARIANT]
+    official = {split: 100 * metric(results[split][REFERENCE_VARIANT]["scores"], "official") for split in splits}
+    summary = (f"{trained['model']} ({args.preset}{', ' + args.renderer + ' renderer, ' + args.look + ' look' if foreign else ''}, "
+               f"{trained['epochs']} epochs, trained in {trained['seconds']:.1f} s): official mAP@10 "
+               + ", ".join(f"{SPLIT_TITLES[split]} {official[split]:.1f}" for split in splits))
+    camera_ratio = base["test/val_baseline"]["official"] if base["test/val_baseline"] else None
     summary += f" (camera test / clean val {camera_ratio:.2f})" if camera_ratio is not None else ""
     print(f"bench_transfer: {summary}; wrote {path}")
     return 0

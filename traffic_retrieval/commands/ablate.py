@@ -53,6 +53,7 @@ class Setup:
     router: str = "a3r"
     gallery_scope: str = "all"
     gallery_norm: str = "none"
+    gallery_bn: str = "none"
     caption_form: str = "bare"  # of the attribute-augmented vehicle captions ("" = no augmentation)
     prompt: bool = False
     rerank: str = ""  # "" (none), "a3r" or "ours"
@@ -67,7 +68,8 @@ class Setup:
 
 
 def seed_setup(epochs: int) -> Setup:
-    return Setup().with_train(resize_mode="pad", random_resized_crop=True, loss="clip", augment=False, attribute_heads=0.0, style_mix=0.0,
+    return Setup().with_train(resize_mode="pad", random_resized_crop=True, loss="clip", augment=False, augment_level="surveillance",
+                              augment_schedule="constant", consistency=0.0, attribute_heads=0.0, style_mix=0.0,
                               schedule_epochs=SEED_SCHEDULE_FACTOR * epochs)
 
 
@@ -83,7 +85,15 @@ DEPARTURES = [
     ("multi-positive loss", lambda s, e: s.with_train(loss="multi-positive"), "equal-ATTR pairs in a batch are positives"),
     ("attribute heads", lambda s, e: s.with_train(attribute_heads=0.5), "auxiliary flag/color/type/brand losses on the image embedding"),
     ("surveillance augmentation", lambda s, e: s.with_train(augment=True), "low-res/blur/exposure/cast/noise on training images"),
+    ("camera augmentation", lambda s, e: s.with_train(augment=True, augment_level="camera"),
+     "stronger camera degradations: resolution, Gaussian blur, JPEG, gamma, desaturation, noise, casts, border occluders"),
+    ("camera augmentation, ramped", lambda s, e: s.with_train(augment=True, augment_level="camera", augment_schedule="ramp"),
+     "the same, its probabilities growing linearly over the schedule (clean images first)"),
+    ("camera augmentation, ramped + consistency", lambda s, e: s.with_train(augment=True, augment_level="camera", augment_schedule="ramp",
+                                                                            consistency=0.5),
+     "the same, plus a loss pulling each augmented image's embedding toward its clean view's"),
     ("centred gallery", lambda s, e: replace(s, gallery_norm="center"), "the gallery's mean embedding subtracted before ranking"),
+    ("gallery BatchNorm (AdaBN)", lambda s, e: replace(s, gallery_bn="adapt"), "the image tower's BatchNorm statistics re-estimated on the gallery"),
     ("style mixing", lambda s, e: s.with_train(style_mix=0.5), "half the training images take a mix of another image's exposure and white balance (MixStyle)"),
     ("no attribute augmentation", lambda s, e: replace(s, caption_form=""), "vehicle captions as labelled"),
     ("prompt", lambda s, e: replace(s, prompt=True), "vehicle queries keep their prefix and get the seed's camera prompt"),
@@ -166,7 +176,7 @@ class Runner:
         run_dir = self.work / f"run{self.run_count}"
         overrides = {"work": self.prepared, "out": run_dir, "seed": self.config.seed, "epochs": self.config.epochs,
                      "train_manifest": manifest, "keep_checkpoints": 3, "resume": True, "progress": self.config.progress,
-                     "query": {"text_form": setup.text_form, "gallery_norm": setup.gallery_norm}, **dict(setup.train)}
+                     "query": {"text_form": setup.text_form, "gallery_norm": setup.gallery_norm, "gallery_bn": setup.gallery_bn}, **dict(setup.train)}
         train(command_config("train", self.config.preset, overrides))
         self.checkpoints[key] = run_dir / "checkpoints" / "final.pt"
         return self.checkpoints[key]
@@ -193,7 +203,7 @@ class Runner:
 
         submission = self.work / f"{name}.json"
         query = QueryConfig(text_form=setup.text_form, router=setup.router, gallery_scope=setup.gallery_scope, gallery_norm=setup.gallery_norm,
-                            prompt=setup.prompt)
+                            gallery_bn=setup.gallery_bn, prompt=setup.prompt)
         rerank = RerankConfig(enabled=bool(setup.rerank), method=setup.rerank or "ours")
         predict(PredictConfig(checkpoint=checkpoint, queries=queries, gallery=gallery, out=submission, query=query, rerank=rerank,
                               vocabulary=self.prepared / "vehicle_vocabulary.json", progress=self.config.progress))
