@@ -8,9 +8,8 @@ looking at the test images. Hue is never rotated: colors are labels here.
 Two levels (``AUGMENT_LEVELS``, ``train --augment-level``): ``surveillance``, the mild
 original set, and ``camera``, the set a real surveillance camera calls for: stronger
 resolution loss, a Gaussian blur of random width, JPEG block artefacts, gamma (dusk and
-over-exposure), partial desaturation, stronger sensor noise and colour casts, motion
-blur, a small affine warp (another camera's angle and crop), and occluders (a bar or a
-box at the border, as a timestamp or a passing object leaves).
+over-exposure), partial desaturation, stronger sensor noise and colour casts, and
+occluders (a bar or a box at the border, as a timestamp or a passing object leaves).
 ``scheduled`` scales every degradation's probability by a strength in [0, 1], so a run
 can ramp the augmentation up toward its end (``--augment-schedule ramp``).
 """
@@ -41,16 +40,14 @@ class AugmentConfig:
     occlude: float = 0.0  # probability of a flat box (up to a fifth of the side) at the border
     jpeg: float = 0.0  # probability of a JPEG round trip at a quality in jpeg_quality
     jpeg_quality: tuple[int, int] = (15, 60)
-    viewpoint: float = 0.0  # probability of a small affine warp (rotation, scale, shear, shift): another camera's angle and crop
-    motion_blur: float = 0.0  # share of the blurred images whose blur is a line (a moving object or camera) instead of a Gaussian
 
 
-DEGRADATIONS = ("low_resolution", "blur", "exposure", "color_cast", "noise", "translate", "gamma", "desaturate", "occlude", "jpeg", "viewpoint")
+DEGRADATIONS = ("low_resolution", "blur", "exposure", "color_cast", "noise", "translate", "gamma", "desaturate", "occlude", "jpeg")
 
 AUGMENT_LEVELS = {
     "surveillance": AugmentConfig(),
     "camera": AugmentConfig(low_resolution=0.6, min_scale=0.25, blur=0.5, max_blur_sigma=1.5, exposure=0.8, color_cast=0.6, max_cast=0.12,
-                            noise=0.5, max_noise=0.08, gamma=0.4, desaturate=0.3, occlude=0.25, jpeg=0.6, viewpoint=0.4, motion_blur=0.5),
+                            noise=0.5, max_noise=0.08, gamma=0.4, desaturate=0.3, occlude=0.25, jpeg=0.6),
 }
 AUGMENT_SCHEDULES = ("constant", "ramp")
 
@@ -98,11 +95,6 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
         dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
         images[shift] = torch.roll(images[shift], shifts=(dy, dx), dims=(-2, -1))
 
-    if config.viewpoint > 0:
-        warp = chosen(config.viewpoint)
-        if warp.any():
-            images[warp] = affine_warp(images[warp], generator)
-
     low = chosen(config.low_resolution)
     if low.any():
         scale = float(uniform(config.min_scale, 1.0, 1))
@@ -113,13 +105,7 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
     blur = chosen(config.blur)
     if blur.any():
         if config.max_blur_sigma > 0:
-            sigmas = uniform(0.3, max(0.3, config.max_blur_sigma), int(blur.sum()))
-            blurred = gaussian_blur(images[blur], sigmas)
-            if config.motion_blur > 0:
-                moving = torch.rand(len(sigmas), generator=generator) < config.motion_blur
-                if moving.any():
-                    blurred[moving] = motion_blur(images[blur][moving], 2 * sigmas[moving] + 1, uniform(0, math.pi, int(moving.sum())))
-            images[blur] = blurred
+            images[blur] = gaussian_blur(images[blur], uniform(0.3, max(0.3, config.max_blur_sigma), int(blur.sum())))
         else:
             kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
             kernel2d = (kernel[:, None] * kernel[None, :]).expand(3, 1, 3, 3)
@@ -172,48 +158,6 @@ def gaussian_blur(images, sigmas):
     flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), weight.view(n * channels, 1, 1, -1), groups=n * channels)
     flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), weight.view(n * channels, 1, -1, 1), groups=n * channels)
     return flat.view_as(images)
-
-
-def motion_blur(images, lengths, angles):
-    """Each float NCHW image smeared along a line of ``lengths[i]`` pixels at ``angles[i]``
-    radians (a kernel of the pixels the line crosses, averaged; replicate padding)."""
-    import torch
-    import torch.nn.functional as F
-
-    n, channels = images.shape[:2]
-    radius = max(1, int(math.ceil(float(lengths.max()) / 2)))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    y, x = torch.meshgrid(offsets, offsets, indexing="ij")
-    direction = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)  # [n, 2]
-    along = x[None] * direction[:, 0, None, None] + y[None] * direction[:, 1, None, None]
-    across = -x[None] * direction[:, 1, None, None] + y[None] * direction[:, 0, None, None]
-    kernels = ((across.abs() <= 0.5) & (along.abs() <= lengths.view(-1, 1, 1) / 2)).float()
-    kernels = kernels / kernels.sum(dim=(1, 2), keepdim=True).clamp_min(1)
-    weight = kernels.repeat_interleave(channels, dim=0).unsqueeze(1)
-    flat = F.pad(images.reshape(1, n * channels, *images.shape[2:]), (radius,) * 4, mode="replicate")
-    return F.conv2d(flat, weight, groups=n * channels).view_as(images)
-
-
-def affine_warp(images, generator, max_degrees: float = 8.0, scale: tuple[float, float] = (0.85, 1.1), max_shear: float = 0.12,
-                max_shift: float = 0.08):
-    """Each float NCHW image warped by its own small affine transform (rotation up to
-    ``max_degrees``, zoom in ``scale``, horizontal shear, shift up to ``max_shift`` of the
-    side): another camera's angle and crop. Borders are filled by replication."""
-    import torch
-    import torch.nn.functional as F
-
-    n = len(images)
-    draw = lambda low, high: low + (high - low) * torch.rand(n, generator=generator)
-    angle = draw(-max_degrees, max_degrees) * math.pi / 180
-    zoom = draw(*scale)
-    shear = draw(-max_shear, max_shear)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin + shear
-    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-    theta[:, 0, 2], theta[:, 1, 2] = draw(-2 * max_shift, 2 * max_shift), draw(-2 * max_shift, 2 * max_shift)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def occlude_border(images, chosen, generator):
