@@ -16,11 +16,12 @@ every tensor must fit the model's BatchNorm layers (``adapt.load_batchnorm``).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ..errors import TrafficRetrievalError
+from .info import BN_STATS_FILE  # the file's name, which index.json must name
 
-from .info import BN_STATS_FILE  # noqa: F401  (the file's name, checked in index.json)
 MAX_BN_STATS_BYTES = 64 * 1024 * 1024  # far above any image tower's BatchNorm buffers (ResNet-50x64: under 1 MB)
 META_KEY = "gallery_bn"  # IndexStore meta: {"setting": "none" | "adapt", "stats": record or None}
 
@@ -81,8 +82,6 @@ def load_index_batchnorm(index_root: Path, record: dict, model) -> None:
     """Load an index's recorded BatchNorm statistics into ``model`` (checked: module docstring)."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
-
-    import hashlib
 
     from ..retrieval.adapt import load_batchnorm
 
