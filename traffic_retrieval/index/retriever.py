@@ -86,7 +86,7 @@ def _recipe(config) -> dict:
     return recipe
 
 
-def _with_index_gallery_norm(query_config, info: dict, root):
+def _with_index_recipe(query_config, info: dict, root):
     """``query_config`` with the index's gallery normalisation and BatchNorm statistics: an
     unset one becomes the index's, a different one is refused (FAISS holds the gallery one
     way; re-centring at query time would be another search, and the gallery was encoded
@@ -164,7 +164,7 @@ class Retriever(Closeable):
                 if attempt:  # a build finishing meanwhile replaces the FAISS files: read its index.json once more
                     raise
                 info = layout.read_index_json()
-        query_config = _with_index_gallery_norm(query_config, info, layout.root)
+        query_config = _with_index_recipe(query_config, info, layout.root)
         if info.get("bn_stats"):  # image queries are encoded with the statistics the gallery was
             from .batchnorm import load_index_batchnorm
 
