@@ -31,15 +31,17 @@ and so are the val splits unless ``--val-variants baseline`` (``--quick``): the 
 split, not the test, is where a switch should be chosen. One ``predict`` each, the gallery
 encoded again every time (``predict --index`` would reuse an encoded gallery, but without
 the flipped twins re-ranking uses). Every variant but ``recipe`` sets the gallery
-normalisation and the gallery BatchNorm explicitly (a checkpoint may record either in its
-query recipe):
+normalisation, the gallery BatchNorm and the image test-time augmentation explicitly (a
+checkpoint may record any of them in its query recipe):
 
 - ``recipe``: no flags: the checkpoint's own recorded query recipe, what a user gets;
-- ``baseline``: ``--gallery-norm none --gallery-bn none``, the checkpoint's gallery scope (routed);
-- ``center``: ``--gallery-norm center --gallery-bn none``;
-- ``adabn``: ``--gallery-norm none --gallery-bn adapt``;
+- ``baseline``: ``--gallery-norm none --gallery-bn none --image-tta none``, the checkpoint's gallery scope (routed);
+- ``center``: ``--gallery-norm center`` (the others ``none``, as in every variant below unless named);
+- ``adabn``: ``--gallery-bn adapt``;
 - ``center+adabn``: ``--gallery-norm center --gallery-bn adapt``;
-- ``soft``: ``--gallery-norm none --gallery-bn none --gallery-scope soft``;
+- ``flip``: ``--image-tta flip`` (each gallery image encoded as the mean of it and its mirror);
+- ``center+adabn+flip``: ``--gallery-norm center --gallery-bn adapt --image-tta flip``;
+- ``soft``: ``--gallery-scope soft``;
 - ``center+adabn+soft``: ``--gallery-norm center --gallery-bn adapt --gallery-scope soft``;
 - ``center+adabn+soft+rerank``: the same and ``--rerank``.
 
@@ -77,16 +79,24 @@ SPLITS = ("val", "val_camera", "test")
 SPLIT_TITLES = {"val": "clean val", "val_camera": "camera val", "test": "camera test"}
 CATEGORIES = ("pedestrian", "vehicle")
 # name -> (QueryConfig overrides, re-rank); unset values are the checkpoint's recipe. Every variant but "recipe"
-# sets gallery_norm and gallery_bn explicitly: a checkpoint may record either in its query recipe.
+# sets gallery_norm, gallery_bn and image_tta explicitly: a checkpoint may record any of them in its query recipe.
+
+
+def _variant(norm: str = "none", bn: str = "none", tta: str = "none", rerank: bool = False, **more) -> tuple[dict, bool]:
+    return {"gallery_norm": norm, "gallery_bn": bn, "image_tta": tta, **more}, rerank
+
+
 VARIANTS = {
     "recipe": ({}, False),
-    "baseline": ({"gallery_norm": "none", "gallery_bn": "none"}, False),
-    "center": ({"gallery_norm": "center", "gallery_bn": "none"}, False),
-    "adabn": ({"gallery_norm": "none", "gallery_bn": "adapt"}, False),
-    "center+adabn": ({"gallery_norm": "center", "gallery_bn": "adapt"}, False),
-    "soft": ({"gallery_norm": "none", "gallery_bn": "none", "gallery_scope": "soft"}, False),
-    "center+adabn+soft": ({"gallery_norm": "center", "gallery_bn": "adapt", "gallery_scope": "soft"}, False),
-    "center+adabn+soft+rerank": ({"gallery_norm": "center", "gallery_bn": "adapt", "gallery_scope": "soft"}, True),
+    "baseline": _variant(),
+    "center": _variant(norm="center"),
+    "adabn": _variant(bn="adapt"),
+    "center+adabn": _variant(norm="center", bn="adapt"),
+    "flip": _variant(tta="flip"),
+    "center+adabn+flip": _variant(norm="center", bn="adapt", tta="flip"),
+    "soft": _variant(gallery_scope="soft"),
+    "center+adabn+soft": _variant(norm="center", bn="adapt", gallery_scope="soft"),
+    "center+adabn+soft+rerank": _variant(norm="center", bn="adapt", gallery_scope="soft", rerank=True),
 }
 REFERENCE_VARIANT = "baseline"  # the clean val under it is the ratios' reference
 

@@ -57,7 +57,7 @@ def test_bench_transfer_parses_the_renderer_the_look_and_training_overrides(tmp_
     assert bench.parse_args(["--renderer", "foreign", "--name", "mine", "--results-dir", str(tmp_path)]).name == "mine"
     # every variant but the checkpoint's own recipe sets the gallery normalisation and BatchNorm explicitly
     assert bench.VARIANT_FLAGS["recipe"] == "" and set(bench.VARIANTS) == set(bench.VARIANT_FLAGS)
-    assert all({"gallery_norm", "gallery_bn"} <= set(overrides) for name, (overrides, _) in bench.VARIANTS.items() if name != "recipe")
+    assert all({"gallery_norm", "gallery_bn", "image_tta"} <= set(overrides) for name, (overrides, _) in bench.VARIANTS.items() if name != "recipe")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -65,6 +65,10 @@ GalleryBn = Literal["none", "adapt"]
 """The image tower's BatchNorm statistics when encoding a gallery. none: the training images'; adapt: re-estimated on the
 gallery (AdaBN; a model without BatchNorm is unchanged)."""
 
+ImageTta = Literal["none", "flip"]
+"""Test-time augmentation of every image the tower encodes for retrieval (gallery, image queries). none: the image as it is;
+flip: the mean of the image's and its mirror image's embeddings, re-normalised (twice the image-tower compute)."""
+
 AugmentLevel = Literal["surveillance", "camera"]
 """Training augmentations (train.augment.AUGMENT_LEVELS). surveillance: the mild set; camera: stronger, plus Gaussian blur, JPEG, gamma,
 desaturation and border occluders."""

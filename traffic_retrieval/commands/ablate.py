@@ -54,6 +54,7 @@ class Setup:
     gallery_scope: str = "all"
     gallery_norm: str = "none"
     gallery_bn: str = "none"
+    image_tta: str = "none"
     caption_form: str = "bare"  # of the attribute-augmented vehicle captions ("" = no augmentation)
     prompt: bool = False
     rerank: str = ""  # "" (none), "a3r" or "ours"
@@ -94,6 +95,7 @@ DEPARTURES = [
      "the same, plus a loss pulling each augmented image's embedding toward its clean view's"),
     ("centred gallery", lambda s, e: replace(s, gallery_norm="center"), "the gallery's mean embedding subtracted before ranking"),
     ("gallery BatchNorm (AdaBN)", lambda s, e: replace(s, gallery_bn="adapt"), "the image tower's BatchNorm statistics re-estimated on the gallery"),
+    ("flip test-time augmentation", lambda s, e: replace(s, image_tta="flip"), "each gallery image encoded as the mean of it and its mirror image"),
     ("style mixing", lambda s, e: s.with_train(style_mix=0.5), "half the training images take a mix of another image's exposure and white balance (MixStyle)"),
     ("no attribute augmentation", lambda s, e: replace(s, caption_form=""), "vehicle captions as labelled"),
     ("prompt", lambda s, e: replace(s, prompt=True), "vehicle queries keep their prefix and get the seed's camera prompt"),
@@ -176,7 +178,8 @@ class Runner:
         run_dir = self.work / f"run{self.run_count}"
         overrides = {"work": self.prepared, "out": run_dir, "seed": self.config.seed, "epochs": self.config.epochs,
                      "train_manifest": manifest, "keep_checkpoints": 3, "resume": True, "progress": self.config.progress,
-                     "query": {"text_form": setup.text_form, "gallery_norm": setup.gallery_norm, "gallery_bn": setup.gallery_bn}, **dict(setup.train)}
+                     "query": {"text_form": setup.text_form, "gallery_norm": setup.gallery_norm, "gallery_bn": setup.gallery_bn,
+                               "image_tta": setup.image_tta}, **dict(setup.train)}
         train(command_config("train", self.config.preset, overrides))
         self.checkpoints[key] = run_dir / "checkpoints" / "final.pt"
         return self.checkpoints[key]
@@ -203,7 +206,7 @@ class Runner:
 
         submission = self.work / f"{name}.json"
         query = QueryConfig(text_form=setup.text_form, router=setup.router, gallery_scope=setup.gallery_scope, gallery_norm=setup.gallery_norm,
-                            gallery_bn=setup.gallery_bn, prompt=setup.prompt)
+                            gallery_bn=setup.gallery_bn, image_tta=setup.image_tta, prompt=setup.prompt)
         rerank = RerankConfig(enabled=bool(setup.rerank), method=setup.rerank or "ours")
         predict(PredictConfig(checkpoint=checkpoint, queries=queries, gallery=gallery, out=submission, query=query, rerank=rerank,
                               vocabulary=self.prepared / "vehicle_vocabulary.json", progress=self.config.progress))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import ModelSource, ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import GalleryBn, GalleryNorm, IndexKind
+from ..options import GalleryBn, GalleryNorm, ImageTta, IndexKind
 
 HELP = "build or update a persistent gallery index (SQLite + embedding shards + FAISS)"
 
@@ -46,6 +46,9 @@ class IndexConfig(RuntimeOptions, ReaderOptions, ModelSource):
     gallery_bn: GalleryBn | None = option(None, help="the image tower's BatchNorm statistics: none (the training images'), or adapt (re-estimated "
                                                      "on a sample of this gallery, AdaBN, and kept in the index for later updates and image queries); "
                                                      "unset: the checkpoint's recorded recipe, else none. Fixed for the index's life")
+    image_tta: ImageTta | None = option(None, help="test-time augmentation of every image: none, or flip (the mean of the image's and its mirror's "
+                                                   "embeddings; twice the encoding time; image queries are then encoded the same way); "
+                                                   "unset: the checkpoint's recorded recipe, else none. Fixed for the index's life")
     json: bool = option(False, help="print the whole report as JSON")
 
 
@@ -67,7 +70,7 @@ def run(config: IndexConfig) -> dict:
     return build_index(config.images, config.checkpoint, config.out, labels=config.labels, ann=ann, shard_size=config.shard_size,
                        batch_size=config.batch_size, workers=config.workers, device=config.device, precision=config.precision, progress=config.progress,
                        trust_checkpoint=config.trust_checkpoint, model=config.model, pretrained=config.pretrained, gallery_norm=config.gallery_norm,
-                       gallery_bn=config.gallery_bn)
+                       gallery_bn=config.gallery_bn, image_tta=config.image_tta)
 
 
 def format_report(report: dict) -> str:
@@ -79,7 +82,8 @@ def format_report(report: dict) -> str:
         "faiss: " + (", ".join(f"{c} {k}" for c, k in report["kind"].items()) or "empty") + f", recall@10 {report['recall@10']:.3f}"
         + (" (rebuilt)" if report["faiss_rebuilt"] else " (unchanged)")
         + (f", gallery norm {report['gallery_norm']}" if report.get("gallery_norm", "none") != "none" else "")
-        + (f", BatchNorm statistics of {report['bn_stats']['images']} gallery images" if report.get("bn_stats") else ""),
+        + (f", BatchNorm statistics of {report['bn_stats']['images']} gallery images" if report.get("bn_stats") else "")
+        + (f", image TTA {report['image_tta']}" if report.get("image_tta", "none") != "none" else ""),
     ]
     if report["recall@10"] < report.get("recall_target", 0):
         lines.append(f"warning: recall@10 {report['recall@10']:.3f} is under the target {report['recall_target']}: "

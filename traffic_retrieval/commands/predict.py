@@ -69,9 +69,10 @@ class _Gallery:
     image_dir: Path
 
 
-def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool, gallery_bn: str = "none") -> _Gallery:
+def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool, gallery_bn: str = "none", image_tta: str = "none") -> _Gallery:
     """The gallery's embeddings: from a built index, or encoded now (with ``gallery_bn``
-    ``adapt``, after re-estimating the image tower's BatchNorm statistics on the gallery)."""
+    ``adapt``, after re-estimating the image tower's BatchNorm statistics on the gallery;
+    ``image_tta``: ``encode.encode_uint8_images``)."""
     from ..retrieval.encode import encode_image_files, gallery_categories
     from ..retrieval.search import ExactGallerySearch
 
@@ -91,7 +92,7 @@ def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool, ga
 
         adapt_batchnorm_to_files(loaded, [str(p) for p in paths], runtime, config.batch_size, config.workers, config.progress)
     encoded = encode_image_files(loaded, [str(p) for p in paths], runtime.device, runtime.dtype, config.batch_size, config.workers, config.progress,
-                                 with_flipped=with_flipped)
+                                 with_flipped=with_flipped, image_tta=image_tta)
     if not encoded.readable:
         raise TrafficRetrievalError(f"{gallery_dir}: none of the gallery images could be read (first error: {encoded.errors[0]})")
     categories = gallery_categories(loaded, encoded.embeddings, runtime.device, runtime.dtype)
@@ -116,15 +117,16 @@ def run(config: PredictConfig) -> dict:
     if config.index:  # the gallery was encoded as the index says
         from dataclasses import replace
 
-        from ..index.retriever import index_gallery_bn
+        from ..index.retriever import index_encoding
         from ..index.store import IndexLayout
 
         layout = IndexLayout(config.index)
-        query_config = replace(config.query, gallery_bn=index_gallery_bn(config.query.gallery_bn, layout.read_index_json(), layout.root))
+        query_config = replace(config.query, **index_encoding(config.query, layout.read_index_json(), layout.root))
     else:
         query_config = config.query
     query_config = resolve_query_config(query_config, loaded.checkpoint)
-    gallery = _read_gallery(config, loaded, runtime, with_flipped=config.rerank.enabled, gallery_bn=query_config.gallery_bn)
+    gallery = _read_gallery(config, loaded, runtime, with_flipped=config.rerank.enabled, gallery_bn=query_config.gallery_bn,
+                            image_tta=query_config.image_tta)
 
     query_encoder = QueryEncoder(loaded, query_config, runtime.device, runtime.dtype,
                                  vocabulary=VehicleVocabulary.load(config.vocabulary) if config.vocabulary else None)
@@ -201,6 +203,7 @@ def print_result(summary: dict, config: PredictConfig) -> None:
     scope = recipe["gallery_scope"] + (f" (penalty {recipe['routing_penalty']:g})" if "routing_penalty" in recipe else "")
     norm = f", gallery norm {recipe['gallery_norm']}" if recipe.get("gallery_norm", "none") != "none" else ""
     norm += f", gallery BatchNorm {recipe['gallery_bn']}" if recipe.get("gallery_bn", "none") != "none" else ""
+    norm += f", image TTA {recipe['image_tta']}" if recipe.get("image_tta", "none") != "none" else ""
     print(f"queries: text form {recipe['text_form']}, router {recipe['router']}, gallery scope {scope}{norm} "
           f"({', '.join(f'{n} {c}' for c, n in summary['queries_per_category'].items())})")
     routing = summary.get("gallery_routing")

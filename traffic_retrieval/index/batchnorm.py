@@ -7,7 +7,7 @@ to ``bn_stats.safetensors`` in the index folder and recorded (file, sha256, imag
 the index's metadata and index.json. Every later update, every rank of a torchrun build
 and every ``Retriever`` (so a query by image) load that file: the whole index lives in
 one embedding space. The setting of an index that holds embeddings cannot change (its
-shards would mix two spaces): that asks for a new ``--out``.
+shards would mix two spaces, ``encoding.fixed_setting``): that asks for a new ``--out``.
 
 The file comes from an index folder, so it is untrusted: safetensors holds tensors only
 (reading it runs no code), its size is capped, its sha256 must be the recorded one and
@@ -26,13 +26,6 @@ MAX_BN_STATS_BYTES = 64 * 1024 * 1024  # far above any image tower's BatchNorm b
 META_KEY = "gallery_bn"  # IndexStore meta: {"setting": "none" | "adapt", "stats": record or None}
 
 
-def resolve_gallery_bn(asked: str | None, loaded) -> str:
-    """A new index's setting: the one asked for, else the checkpoint's recorded recipe's, else none."""
-    from ..retrieval.queries import QueryConfig, resolve_query_config
-
-    return resolve_query_config(QueryConfig(gallery_bn=asked), getattr(loaded, "checkpoint", None)).gallery_bn
-
-
 def prepare_batchnorm(root: Path, store, layout, loaded, asked: str | None, gallery_files: list[str], runtime, batch_size: int, workers: int,
                       progress: bool) -> tuple[str, dict | None]:
     """(Rank 0, before encoding.) ``(setting, statistics record)`` the build encodes with.
@@ -42,16 +35,11 @@ def prepare_batchnorm(root: Path, store, layout, loaded, asked: str | None, gall
     relative to ``root``, sorted) and writes them. The record is None with the training
     statistics (``none``, or a model without BatchNorm)."""
     from ..retrieval.adapt import batchnorm_layers
+    from .encoding import fixed_setting
 
     recorded = store.meta(META_KEY)
     recorded = recorded if isinstance(recorded, dict) else {"setting": "none", "stats": None}  # an index from before: the training statistics
-    if store.state_counts().get("indexed", 0) > 0:
-        setting = recorded.get("setting", "none") if asked is None else asked
-        if setting != recorded.get("setting", "none"):
-            raise TrafficRetrievalError(f"{layout.root}: this index was encoded with gallery_bn {recorded.get('setting', 'none')}, the build asks for "
-                                        f"{setting}: its embeddings would mix two spaces; build into a new --out (or leave gallery_bn unset)")
-    else:
-        setting = resolve_gallery_bn(asked, loaded)
+    setting = fixed_setting(store, layout.root, META_KEY, asked, recorded.get("setting", "none"), loaded)
     if setting != "adapt" or not batchnorm_layers(loaded.model):
         store.set_meta(META_KEY, {"setting": setting, "stats": None})
         return setting, None

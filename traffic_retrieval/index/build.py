@@ -60,13 +60,15 @@ class BuildSettings:
     pretrained: str | None = None  # ... and its pretrained tag or weights file
     gallery_norm: str | None = None  # options.GalleryNorm; None: the checkpoint's recorded recipe, else none
     gallery_bn: str | None = None  # options.GalleryBn; None: the checkpoint's recorded recipe, else none (index/batchnorm.py)
+    image_tta: str | None = None  # options.ImageTta; None: the checkpoint's recorded recipe, else none (index/encoding.py)
 
     def describe(self) -> dict:
         ann = {key: value for key, value in vars(self.ann).items() if key != "progress"}
         return {"images": str(self.images), "checkpoint": str(self.checkpoint) if self.checkpoint else None, "model": self.model,
                 "pretrained": self.pretrained, "out": str(self.out), "labels": str(self.labels) if self.labels else None,
                 **ann, "shard_size": self.shard_size, "batch_size": self.batch_size, "workers": self.workers, "device": self.device,
-                "precision": self.precision, "gallery_norm": self.gallery_norm, "gallery_bn": self.gallery_bn}
+                "precision": self.precision, "gallery_norm": self.gallery_norm, "gallery_bn": self.gallery_bn,
+                "image_tta": self.image_tta}
 
 
 def _check(settings: BuildSettings) -> dict:
@@ -90,6 +92,10 @@ def _check(settings: BuildSettings) -> dict:
         from ..retrieval.adapt import check_gallery_bn
 
         check_gallery_bn(settings.gallery_bn)
+    if settings.image_tta is not None:
+        from ..retrieval.adapt import check_image_tta
+
+        check_image_tta(settings.image_tta)
     if not 0 < settings.ann.recall_target <= 1:
         raise TrafficRetrievalError(f"recall_target must be in (0, 1], got {settings.ann.recall_target}")
     source = requested_source(settings.checkpoint, settings.model, settings.pretrained)
@@ -103,7 +109,7 @@ def _check(settings: BuildSettings) -> dict:
 def build_index(images: str | Path, checkpoint: str | Path | None, out: str | Path, *, labels: str | Path | None = None, ann: AnnConfig | None = None,
                 shard_size: int = 4096, batch_size: int = 256, workers: int = 2, device: str = "auto", precision: str = "auto",
                 progress: bool = True, trust_checkpoint: bool = False, model: str | None = None, pretrained: str | None = None,
-                gallery_norm: str | None = None, gallery_bn: str | None = None) -> dict:
+                gallery_norm: str | None = None, gallery_bn: str | None = None, image_tta: str | None = None) -> dict:
     """Build or update the index at ``out`` of the gallery folder ``images`` with the
     model of ``checkpoint``, or (``checkpoint=None``) zero-shot with the open_clip ``model``
     and its ``pretrained`` tag or weights file (``model="hf-hub:ORG/REPO"``: no ``pretrained``);
@@ -116,14 +122,16 @@ def build_index(images: str | Path, checkpoint: str | Path | None, out: str | Pa
     ``gallery_norm``: ``options.GalleryNorm``, how the FAISS indexes hold the gallery (None:
     the checkpoint's recorded query recipe, else ``none``; the shards hold raw embeddings);
     ``gallery_bn``: ``options.GalleryBn``, the image tower's BatchNorm statistics the gallery
-    is encoded with (None: the recipe's, else ``none``; fixed for the index's life: ``batchnorm.py``).
+    is encoded with (None: the recipe's, else ``none``; fixed for the index's life: ``batchnorm.py``);
+    ``image_tta``: ``options.ImageTta``, each image encoded as it is or as the mean of it and
+    its mirror (None: the recipe's, else ``none``; fixed for the index's life: ``encoding.py``).
     """
     from ..runtime import autocast_dtype, cleanup, init_distributed, local_device, resolve_device
 
     ann = ann or AnnConfig(progress=progress)
     settings = BuildSettings(Path(images), Path(checkpoint) if checkpoint is not None else None, Path(out), Path(labels) if labels is not None else None,
                              ann, shard_size, batch_size, workers, device, precision, progress, trust_checkpoint, model, pretrained, gallery_norm,
-                             gallery_bn)
+                             gallery_bn, image_tta)
     source = _check(settings)
     started = time.perf_counter()
     device = resolve_device(device)
@@ -155,7 +163,8 @@ def _build(settings: BuildSettings, requested: dict, context: DistributedContext
             if context.is_main:
                 try:
                     prepared = _prepare(settings, layout, store, loaded, source, device, dtype)
-                    per_rank = [("ok", (prepared["shards"][r :: context.world_size], prepared["bn_stats"])) for r in range(context.world_size)]
+                    per_rank = [("ok", (prepared["shards"][r :: context.world_size], prepared["bn_stats"], prepared["image_tta"]))
+                                for r in range(context.world_size)]
                 except TrafficRetrievalError as exc:
                     if not context.enabled:
                         raise
@@ -163,7 +172,7 @@ def _build(settings: BuildSettings, requested: dict, context: DistributedContext
             status, payload = scatter_objects(per_rank, context)
             if status == "error":
                 raise TrafficRetrievalError(payload)
-            my_shards, bn_stats = payload
+            my_shards, bn_stats, image_tta = payload
             if bn_stats is not None and not context.is_main:  # the statistics rank 0 estimated (or the index had): one embedding space
                 from .batchnorm import load_index_batchnorm
 
@@ -174,7 +183,7 @@ def _build(settings: BuildSettings, requested: dict, context: DistributedContext
             error, stats = None, {"shards": 0, "images": 0, "encoded": 0, "unreadable": []}
             try:
                 stats = encode_shards(loaded, root, my_shards, layout, loaded.identity, device, dtype, settings.batch_size, settings.workers,
-                                      settings.progress and context.is_main, on_written, description=f"index {root.name}")
+                                      settings.progress and context.is_main, on_written, description=f"index {root.name}", image_tta=image_tta)
             except Exception as exc:
                 if not context.enabled:
                     raise
@@ -238,6 +247,7 @@ def _prepare(settings: BuildSettings, layout: IndexLayout, store: IndexStore, lo
     from ..io import file_sha256
     from ..runtime import Runtime
     from .batchnorm import prepare_batchnorm
+    from .encoding import prepare_image_tta
     from .plan import plan_update
     from .scan import scan_gallery_entries
 
@@ -253,12 +263,13 @@ def _prepare(settings: BuildSettings, layout: IndexLayout, store: IndexStore, lo
                                        if any(scan.counts().values()) else ""))
     gallery_bn, bn_stats = prepare_batchnorm(root, store, layout, loaded, settings.gallery_bn, [f.path for f in files], Runtime(device, dtype),
                                              settings.batch_size, settings.workers, settings.progress)
+    image_tta = prepare_image_tta(store, layout.root, settings.image_tta, loaded)
     plan = plan_update(files, store.stats_by_path(), root, file_sha256)
     store.apply_plan(plan, settings.shard_size)
     store.set_meta("images", str(root.resolve()))
     return {"plan": plan, "files": len(files), "recovered": recovered, "shards": store.pending_shards(), "skipped": scan.counts(),
             "skipped_entries": [entry for entries in scan.skipped.values() for entry in entries][:100], "gallery_bn": gallery_bn,
-            "bn_stats": bn_stats}
+            "bn_stats": bn_stats, "image_tta": image_tta}
 
 
 def _apply_labels(labels_file: Path | None, store: IndexStore) -> dict | None:
@@ -419,6 +430,7 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         "gallery_norm": faiss_info["gallery_norm"],  # how FAISS holds the gallery (faiss.gallery_norm; the shards are raw)
         "gallery_bn": prepared["gallery_bn"],  # the BatchNorm statistics the gallery was encoded with (batchnorm.py)
         "bn_stats": prepared["bn_stats"],  # adapt with a BatchNorm tower: {file, sha256, images}; else null
+        "image_tta": prepared["image_tta"],  # the test-time augmentation every image was encoded with (encoding.py)
         "labels": labels,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": seconds,
@@ -457,6 +469,7 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         "gallery_norm": faiss_info["gallery_norm"],
         "gallery_bn": prepared["gallery_bn"],
         "bn_stats": prepared["bn_stats"],
+        "image_tta": prepared["image_tta"],
         "labelled": (labels or {}).get("labelled", 0),
         "world_size": context.world_size,
         "seconds": seconds,

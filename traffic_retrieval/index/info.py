@@ -33,6 +33,7 @@ MAX_PATH_CHARS = 4096
 BUILT_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 GALLERY_NORMS = ("none", "center")  # faiss.gallery_norm: how the FAISS indexes hold the gallery (retrieval/adapt.py)
 GALLERY_BNS = ("none", "adapt")  # gallery_bn: the BatchNorm statistics the gallery was encoded with (batchnorm.py)
+IMAGE_TTAS = ("none", "flip")  # image_tta: the test-time augmentation every image was encoded with (encoding.py)
 BN_STATS_FILE = "bn_stats.safetensors"  # = batchnorm.BN_STATS_FILE
 SEARCH_PARAMS = {  # kind -> the settings it may carry, with their bounds
     "flat": {},
@@ -174,6 +175,7 @@ def check_index_info(info, where) -> dict:
     if "gallery_norm" in info and info["gallery_norm"] != faiss_info["gallery_norm"]:
         fields.fail("gallery_norm", f"must be faiss.gallery_norm {shown(faiss_info['gallery_norm'])}, got {shown(info['gallery_norm'])}")
     _check_batchnorm(fields, info)
+    info["image_tta"] = fields.choice(info.get("image_tta", "none"), "image_tta", IMAGE_TTAS)  # absent: an index of before, none
     return info
 
 

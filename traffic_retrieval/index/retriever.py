@@ -34,7 +34,9 @@ Text queries are never centred; image queries (``search_image``, the image terms
 its indexed twin still score 1. ``embeddings()`` returns the raw stored embeddings.
 An index built with ``gallery_bn: adapt`` (``batchnorm.py``) holds the BatchNorm statistics
 it encoded the gallery with; the retriever loads them into its model, so image queries are
-encoded in the gallery's space.
+encoded in the gallery's space. An index built with ``image_tta: flip`` encoded each image
+as the mean of it and its mirror; image queries are encoded the same way. Both settings
+are the index's (``index_encoding``): a query recipe asking for another is refused.
 """
 
 from __future__ import annotations
@@ -87,10 +89,10 @@ def _recipe(config) -> dict:
 
 
 def _with_index_recipe(query_config, info: dict, root):
-    """``query_config`` with the index's gallery normalisation and BatchNorm statistics: an
-    unset one becomes the index's, a different one is refused (FAISS holds the gallery one
-    way; re-centring at query time would be another search, and the gallery was encoded
-    with its statistics)."""
+    """``query_config`` with the index's gallery normalisation, BatchNorm statistics and image
+    test-time augmentation: an unset one becomes the index's, a different one is refused
+    (FAISS holds the gallery one way; re-centring at query time would be another search,
+    and the gallery was encoded with its statistics and augmentation)."""
     from dataclasses import replace
 
     from ..retrieval.queries import QueryConfig
@@ -102,16 +104,25 @@ def _with_index_recipe(query_config, info: dict, root):
         raise TrafficRetrievalError(f"{root}: the index holds the gallery with gallery_norm {built}, the query recipe asks for {asked}: "
                                     f"rebuild it with `traffic-retrieval index --gallery-norm {asked} --out {root} ...` (only FAISS is rebuilt), "
                                     f"or leave gallery_norm unset")
-    return replace(query_config, gallery_norm=built, gallery_bn=index_gallery_bn(query_config.gallery_bn, info, root))
+    return replace(query_config, gallery_norm=built, **index_encoding(query_config, info, root))
 
 
-def index_gallery_bn(asked: str | None, info: dict, root) -> str:
-    """The index's ``gallery_bn``; one asked for that differs is refused in one line."""
-    built = info.get("gallery_bn", "none")
-    if asked is not None and asked != built:
-        raise TrafficRetrievalError(f"{root}: the index's gallery was encoded with gallery_bn {built}, the query recipe asks for {asked}: "
-                                    f"build a new index with `traffic-retrieval index --gallery-bn {asked} --out NEW ...`, or leave gallery_bn unset")
-    return built
+ENCODING_KEYS = ("gallery_bn", "image_tta")  # how an index's gallery was encoded: fixed for its life
+
+
+def index_encoding(query_config, info: dict, root) -> dict:
+    """``{gallery_bn, image_tta}``: how the index's gallery was encoded (absent from an
+    index.json of before: ``none``); one that ``query_config`` asks for and that differs is
+    refused in one line (the gallery would be in another space than the queries)."""
+    encoding = {}
+    for key in ENCODING_KEYS:
+        built, asked = info.get(key, "none"), getattr(query_config, key)
+        if asked is not None and asked != built:
+            flag = "--" + key.replace("_", "-")
+            raise TrafficRetrievalError(f"{root}: the index's gallery was encoded with {key} {built}, the query recipe asks for {asked}: "
+                                        f"build a new index with `traffic-retrieval index {flag} {asked} --out NEW ...`, or leave {key} unset")
+        encoding[key] = built
+    return encoding
 
 
 def check_k(k) -> int:
@@ -356,7 +367,8 @@ class Retriever(Closeable):
         preprocess = encoder.loaded.preprocess
         batch = torch.stack([image_uint8(image, preprocess) for image in images])
         with encoder._lock:
-            return encode_uint8_images(encoder.loaded.model.eval(), batch, preprocess, encoder.device, encoder.dtype)
+            return encode_uint8_images(encoder.loaded.model.eval(), batch, preprocess, encoder.device, encoder.dtype,
+                                       image_tta=encoder.config.image_tta)
 
     def _own_image_first(self, row: list, image_id: int, target: str, k: int) -> None:
         """An indexed image's own search lists it first (an approximate index may rank it lower,
@@ -410,6 +422,7 @@ class Retriever(Closeable):
             "query_recipe": _recipe(self._queries.config),
             "gallery_norm": self._gallery_norm,  # how the FAISS indexes hold the gallery (index --gallery-norm)
             "gallery_bn": info.get("gallery_bn", "none"),  # the BatchNorm statistics the gallery was encoded with (index --gallery-bn)
+            "image_tta": info.get("image_tta", "none"),  # the test-time augmentation of its images (index --image-tta)
         }
 
     def _gallery_path(self, row) -> str:

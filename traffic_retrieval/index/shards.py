@@ -22,9 +22,11 @@ def shard_batches(shard_sizes: list[int], batch_size: int) -> list[tuple[int, li
 
 
 def encode_shards(loaded, root: Path, shards: list[tuple[int, list[tuple[int, str]]]], layout: IndexLayout, identity: str, device: str, dtype,
-                  batch_size: int, workers: int, progress: bool, on_shard_written: Callable[[int, list[dict]], None], description: str = "index") -> dict:
-    """Encode ``shards`` (``(shard, [(id, relative path)])``), write each one as soon as its
-    last batch is done and call ``on_shard_written(shard, rows)``. Returns counts."""
+                  batch_size: int, workers: int, progress: bool, on_shard_written: Callable[[int, list[dict]], None], description: str = "index",
+                  image_tta: str = "none") -> dict:
+    """Encode ``shards`` (``(shard, [(id, relative path)])``, each image with ``image_tta``:
+    ``encode.encode_uint8_images``), write each one as soon as its last batch is done and
+    call ``on_shard_written(shard, rows)``. Returns counts."""
     import numpy as np
 
     from ..data.images import read_image_batches
@@ -45,7 +47,7 @@ def encode_shards(loaded, root: Path, shards: list[tuple[int, list[tuple[int, st
     for batch_number, batch in enumerate(reader):
         shard_position = batches[batch_number][0]
         if batch.images is not None:
-            embeddings = encode_uint8_images(model, batch.images, loaded.preprocess, device, dtype, batch_size)
+            embeddings = encode_uint8_images(model, batch.images, loaded.preprocess, device, dtype, batch_size, image_tta)
             dim = embeddings.shape[1]
             pending_embeddings.append(embeddings.numpy())
         for position in batch.positions:

@@ -70,6 +70,8 @@ RECIPE_DESCRIPTIONS = {
     ("gallery_norm", "center"): "the gallery's mean embedding is subtracted from every gallery embedding, which is then re-normalised",
     ("gallery_bn", "adapt"): "the image tower's BatchNorm statistics are re-estimated on the gallery (AdaBN) before it is encoded; "
                              "encode image queries with the same statistics",
+    ("image_tta", "flip"): "every gallery image (and image query) is encoded as the mean of its and its mirror image's unit embeddings, "
+                           "re-normalised",
 }
 
 
@@ -270,7 +272,7 @@ def readme_text(loaded: LoadedModel, config: dict, metadata: dict, written: dict
     recipe = metadata.get("query_recipe")
     if isinstance(recipe, dict) and recipe:
         lines += ["## Queries", "", "The model was trained and validated with this query recipe; query it the same way:", ""]
-        for key in ("text_form", "router", "gallery_scope", "gallery_norm", "gallery_bn", "routing_penalty"):
+        for key in ("text_form", "router", "gallery_scope", "gallery_norm", "gallery_bn", "image_tta", "routing_penalty"):
             if key in recipe:
                 value = recipe[key]
                 description = RECIPE_DESCRIPTIONS.get((key, value), "") if isinstance(value, str) else ""

@@ -46,6 +46,7 @@ from ..errors import TrafficRetrievalError
 
 GALLERY_NORMS = ("none", "center")  # = options.GalleryNorm
 GALLERY_BNS = ("none", "adapt")  # = options.GalleryBn
+IMAGE_TTAS = ("none", "flip")  # = options.ImageTta
 ADAPT_BN_MAX_IMAGES = 8192  # gallery images whose statistics AdaBN takes (more change the estimate little)
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -140,6 +141,12 @@ def check_gallery_bn(gallery_bn: str) -> str:
     if gallery_bn not in GALLERY_BNS:
         raise TrafficRetrievalError(f"gallery_bn must be one of {', '.join(GALLERY_BNS)}, got {gallery_bn!r}")
     return gallery_bn
+
+
+def check_image_tta(image_tta: str) -> str:
+    if image_tta not in IMAGE_TTAS:
+        raise TrafficRetrievalError(f"image_tta must be one of {', '.join(IMAGE_TTAS)}, got {image_tta!r}")
+    return image_tta
 
 
 def batchnorm_layers(model) -> list:

@@ -20,17 +20,22 @@ class ImageEncoding:
     flipped: object = None  # embeddings of the horizontally flipped images (for re-ranking)
 
 
-def encode_image_files(loaded, paths: list[str], device: str, dtype, batch_size: int = 256, workers: int = 2, progress: bool = True, description: str = "encode gallery", with_flipped: bool = False) -> ImageEncoding:
-    """Stream images through the one reader (``read_image_batches``) and the image tower."""
+def encode_image_files(loaded, paths: list[str], device: str, dtype, batch_size: int = 256, workers: int = 2, progress: bool = True,
+                       description: str = "encode gallery", with_flipped: bool = False, image_tta: str = "none") -> ImageEncoding:
+    """Stream images through the one reader (``read_image_batches``) and the image tower
+    (``image_tta``: ``encode_uint8_images``). ``with_flipped``: also the mirror images'
+    own embeddings (re-ranking's flipped twins; with ``flip`` they equal the embeddings,
+    which already are the mean of both views, so they are not encoded twice)."""
     import torch
 
     embeddings, flipped, readable, errors = [], [], [], []
     model = loaded.model.eval()
     for batch in read_image_batches(paths, loaded.preprocess, batch_size, workers, progress=progress, description=description):
         if batch.images is not None:
-            embeddings.append(encode_uint8_images(model, batch.images, loaded.preprocess, device, dtype, batch_size))
+            embeddings.append(encode_uint8_images(model, batch.images, loaded.preprocess, device, dtype, batch_size, image_tta))
             if with_flipped:
-                flipped.append(encode_uint8_images(model, batch.images.flip(-1), loaded.preprocess, device, dtype, batch_size))
+                flipped.append(embeddings[-1] if image_tta == "flip" else
+                               encode_uint8_images(model, batch.images.flip(-1), loaded.preprocess, device, dtype, batch_size))
             readable += batch.readable
         errors += list(batch.errors.values())
     dim = embeddings[0].shape[1] if embeddings else 0
@@ -51,16 +56,30 @@ def adapt_batchnorm_to_files(loaded, paths: list[str], runtime, batch_size: int,
     return estimate_batchnorm(loaded.model, batches, loaded.preprocess, runtime.device, runtime.dtype)
 
 
-def encode_uint8_images(model, images_uint8, preprocess, device: str, dtype, batch_size: int = 256):
-    """L2-normalised embeddings of already decoded uint8 NCHW images (the training cache)."""
+def encode_uint8_images(model, images_uint8, preprocess, device: str, dtype, batch_size: int = 256, image_tta: str = "none"):
+    """L2-normalised embeddings of already decoded uint8 NCHW images (the training cache).
+
+    ``image_tta`` (``options.ImageTta``): ``none``, each image as it is; ``flip``, the mean
+    of the unit embeddings of the image and of its mirror image, re-normalised (the same
+    for an image and its mirror; twice the compute)."""
     import torch
 
+    def encode(batch):
+        features = model.encode_image(batch.contiguous(memory_format=torch.channels_last), normalize=True)
+        return torch.nn.functional.normalize(features.float(), dim=-1)  # unit length in fp32, whatever the autocast
+
+    if image_tta not in ("none", "flip"):
+        from .adapt import check_image_tta
+
+        check_image_tta(image_tta)
     outputs = []
     with inference(device, dtype):
         for start in range(0, len(images_uint8), batch_size):
             batch = normalize_uint8_batch(images_uint8[start : start + batch_size], preprocess).to(device)
-            features = model.encode_image(batch.contiguous(memory_format=torch.channels_last), normalize=True)
-            outputs.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())  # unit length in fp32, whatever the autocast
+            features = encode(batch)
+            if image_tta == "flip":
+                features = torch.nn.functional.normalize(features + encode(batch.flip(-1)), dim=-1)
+            outputs.append(features.cpu())
     return torch.cat(outputs) if outputs else torch.zeros((0, 1))
 
 

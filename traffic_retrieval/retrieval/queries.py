@@ -5,11 +5,12 @@ rewriting it into the text the model encodes (``data/text_forms.py``), and the o
 
 ``QueryConfig`` holds the query recipe: the text form, the router and the gallery
 scope, and the inference-time settings for the camera domain (``retrieval/adapt.py``):
-the gallery normalisation and the soft scope's routing penalty. Unset values come from
+the gallery normalisation, the gallery BatchNorm statistics, the image test-time
+augmentation and the soft scope's routing penalty. Unset values come from
 the checkpoint (training records the recipe it used), else from ``DEFAULT_RECIPE`` and
 ``ADAPT_DEFAULTS``, so a model trained in the seed's form is queried in it with no flag
 (``resolve_query_config``). A recipe records ``gallery_norm`` only when it is not
-``none`` (``gallery_bn`` too) and ``routing_penalty`` only with the soft scope (``query_recipe``): recipes of
+``none`` (``gallery_bn`` and ``image_tta`` too) and ``routing_penalty`` only with the soft scope (``query_recipe``): recipes of
 today's behaviour keep their three keys.
 """
 
@@ -27,11 +28,11 @@ from ..config import option
 from ..data.text_forms import SEED_PROMPT_SUFFIX, query_text
 from ..errors import TrafficRetrievalError
 from ..io import read_input_bytes
-from ..options import GalleryBn, GalleryNorm, GalleryScope, RouterKind, TextForm
+from ..options import GalleryBn, GalleryNorm, GalleryScope, ImageTta, RouterKind, TextForm
 from .search import DEFAULT_ROUTING_PENALTY
 
 DEFAULT_RECIPE = {"text_form": "sentence", "router": "vocabulary", "gallery_scope": "routed"}
-ADAPT_DEFAULTS = {"gallery_norm": "none", "gallery_bn": "none", "routing_penalty": DEFAULT_ROUTING_PENALTY}  # recorded only when they matter (query_recipe)
+ADAPT_DEFAULTS = {"gallery_norm": "none", "gallery_bn": "none", "image_tta": "none", "routing_penalty": DEFAULT_ROUTING_PENALTY}  # recorded only when they matter (query_recipe)
 RECIPE_KEY = "query_recipe"  # where a checkpoint records the recipe its training used
 
 
@@ -51,6 +52,10 @@ class QueryConfig:
                                           help="the image tower's BatchNorm statistics for the gallery: none (the training images'), or adapt "
                                                "(re-estimated on the gallery, AdaBN; camera galleries; no effect on a model without BatchNorm); "
                                                "unset: the checkpoint's (an index: the index's), else none")
+    image_tta: ImageTta | None = option(None, flag="--image-tta",
+                                        help="test-time augmentation of every image encoded for retrieval (gallery, image queries): none, or "
+                                             "flip (the mean of the image's and its mirror's embeddings; twice the image-tower compute); "
+                                             "unset: the checkpoint's (an index: the index's), else none")
     routing_penalty: float | None = option(None, flag="--routing-penalty", minimum=0, maximum=10, metavar="PENALTY",
                                            help=f"--gallery-scope soft: score subtracted from images outside a query's routed category; "
                                                 f"unset: the checkpoint's, else {DEFAULT_ROUTING_PENALTY}")
@@ -87,17 +92,20 @@ def _valid_adapt_value(key: str, value) -> bool:
         return value in typing.get_args(GalleryNorm)
     if key == "gallery_bn":
         return value in typing.get_args(GalleryBn)
+    if key == "image_tta":
+        return value in typing.get_args(ImageTta)
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 10
 
 
 def query_recipe(config: QueryConfig) -> dict:
     """The recipe a resolved config records in a checkpoint: text form, router and gallery
-    scope; ``gallery_norm`` and ``gallery_bn`` when they are not ``none``; ``routing_penalty`` with the soft scope."""
+    scope; ``gallery_norm``, ``gallery_bn`` and ``image_tta`` when they are not ``none``; ``routing_penalty`` with the soft scope."""
     recipe = {key: getattr(config, key) for key in DEFAULT_RECIPE}
     if config.gallery_norm not in (None, "none"):
         recipe["gallery_norm"] = config.gallery_norm
-    if config.gallery_bn not in (None, "none"):
-        recipe["gallery_bn"] = config.gallery_bn
+    for key in ("gallery_bn", "image_tta"):
+        if getattr(config, key) not in (None, "none"):
+            recipe[key] = getattr(config, key)
     if config.gallery_scope == "soft":
         recipe["routing_penalty"] = DEFAULT_ROUTING_PENALTY if config.routing_penalty is None else float(config.routing_penalty)
     return recipe

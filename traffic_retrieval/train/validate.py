@@ -1,6 +1,7 @@
 """Scoring a model on the val split: the trainer after each epoch, and ``soup`` for
 each candidate average, score with the challenge's metrics through the same query
-recipe (router, text form, gallery scope) and ranker ``predict`` uses.
+recipe (router, text form, gallery scope, the gallery's normalisation, BatchNorm statistics
+and test-time augmentation) and ranker ``predict`` uses.
 
 Besides the official/strict mAP@10 and recalls (val captions as queries, val images
 as the gallery), the report holds ``t2i_R@10``: open_clip's one-to-one text-to-image
@@ -22,6 +23,7 @@ class ValQueries:
     gallery_scope: str = "routed"
     gallery_norm: str = "none"
     gallery_bn: str = "none"  # adapt: the val images are encoded by a copy of the model with BatchNorm statistics of their own (AdaBN)
+    image_tta: str = "none"  # flip: each val image encoded as the mean of it and its mirror (encode.encode_uint8_images)
     routing_penalty: float = 0.05
     routing_texts: dict | None = None  # category -> captions: also report how the val images route (gallery_categories)
     tokenizer: object = None
@@ -39,7 +41,7 @@ def val_queries(val_set, tokenizer, recipe, routing_texts: dict | None = None) -
     categories = [route(row["text"]) for row in val_set.rows]
     texts = [text_to_encode(row["text"], category, recipe) for row, category in zip(val_set.rows, categories)]
     return ValQueries(tokenize(tokenizer, texts), categories, recipe.gallery_scope, recipe.gallery_norm, recipe.gallery_bn or "none",
-                      recipe.routing_penalty, routing_texts, tokenizer)
+                      recipe.image_tta or "none", recipe.routing_penalty, routing_texts, tokenizer)
 
 
 def one_to_one_recall(text_embeddings, image_embeddings, k: int = 10, block: int = 1024) -> float:
@@ -72,7 +74,7 @@ def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries
     model.eval()
     try:
         image_embeddings = encode_uint8_images(_gallery_model(model, val_set, preprocess, device, dtype, queries.gallery_bn),
-                                               val_set.images, preprocess, device, dtype)
+                                               val_set.images, preprocess, device, dtype, image_tta=queries.image_tta)
         text_embeddings = encode_tokens(model, queries.tokens, device, dtype)
     finally:
         model.train(was_training)
