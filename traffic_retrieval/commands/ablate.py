@@ -70,7 +70,7 @@ class Setup:
 
 def seed_setup(epochs: int) -> Setup:
     return Setup().with_train(resize_mode="pad", random_resized_crop=True, loss="clip", augment=False, augment_level="surveillance",
-                              augment_schedule="constant", consistency=0.0, attribute_heads=0.0, style_mix=0.0,
+                              augment_schedule="constant", consistency=0.0, attribute_heads=0.0, style_mix=0.0, feature_style_mix=0.0,
                               schedule_epochs=SEED_SCHEDULE_FACTOR * epochs)
 
 
@@ -103,6 +103,8 @@ DEPARTURES = [
     ("re-ranking (ours)", lambda s, e: replace(s, rerank="ours"), "our text + adapted-query + k-reciprocal re-ranking of the top 50"),
     ("greedy soup (R@10)", lambda s, e: replace(s, soup="r10"), "greedy soup of the run's last 3 epoch checkpoints by val text-to-image R@10 (the seed's)"),
     ("greedy soup (official)", lambda s, e: replace(s, soup="official"), "the same soup by val official mAP@10"),
+    ("feature style mixing", lambda s, e: s.with_train(feature_style_mix=0.5),
+     "MixStyle inside the image tower: half the images' layer1/layer2 feature maps take a mix of another image's channel statistics"),
 ]
 SEED_ROW = "A3R seed recipe"
 COMBINED_ROW = "combined: every departure that helped on val"

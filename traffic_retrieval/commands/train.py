@@ -69,6 +69,9 @@ class TrainConfig(RuntimeOptions, TowerLocking, CheckpointTrust):
     random_resized_crop: bool = option(False, help="the seed's RandomResizedCrop (scale 0.9-1, ratio 3/4-4/3) after squaring")
     style_mix: float = option(0.0, minimum=0, maximum=1, help="share of training images whose style (per-channel mean and std: exposure, "
                                                              "white balance) is mixed with another image's (MixStyle at the input; camera robustness)")
+    feature_style_mix: float = option(0.0, minimum=0, maximum=1, help="share of training images whose early feature maps (a ResNet tower's "
+                                                                     "layer1 and layer2) take a mix of another image's channel statistics "
+                                                                     "(MixStyle inside the tower; camera robustness); 0: off")
     grad_accum: int = option(1, minimum=1, help="gradient accumulation steps")
     grad_checkpointing: bool = option(False, help="gradient checkpointing")
     attribute_heads: float = option(0.0, minimum=0, help="weight of the auxiliary attribute-head loss (0: off)")
@@ -265,6 +268,10 @@ def _state_and_step_parts(config: TrainConfig, loaded, training_set, device: str
                       Normalization.of(loaded.preprocess), device, dtype, context, AUGMENT_LEVELS[config.augment_level] if config.augment else None,
                       config.random_resized_crop, config.style_mix, config.augment_schedule, config.consistency if config.augment else 0.0,
                       config.attribute_heads, targets)
+    if config.feature_style_mix > 0:
+        from ..train.feature_style import FeatureStyleMix
+
+        parts.feature_style = FeatureStyleMix(model, config.feature_style_mix)
     return state, parts
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -59,6 +60,7 @@ class StepParts:
     consistency: float = 0.0  # weight of 1 - cos(augmented view, clean view) per image (the clean view's embedding without gradient)
     attribute_weight: float = 0.0  # weight of the attribute-head loss
     attribute_targets: dict | None = None  # attribute_heads.attribute_targets of the training rows
+    feature_style: Any = None  # feature_style.FeatureStyleMix on the image tower's early stages, or None
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,8 @@ def train_step(state, parts: StepParts, micro_batches: list, generator) -> float
             if batch.clean_images is not None:
                 with torch.no_grad():
                     clean_features = model.encode_image(batch.clean_images, normalize=True)
-            image_features, text_features, logits = parts.forward(batch.images, batch.tokens)
+            with parts.feature_style.mixing(generator) if parts.feature_style is not None else nullcontext():
+                image_features, text_features, logits = parts.forward(batch.images, batch.tokens)
             loss = parts.loss_fn(gather_features(image_features.float(), parts.context), gather_features(text_features.float(), parts.context),
                                  model.logit_scale.exp(), batch.attr_ids)
             if parts.attribute_targets is not None:
