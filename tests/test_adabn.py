@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from tests.tiny_gallery import make_tiny_gallery
+from tests.tiny_gallery import index_tiny, make_tiny_gallery, predict_tiny
 from traffic_retrieval.cli import main
 from traffic_retrieval.errors import TrafficRetrievalError
 from traffic_retrieval.model.factory import create_model
@@ -111,29 +111,19 @@ def tiny(tmp_path_factory):
     return make_tiny_gallery(root, seed=5, test_pedestrians=6, test_vehicles=5)
 
 
-def _predict(tiny, out, *flags):
-    return main(["predict", "--data", str(tiny["root"] / "data"), "--checkpoint", str(tiny["checkpoint"]), "--out", str(out),
-                 "--workers", "0", "--no-progress", "--device", "cpu", "--gallery-scope", "all", *flags])
-
-
 def test_predict_adapts_the_gallery(tiny, tmp_path, capsys):
-    assert _predict(tiny, tmp_path / "adapt.json", "--gallery-bn", "adapt") == 0
+    assert predict_tiny(tiny, tmp_path / "adapt.json", "--gallery-bn", "adapt") == 0
     assert "gallery BatchNorm adapt" in capsys.readouterr().out
-    assert _predict(tiny, tmp_path / "plain.json") == 0
+    assert predict_tiny(tiny, tmp_path / "plain.json") == 0
     adapted, plain = (json.loads((tmp_path / name).read_text())["results"] for name in ("adapt.json", "plain.json"))
     assert len(adapted) == len(plain) == 11 and adapted != plain  # the random model's default statistics (0, 1) are far from the gallery's
-
-
-def _index(tiny, out, *flags):
-    return main(["index", "--images", str(tiny["gallery"]), "--checkpoint", str(tiny["checkpoint"]), "--out", str(out), "--labels", str(tiny["labels"]),
-                 "--workers", "0", "--no-progress", "--device", "cpu", *flags])
 
 
 def test_an_index_keeps_its_statistics_for_updates_and_image_queries(tiny, tmp_path, capsys):
     from traffic_retrieval.index import Retriever
 
     out = tmp_path / "index"
-    assert _index(tiny, out, "--gallery-bn", "adapt") == 0
+    assert index_tiny(tiny, out, "--gallery-bn", "adapt") == 0
     assert "BatchNorm statistics of 11 gallery images" in capsys.readouterr().out
     info = json.loads((out / "index.json").read_text())
     assert info["gallery_bn"] == "adapt" and info["bn_stats"]["file"] == "bn_stats.safetensors" and info["bn_stats"]["images"] == 11
@@ -160,7 +150,7 @@ def test_an_index_keeps_its_statistics_for_updates_and_image_queries(tiny, tmp_p
     report = json.loads(capsys.readouterr().out)
     assert report["encoded"] == 1 and report["gallery_bn"] == "adapt" and report["bn_stats"]["images"] == 11
     # the setting of an index that holds embeddings cannot change
-    assert _index(tiny, out, "--gallery-bn", "none") == 2
+    assert index_tiny(tiny, out, "--gallery-bn", "none") == 2
     assert "encoded with gallery_bn adapt, the build asks for none" in capsys.readouterr().err
     assert (out / "bn_stats.safetensors").read_bytes() == stats_bytes
 
@@ -174,7 +164,7 @@ def test_a_tampered_statistics_file_is_refused_in_one_line(tiny, tmp_path):
     from traffic_retrieval.index import Retriever
 
     out = tmp_path / "index"
-    assert _index(tiny, out, "--gallery-bn", "adapt") == 0
+    assert index_tiny(tiny, out, "--gallery-bn", "adapt") == 0
     stats = out / "bn_stats.safetensors"
     stats.write_bytes(stats.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(TrafficRetrievalError) as refused:

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from tests.tiny_gallery import make_tiny_gallery
+from tests.tiny_gallery import index_tiny, make_tiny_gallery, predict_tiny
 from traffic_retrieval.cli import main
 from traffic_retrieval.errors import TrafficRetrievalError
 from traffic_retrieval.model.factory import create_model
@@ -71,17 +71,12 @@ def tiny(tmp_path_factory):
     return make_tiny_gallery(root, seed=7, test_pedestrians=6, test_vehicles=5)
 
 
-def _predict(tiny, out, *flags):
-    return main(["predict", "--data", str(tiny["root"] / "data"), "--checkpoint", str(tiny["checkpoint"]), "--out", str(out),
-                 "--workers", "0", "--no-progress", "--device", "cpu", "--gallery-scope", "all", *flags])
-
-
 def test_predict_encodes_the_gallery_with_flips(tiny, tmp_path, capsys):
-    assert _predict(tiny, tmp_path / "flip.json", "--image-tta", "flip") == 0
+    assert predict_tiny(tiny, tmp_path / "flip.json", "--image-tta", "flip") == 0
     assert "image TTA flip" in capsys.readouterr().out
-    assert _predict(tiny, tmp_path / "flip_rerank.json", "--image-tta", "flip", "--rerank") == 0  # re-ranking's flipped twins: the same vectors
+    assert predict_tiny(tiny, tmp_path / "flip_rerank.json", "--image-tta", "flip", "--rerank") == 0  # re-ranking's flipped twins: the same vectors
     capsys.readouterr()
-    assert _predict(tiny, tmp_path / "plain.json") == 0
+    assert predict_tiny(tiny, tmp_path / "plain.json") == 0
     assert "image TTA" not in capsys.readouterr().out
     flip, plain = (json.loads((tmp_path / name).read_text())["results"] for name in ("flip.json", "plain.json"))
     assert len(flip) == len(plain) == 11 and flip != plain
@@ -90,18 +85,13 @@ def test_predict_encodes_the_gallery_with_flips(tiny, tmp_path, capsys):
     assert "mirror" in capsys.readouterr().err
 
 
-def _index(tiny, out, *flags, gallery=None):
-    return main(["index", "--images", str(gallery or tiny["gallery"]), "--checkpoint", str(tiny["checkpoint"]), "--out", str(out),
-                 "--labels", str(tiny["labels"]), "--workers", "0", "--no-progress", "--device", "cpu", *flags])
-
-
 def test_an_index_encodes_with_flips_for_life_and_image_queries_follow(tiny, tmp_path, capsys):
     from traffic_retrieval.index import Retriever
 
     gallery = tmp_path / "gallery"
     shutil.copytree(tiny["gallery"], gallery)
     out = tmp_path / "index"
-    assert _index(tiny, out, "--image-tta", "flip", gallery=gallery) == 0
+    assert index_tiny(tiny, out, "--image-tta", "flip", gallery=gallery) == 0
     assert "image TTA flip" in capsys.readouterr().out
     info = json.loads((out / "index.json").read_text())
     assert info["image_tta"] == "flip" and info["config"]["image_tta"] == "flip"
@@ -117,10 +107,10 @@ def test_an_index_encodes_with_flips_for_life_and_image_queries_follow(tiny, tmp
     # an update keeps the index's setting (no flag needed), a different one is refused
     shutil.copy(next(tiny["gallery"].iterdir()), gallery / "zz_extra.jpg")
     capsys.readouterr()
-    assert _index(tiny, out, "--json", gallery=gallery) == 0
+    assert index_tiny(tiny, out, "--json", gallery=gallery) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["encoded"] == 1 and report["image_tta"] == "flip"
-    assert _index(tiny, out, "--image-tta", "none", gallery=gallery) == 2
+    assert index_tiny(tiny, out, "--image-tta", "none", gallery=gallery) == 2
     assert "encoded with image_tta flip, the build asks for none" in capsys.readouterr().err
 
     # the index's vectors are what predict --image-tta flip encodes
@@ -136,7 +126,7 @@ def test_an_index_json_with_an_unknown_image_tta_is_refused(tiny, tmp_path):
     from traffic_retrieval.index import Retriever
 
     out = tmp_path / "index"
-    assert _index(tiny, out) == 0
+    assert index_tiny(tiny, out) == 0
     info = json.loads((out / "index.json").read_text())
     assert info["image_tta"] == "none"
     info["image_tta"] = "__import__('os')"

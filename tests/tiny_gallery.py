@@ -30,3 +30,19 @@ def build_tiny_index(source: dict, out: Path) -> Path:
     build_index(IndexConfig(images=source["gallery"], checkpoint=source["checkpoint"], out=out, labels=source["labels"], workers=0,
                             progress=False, device="cpu"))
     return out
+
+
+def predict_tiny(source: dict, out: Path, *flags: str) -> int:
+    """``traffic-retrieval predict`` of ``make_tiny_gallery``'s test split on CPU, the whole gallery ranked; the exit status."""
+    from traffic_retrieval.cli import main
+
+    return main(["predict", "--data", str(source["root"] / "data"), "--checkpoint", str(source["checkpoint"]), "--out", str(out),
+                 "--workers", "0", "--no-progress", "--device", "cpu", "--gallery-scope", "all", *flags])
+
+
+def index_tiny(source: dict, out: Path, *flags: str, gallery: Path | None = None) -> int:
+    """``traffic-retrieval index`` of ``make_tiny_gallery``'s gallery (or ``gallery``) with its labels on CPU; the exit status."""
+    from traffic_retrieval.cli import main
+
+    return main(["index", "--images", str(gallery or source["gallery"]), "--checkpoint", str(source["checkpoint"]), "--out", str(out),
+                 "--labels", str(source["labels"]), "--workers", "0", "--no-progress", "--device", "cpu", *flags])
