@@ -17,7 +17,7 @@ can ramp the augmentation up toward its end (``--augment-schedule ramp``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
