@@ -28,3 +28,14 @@ def retriever(index):
 
     with Retriever.open(index, device="cpu", precision="fp32") as opened:
         yield opened
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet():
+    """A randomly initialised TR-Tiny-RN (seed 0), one per test module."""
+    import torch
+
+    from traffic_retrieval.model.factory import create_model
+
+    torch.manual_seed(0)
+    return create_model("TR-Tiny-RN")

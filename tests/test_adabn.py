@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from tests.tiny_gallery import index_tiny, make_tiny_gallery, predict_tiny
+from tests.tiny_gallery import index_tiny, make_tiny_gallery, predict_tiny, random_images, six_car_val_set
 from traffic_retrieval.cli import main
 from traffic_retrieval.errors import TrafficRetrievalError
 from traffic_retrieval.model.factory import create_model
@@ -18,27 +18,21 @@ from traffic_retrieval.retrieval.adapt import (ADAPT_BN_MAX_IMAGES, adaptation_s
 from traffic_retrieval.retrieval.queries import RECIPE_KEY, QueryConfig, query_recipe, resolve_query_config
 
 
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(0)
-    return create_model("TR-Tiny-RN")
-
-
 def dark_images(n=12, seed=0):
-    return (torch.rand(n, 3, 80, 80, generator=torch.Generator().manual_seed(seed)) * 60).to(torch.uint8)
+    return random_images(n, seed, brightest=60)
 
 
-def test_adabn_takes_the_images_statistics_and_leaves_the_weights(resnet):
-    model = copy.deepcopy(resnet.model)
+def test_adabn_takes_the_images_statistics_and_leaves_the_weights(tiny_resnet):
+    model = copy.deepcopy(tiny_resnet.model)
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     images = dark_images()
-    stats = estimate_batchnorm(model, [images[:6], images[6:]], resnet.preprocess, "cpu", None)
+    stats = estimate_batchnorm(model, [images[:6], images[6:]], tiny_resnet.preprocess, "cpu", None)
     visual = model.visual
     # the stem's first BatchNorm now holds the mean of its input over both batches (the cumulative average of the two batch means)
     from traffic_retrieval.data.images import normalize_uint8_batch
 
     with torch.no_grad():
-        stem = visual.conv1(normalize_uint8_batch(images, resnet.preprocess))
+        stem = visual.conv1(normalize_uint8_batch(images, tiny_resnet.preprocess))
     assert torch.allclose(visual.bn1.running_mean, stem.mean(dim=(0, 2, 3)), atol=1e-4)
     assert stats["bn1.running_mean"].data_ptr() != visual.bn1.running_mean.data_ptr()  # a copy
     assert torch.equal(stats["bn1.running_mean"], visual.bn1.running_mean)
@@ -46,17 +40,17 @@ def test_adabn_takes_the_images_statistics_and_leaves_the_weights(resnet):
     assert all(m.momentum == 0.1 for _, m in batchnorm_layers(model))  # restored
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items() if k in weights)
     # deterministic: the same images give the same statistics
-    again = copy.deepcopy(resnet.model)
-    assert all(torch.equal(v, stats[k]) for k, v in estimate_batchnorm(again, [images[:6], images[6:]], resnet.preprocess, "cpu", None).items())
+    again = copy.deepcopy(tiny_resnet.model)
+    assert all(torch.equal(v, stats[k]) for k, v in estimate_batchnorm(again, [images[:6], images[6:]], tiny_resnet.preprocess, "cpu", None).items())
 
 
-def test_towers_without_batchnorm_and_too_few_images_change_nothing(resnet):
+def test_towers_without_batchnorm_and_too_few_images_change_nothing(tiny_resnet):
     torch.manual_seed(0)
     vit = create_model("TR-Tiny-ViT")
     assert batchnorm_layers(vit.model) == [] and estimate_batchnorm(vit.model, [dark_images(4)], vit.preprocess, "cpu", None) is None
-    model = copy.deepcopy(resnet.model)
+    model = copy.deepcopy(tiny_resnet.model)
     before = batchnorm_state(model)
-    assert estimate_batchnorm(model, [dark_images(1), None], resnet.preprocess, "cpu", None) is None  # one image: no variance
+    assert estimate_batchnorm(model, [dark_images(1), None], tiny_resnet.preprocess, "cpu", None) is None  # one image: no variance
     assert all(torch.equal(v, before[k]) for k, v in batchnorm_state(model).items())
 
 
@@ -67,8 +61,8 @@ def test_the_sample_is_the_whole_gallery_or_evenly_spaced():
     assert adaptation_sample(10, limit=4) == [0, 2, 5, 7]
 
 
-def test_loading_statistics_checks_names_shapes_and_values(resnet):
-    model = copy.deepcopy(resnet.model)
+def test_loading_statistics_checks_names_shapes_and_values(tiny_resnet):
+    model = copy.deepcopy(tiny_resnet.model)
     stats = batchnorm_state(model)
     stats["bn1.running_mean"] = stats["bn1.running_mean"] + 1
     load_batchnorm(model, stats)
@@ -89,17 +83,14 @@ def test_the_recipe_records_gallery_bn_only_when_adapting():
     assert resolve_query_config(QueryConfig(), {RECIPE_KEY: {"gallery_bn": "<x>"}}).gallery_bn == "none"
 
 
-def test_validation_adapts_a_copy_and_keeps_the_trained_statistics(resnet):
-    from traffic_retrieval.train.data import TrainingSet
+def test_validation_adapts_a_copy_and_keeps_the_trained_statistics(tiny_resnet):
     from traffic_retrieval.train.validate import ValQueries, validate
 
-    model = copy.deepcopy(resnet.model)
+    model = copy.deepcopy(tiny_resnet.model)
     before = batchnorm_state(model)
-    rows = [{"text": f"A white car {i}.", "category": "vehicle", "attr": str(i % 3), "name": f"{i}.jpg"} for i in range(6)]
-    val_set = TrainingSet(rows, dark_images(6), resnet.tokenizer([r["text"] for r in rows]), torch.tensor([i % 3 for i in range(6)]),
-                          torch.ones(6, dtype=torch.long), [])
-    plain = validate(model, val_set, resnet.preprocess, "cpu", None, ValQueries(val_set.tokens, ["vehicle"] * 6, "all"))
-    adapted = validate(model, val_set, resnet.preprocess, "cpu", None, ValQueries(val_set.tokens, ["vehicle"] * 6, "all", gallery_bn="adapt"))
+    val_set = six_car_val_set(tiny_resnet, dark_images(6))
+    plain = validate(model, val_set, tiny_resnet.preprocess, "cpu", None, ValQueries(val_set.tokens, ["vehicle"] * 6, "all"))
+    adapted = validate(model, val_set, tiny_resnet.preprocess, "cpu", None, ValQueries(val_set.tokens, ["vehicle"] * 6, "all", gallery_bn="adapt"))
     assert all(torch.equal(v, before[k]) for k, v in batchnorm_state(model).items())
     assert 0 <= adapted["official_mAP@10"] <= 1 and plain.keys() == adapted.keys()
 

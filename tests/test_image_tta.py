@@ -10,36 +10,29 @@ import shutil
 import pytest
 import torch
 
-from tests.tiny_gallery import index_tiny, make_tiny_gallery, predict_tiny
+from tests.tiny_gallery import index_tiny, make_tiny_gallery, predict_tiny, random_images, six_car_val_set
 from traffic_retrieval.cli import main
 from traffic_retrieval.errors import TrafficRetrievalError
-from traffic_retrieval.model.factory import create_model
 from traffic_retrieval.retrieval.encode import encode_uint8_images
 from traffic_retrieval.retrieval.queries import RECIPE_KEY, QueryConfig, query_recipe, resolve_query_config
 
 
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(0)
-    return create_model("TR-Tiny-RN")
-
-
 def images(n=5, seed=0):
-    return (torch.rand(n, 3, 80, 80, generator=torch.Generator().manual_seed(seed)) * 255).to(torch.uint8)
+    return random_images(n, seed)
 
 
-def test_flip_is_the_normalised_mean_of_both_views_and_mirror_invariant(resnet):
-    model = resnet.model.eval()
+def test_flip_is_the_normalised_mean_of_both_views_and_mirror_invariant(tiny_resnet):
+    model = tiny_resnet.model.eval()
     batch = images()
-    plain = encode_uint8_images(model, batch, resnet.preprocess, "cpu", None)
-    mirrored = encode_uint8_images(model, batch.flip(-1), resnet.preprocess, "cpu", None)
-    flip = encode_uint8_images(model, batch, resnet.preprocess, "cpu", None, batch_size=2, image_tta="flip")  # batches of 2: same result
+    plain = encode_uint8_images(model, batch, tiny_resnet.preprocess, "cpu", None)
+    mirrored = encode_uint8_images(model, batch.flip(-1), tiny_resnet.preprocess, "cpu", None)
+    flip = encode_uint8_images(model, batch, tiny_resnet.preprocess, "cpu", None, batch_size=2, image_tta="flip")  # batches of 2: same result
     assert torch.allclose(flip, torch.nn.functional.normalize(plain + mirrored, dim=-1), atol=1e-5)
     assert torch.allclose(flip.norm(dim=-1), torch.ones(len(batch)), atol=1e-5)
-    assert torch.allclose(encode_uint8_images(model, batch.flip(-1), resnet.preprocess, "cpu", None, image_tta="flip"), flip, atol=1e-5)
+    assert torch.allclose(encode_uint8_images(model, batch.flip(-1), tiny_resnet.preprocess, "cpu", None, image_tta="flip"), flip, atol=1e-5)
     assert (flip - plain).abs().max() > 1e-4  # a random tower is not mirror-symmetric
     with pytest.raises(TrafficRetrievalError, match="image_tta must be one of none, flip, got 'rotate'"):
-        encode_uint8_images(model, batch, resnet.preprocess, "cpu", None, image_tta="rotate")
+        encode_uint8_images(model, batch, tiny_resnet.preprocess, "cpu", None, image_tta="rotate")
 
 
 def test_the_recipe_records_image_tta_only_when_set():
@@ -50,16 +43,13 @@ def test_the_recipe_records_image_tta_only_when_set():
     assert resolve_query_config(QueryConfig(), {RECIPE_KEY: {"image_tta": ["flip"]}}).image_tta == "none"  # a tampered recipe: the default
 
 
-def test_validation_encodes_the_val_images_as_the_recipe_says(resnet):
-    from traffic_retrieval.train.data import TrainingSet
+def test_validation_encodes_the_val_images_as_the_recipe_says(tiny_resnet):
     from traffic_retrieval.train.validate import ValQueries, validate
 
-    model = copy.deepcopy(resnet.model)
-    rows = [{"text": f"A white car {i}.", "category": "vehicle", "attr": str(i % 3), "name": f"{i}.jpg"} for i in range(6)]
-    val_set = TrainingSet(rows, images(6), resnet.tokenizer([r["text"] for r in rows]), torch.tensor([i % 3 for i in range(6)]),
-                          torch.ones(6, dtype=torch.long), [])
-    plain = validate(model, val_set, resnet.preprocess, "cpu", None, ValQueries(val_set.tokens, ["vehicle"] * 6, "all"))
-    flip = validate(model, val_set, resnet.preprocess, "cpu", None, ValQueries(val_set.tokens, ["vehicle"] * 6, "all", image_tta="flip"))
+    model = copy.deepcopy(tiny_resnet.model)
+    val_set = six_car_val_set(tiny_resnet, images(6))
+    plain = validate(model, val_set, tiny_resnet.preprocess, "cpu", None, ValQueries(val_set.tokens, ["vehicle"] * 6, "all"))
+    flip = validate(model, val_set, tiny_resnet.preprocess, "cpu", None, ValQueries(val_set.tokens, ["vehicle"] * 6, "all", image_tta="flip"))
     assert plain.keys() == flip.keys() and 0 <= flip["official_mAP@10"] <= 1
     assert plain["t2i_R@10"] != flip["t2i_R@10"] or plain["official_mAP@10"] != flip["official_mAP@10"] or plain["recall@10"] != flip["recall@10"]
 

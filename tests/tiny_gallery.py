@@ -46,3 +46,21 @@ def index_tiny(source: dict, out: Path, *flags: str, gallery: Path | None = None
 
     return main(["index", "--images", str(gallery or source["gallery"]), "--checkpoint", str(source["checkpoint"]), "--out", str(out),
                  "--labels", str(source["labels"]), "--workers", "0", "--no-progress", "--device", "cpu", *flags])
+
+
+def random_images(n: int, seed: int = 0, brightest: int = 255, size: int = 80):
+    """``n`` uint8 NCHW noise images (values below ``brightest``), the same for the same seed."""
+    import torch
+
+    return (torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * brightest).to(torch.uint8)
+
+
+def six_car_val_set(loaded, images):
+    """A val split of 6 vehicle captions in 3 ATTRs over ``images`` (6 uint8 images), as ``train.validate`` takes it."""
+    import torch
+
+    from traffic_retrieval.train.data import TrainingSet
+
+    rows = [{"text": f"A white car {i}.", "category": "vehicle", "attr": str(i % 3), "name": f"{i}.jpg"} for i in range(6)]
+    return TrainingSet(rows, images, loaded.tokenizer([r["text"] for r in rows]), torch.tensor([i % 3 for i in range(6)]),
+                       torch.ones(6, dtype=torch.long), [])
