@@ -39,7 +39,9 @@ def fixed_setting(store, root, key: str, asked: str | None, recorded: str, loade
 def prepare_image_tta(store, root, asked: str | None, loaded) -> str:
     """(Rank 0, before encoding.) The index's ``image_tta``, recorded in its metadata (an
     index from before it existed: ``none``)."""
+    from ..retrieval.adapt import IMAGE_TTAS
+
     recorded = store.meta(IMAGE_TTA_KEY)
-    setting = fixed_setting(store, root, IMAGE_TTA_KEY, asked, recorded if recorded in ("none", "flip") else "none", loaded)
+    setting = fixed_setting(store, root, IMAGE_TTA_KEY, asked, recorded if recorded in IMAGE_TTAS else "none", loaded)
     store.set_meta(IMAGE_TTA_KEY, setting)
     return setting

@@ -68,10 +68,9 @@ def encode_uint8_images(model, images_uint8, preprocess, device: str, dtype, bat
         features = model.encode_image(batch.contiguous(memory_format=torch.channels_last), normalize=True)
         return torch.nn.functional.normalize(features.float(), dim=-1)  # unit length in fp32, whatever the autocast
 
-    if image_tta not in ("none", "flip"):
-        from .adapt import check_image_tta
+    from .adapt import check_image_tta
 
-        check_image_tta(image_tta)
+    check_image_tta(image_tta)
     outputs = []
     with inference(device, dtype):
         for start in range(0, len(images_uint8), batch_size):
