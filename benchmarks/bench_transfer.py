@@ -111,7 +111,7 @@ VARIANT_FLAGS = {name: variant_flags(*spec) for name, spec in VARIANTS.items()}
 QUICK_SIZES = {"train_pedestrians": 40, "train_vehicles": 40, "val_pedestrians": 12, "val_vehicles": 12, "test_pedestrians": 12, "test_vehicles": 12}
 SIZE_KEYS = tuple(QUICK_SIZES)
 RENDERERS = ("ours", "foreign")
-LOOKS = ("dev", "holdout")
+LOOKS = ("dev", "holdout", "holdout2")
 FOREIGN_SIZES = {"foreign_train": 4000, "foreign_val": 400, "foreign_test": 1200}
 FOREIGN_QUICK_SIZES = {"foreign_train": 80, "foreign_val": 24, "foreign_test": 24}
 FOREIGN_RENDERER = Path(__file__).resolve().parent / "foreign_renderer.py"
@@ -167,7 +167,7 @@ def parse_args(argv=None):
     parser.add_argument("--renderer", choices=RENDERERS, default="ours",
                         help="the dataset's renderer: ours (traffic_retrieval/synth, with a camera val split) or foreign (benchmarks/foreign_renderer.py, val and test only)")
     parser.add_argument("--look", choices=LOOKS, default=None,
-                        help="--renderer foreign: the test gallery's camera look (default dev); holdout is a check, never for choosing a recipe")
+                        help="--renderer foreign: the test gallery's camera look (default dev); holdout and holdout2 are checks, never for choosing a recipe")
     for key in SIZE_KEYS:
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None,
                             help=f"--renderer ours: images (default: the demo's, {demo_sizes()[key]}); the camera val split has as many as val")

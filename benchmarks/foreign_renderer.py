@@ -11,8 +11,9 @@ recipe transfers.
 
     python benchmarks/foreign_renderer.py --out /tmp/foreign_dev
     python benchmarks/foreign_renderer.py --out /tmp/foreign_holdout --look holdout
+    python benchmarks/foreign_renderer.py --out /tmp/foreign_holdout2 --look holdout2
 
-Two camera looks exist for the test split only:
+Three camera looks exist for the test split only:
 
 * ``dev``     - daytime street camera: street clutter, border occluders, perspective
                 squeeze / shear, down-and-up scaling, blur, sensor noise, green/blue
@@ -20,9 +21,20 @@ Two camera looks exist for the test split only:
 * ``holdout`` - a different camera: night / dusk exposure and gamma, sodium-lamp cast,
                 headlight glare, motion blur, interlacing or vignetting, an OSD time
                 stamp, chroma bleeding, small rotation, partial desaturation, JPEG 20-60.
+* ``holdout2`` - a third camera: overcast / rainy / foggy day seen by a high-mounted
+                wide-angle dome. Grey-blue haze, wet darker ground, rain streaks, drops or
+                a smudge on the dome, an occasional near cable; top-down keystone and
+                barrel distortion; the object is only 44-125 native pixels, so the crop is
+                upscaled; column noise, a cheap sensor's muted magenta-leaning colour
+                matrix or an IR-cut-filter-off dawn look (washed out, never greyscale), a
+                flat WDR tone curve, in-camera sharpening halos, low-bitrate flattened
+                16 x 16 macro-blocks and a native JPEG 35-69 "I-frame", export JPEG 66-89.
+                It was written later as a second never-tuned check, by someone who had
+                not seen the training augmentations (nor the training recipe's notes).
 
-Use ``dev`` while developing. The ``holdout`` look must NEVER be used to choose a recipe,
-a hyper-parameter or a switch; it is only for the final, once-only transfer check.
+Use ``dev`` while developing. The ``holdout`` and ``holdout2`` looks must NEVER be used to
+choose a recipe, a hyper-parameter or a switch; they are only for final, once-only transfer
+checks.
 
 Layout written (the challenge's): ``train/train_label.txt`` + ``train/train_images/``,
 ``val/val_label.txt`` + ``val/val_images/``, ``test/test_text.txt`` + ``test/test_images/``,
@@ -35,9 +47,9 @@ Only the standard library, numpy and Pillow are used. Output is byte-identical f
 ``numpy.random.default_rng([seed, split, index, stream])``. The folder is filled under a
 temporary sibling name and renamed into place at the end.
 
-With the same seed and sizes, ``--look dev`` and ``--look holdout`` write identical
-train / val splits and the same gallery (same labels, captions, figures and vehicles);
-only the test pixels differ. So the two looks can be compared image for image. The
+With the same seed and sizes, ``--look dev``, ``--look holdout`` and ``--look holdout2``
+write identical train / val splits and the same gallery (same labels, captions, figures and
+vehicles); only the test pixels differ. So the two looks can be compared image for image. The
 train pedestrian lines drop ".jpg" from about half the names, as the real data does.
 """
 
@@ -1802,7 +1814,209 @@ def look_holdout(layer, ground_y, rng, pedestrian):
     return jpeg_bytes(im, rng.integers(20, 61), 2)
 
 
-LOOKS = {"web": look_web, "dev": look_dev, "holdout": look_holdout}
+# The holdout2 look: written later, as a second never-tuned check, by someone who had not
+# seen the training augmentations. An overcast / rainy / foggy day seen by a high-mounted,
+# wide-angle dome camera with a cheap sensor, in-camera sharpening and a low-bitrate codec;
+# the crop is cut from few native pixels and upscaled.
+
+def remap_bilinear(a, sx, sy):
+    """Sample float image ``a`` (H, W, C) at float source coordinates (edge clamped)."""
+    H, W = a.shape[:2]
+    sx = np.clip(sx, 0, W - 1)
+    sy = np.clip(sy, 0, H - 1)
+    x0 = np.minimum(np.floor(sx).astype(np.int64), W - 2) if W > 1 else np.zeros(sx.shape, np.int64)
+    y0 = np.minimum(np.floor(sy).astype(np.int64), H - 2) if H > 1 else np.zeros(sy.shape, np.int64)
+    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
+    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+    top = a[y0, x0] * (1 - fx) + a[y0, x1] * fx
+    bot = a[y1, x0] * (1 - fx) + a[y1, x1] * fx
+    return (top * (1 - fy) + bot * fy).astype(np.float32)
+
+
+def barrel_distort(a, rng):
+    """Wide-angle barrel distortion; the crop lies off the lens centre, so lines bow asymmetrically."""
+    H, W = a.shape[:2]
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    cx, cy = W * rng.uniform(-0.6, 1.6), H * rng.uniform(-0.4, 1.4)  # the frame's centre, relative to the crop
+    norm = 1.6 * max(W, H)
+    dx, dy = (xx - cx) / norm, (yy - cy) / norm
+    k = rng.uniform(0.08, 0.22)
+    r2 = dx * dx + dy * dy
+    # keep the crop's own centre fixed so the figure does not drift out of frame
+    ox, oy = (W / 2 - cx) / norm, (H / 2 - cy) / norm
+    g0 = 1 + k * (ox * ox + oy * oy)
+    scale = (1 + k * r2) / g0
+    sx = cx + dx * scale * norm
+    sy = cy + dy * scale * norm
+    return remap_bilinear(a, sx, sy)
+
+
+def rain_streaks(a, rng, strength):
+    """Out-of-focus falling rain: thin slanted bright streaks, blurred."""
+    H, W = a.shape[:2]
+    m = Image.new("L", (W, H), 0)
+    d = ImageDraw.Draw(m)
+    ang = rng.uniform(-0.35, 0.35)
+    n = int(W * H / rng.uniform(600, 1500))
+    for _ in range(n):
+        x, y = rng.uniform(-10, W + 10), rng.uniform(-30, H + 10)
+        length = rng.uniform(12, 40)
+        a2 = ang + rng.normal(0, 0.04)
+        d.line([(x, y), (x + length * math.sin(a2), y + length * math.cos(a2))],
+               fill=int(rng.uniform(90, 255)), width=int(rng.integers(1, 4)))
+    m = m.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6)))
+    mask = np.asarray(m, np.float32)[..., None] / 255.0 * strength
+    return a * (1 - mask) + np.float32(225.0) * mask
+
+
+def lens_droplets(a, rng):
+    """Water drops on the dome: blurred, slightly brighter discs with a faint dark rim."""
+    H, W = a.shape[:2]
+    blurred = np.asarray(to_image(a).filter(ImageFilter.GaussianBlur(max(1.5, W * 0.02))), np.float32)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy = rng.uniform(0, W), rng.uniform(0, H)
+        r = rng.uniform(0.04, 0.09) * min(W, H * 0.7)
+        d = np.sqrt((xx - cx) ** 2 + ((yy - cy) / rng.uniform(0.8, 1.3)) ** 2) / r
+        inside = np.clip((1.0 - d) * 4, 0, 1)[..., None]
+        rim = np.exp(-((d - 1.0) / 0.12) ** 2)[..., None]
+        a = a * (1 - inside) + (blurred * 1.06 + 6) * inside
+        a = a * (1 - 0.25 * rim)
+    return a
+
+
+def lens_smudge(a, rng):
+    """A greasy / dusty patch on the dome: local veil, blur and lost contrast."""
+    H, W = a.shape[:2]
+    blot = value_noise((H, W), rng, max(8, min(W, H) / 3))
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    cx, cy = rng.uniform(0, W), rng.uniform(0, H)
+    spot = np.exp(-(((xx - cx) / (W * 0.55)) ** 2 + ((yy - cy) / (H * 0.45)) ** 2))
+    m = np.clip((blot * spot - 0.2) * 2.0, 0, 1) * rng.uniform(0.25, 0.45)
+    m = m[..., None].astype(np.float32)
+    blurred = np.asarray(to_image(a).filter(ImageFilter.GaussianBlur(rng.uniform(1.2, 2.5))), np.float32)
+    veil = np.array(jitter((150, 140, 120), rng, 15), np.float32)[None, None, :]
+    return a * (1 - m) + (blurred * 0.75 + veil * 0.25) * m
+
+
+def near_wire(a, rng, pedestrian):
+    """An out-of-focus cable or thin branch right in front of the dome, crossing the crop."""
+    H, W = a.shape[:2]
+    m = Image.new("L", (W, H), 0)
+    d = ImageDraw.Draw(m)
+    y_left = H * rng.uniform(0.0, 0.55 if pedestrian else 0.9)
+    y_right = y_left + H * rng.uniform(-0.25, 0.25)
+    sag = H * rng.uniform(0.0, 0.08)
+    pts = [(x, y_left + (y_right - y_left) * x / W + sag * math.sin(math.pi * x / W)) for x in np.linspace(-4, W + 4, 12)]
+    d.line(pts, fill=255, width=max(2, int(W * rng.uniform(0.015, 0.035))), joint="curve")
+    m = m.filter(ImageFilter.GaussianBlur(rng.uniform(1.5, 3.0)))
+    mask = np.asarray(m, np.float32)[..., None] / 255.0 * rng.uniform(0.55, 0.85)
+    col = np.array(jitter((45, 44, 42), rng, 10), np.float32)[None, None, :]
+    return a * (1 - mask) + col * mask
+
+
+def flatten_macroblocks(a, rng):
+    """Low-bitrate codec: low-detail 16 x 16 macro-blocks lose their texture (kept as a flat-ish mean)."""
+    H, W = a.shape[:2]
+    thr = rng.uniform(5, 12)
+    keep = rng.uniform(0.1, 0.35)  # a little residual detail survives in flattened blocks
+    out = a.copy()
+    for by in range(0, H, 16):
+        for bx in range(0, W, 16):
+            blk = a[by:by + 16, bx:bx + 16]
+            if blk.std() < thr:
+                mean = blk.mean(axis=(0, 1), keepdims=True)
+                out[by:by + 16, bx:bx + 16] = mean + (blk - mean) * keep
+    return out
+
+
+def look_holdout2(layer, ground_y, rng, pedestrian):
+    """Overcast / rainy / foggy day, high wide-angle dome camera, cheap sensor, sharpening, low-bitrate codec."""
+    W, H = layer.size
+    weather = weighted_choice(rng, ["overcast", "rain", "fog"], [0.35, 0.4, 0.25])
+    bg = street_background(W, H, rng, pedestrian, night=False)
+    wet = rng.uniform(0.65, 0.85) if weather == "rain" else rng.uniform(0.85, 1.0)  # wet asphalt is darker
+    bg = bg * wet + rng.uniform(0, 12)
+    img = composite(bg, layer, rng.uniform(0.03, 0.12), ground_y)  # diffuse light: faint shadow
+    a = img.astype(np.float32)
+    # scene: haze toward a grey-blue airlight, a little stronger at the (farther) top of the crop
+    air = np.array(jitter((rng.uniform(165, 200),) * 3, rng, 4), np.float32) + np.array([-4, 2, 10], np.float32)
+    t0 = {"overcast": (0.04, 0.14), "rain": (0.1, 0.25), "fog": (0.22, 0.4)}[weather]
+    t = rng.uniform(*t0)
+    yy = np.mgrid[0:H, 0:W][0].astype(np.float32)
+    tmap = (t * (1.15 - 0.3 * yy / max(H - 1, 1)))[..., None]
+    a = a * (1 - tmap) + air[None, None, :] * tmap
+    if weather == "rain":
+        a = rain_streaks(a, rng, rng.uniform(0.2, 0.45))
+    if rng.random() < 0.15:
+        a = near_wire(a, rng, pedestrian)
+    # optics: top-down keystone (the near top of the object looks wider), wide-angle barrel
+    if rng.random() < 0.65:
+        k = rng.uniform(0.03, 0.1)
+        im = to_image(a).transform((W, H), Image.Transform.QUAD,
+                                   (W * k, 0, 0, H, W, H, W * (1 - k), 0), resample=Image.Resampling.BILINEAR)
+        a = np.asarray(im, np.float32)
+    if rng.random() < 0.6:
+        a = barrel_distort(a, rng)
+    dome = rng.random()  # at most one problem on the dome
+    if weather == "rain" and dome < 0.45:
+        a = lens_droplets(a, rng)
+    elif dome > 0.82:
+        a = lens_smudge(a, rng)
+    # the object is small in the camera's frame: few native pixels
+    if pedestrian:
+        f = min(1.0, rng.uniform(44, 95) / H)
+    else:
+        f = min(1.0, rng.uniform(56, 125) / W)
+    nw, nh = max(12, int(round(W * f))), max(12, int(round(H * f)))
+    im = to_image(a).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9))).resize((nw, nh), Image.Resampling.BICUBIC)
+    n = np.asarray(im, np.float32)
+    # sensor: luma noise, a little chroma noise, faint column fixed-pattern noise
+    n = n + rng.normal(0, rng.uniform(1.5, 5), (nh, nw))[..., None].astype(np.float32)
+    n = n + rng.normal(0, rng.uniform(0.5, 2.5), n.shape).astype(np.float32)
+    if rng.random() < 0.4:
+        n = n + rng.normal(0, rng.uniform(0.8, 2.5), (1, nw))[..., None].astype(np.float32)
+    # colour: a cheap sensor's matrix (muted, magenta-leaning) or IR-cut filter still off at dawn
+    lum = n @ np.array([0.299, 0.587, 0.114], np.float32)
+    mode = weighted_choice(rng, ["magenta", "yellow", "muted", "ir_dawn"], [0.35, 0.17, 0.3, 0.18])
+    if mode == "magenta":
+        sat = rng.uniform(0.6, 0.9)
+        gain = np.array([rng.uniform(1.02, 1.07), rng.uniform(0.89, 0.96), rng.uniform(1.0, 1.06)], np.float32)
+    elif mode == "yellow":  # daylight, slightly yellow-green: a mis-set auto white balance
+        sat = rng.uniform(0.65, 0.9)
+        gain = np.array([rng.uniform(1.0, 1.05), rng.uniform(1.0, 1.05), rng.uniform(0.84, 0.92)], np.float32)
+    elif mode == "muted":
+        sat = rng.uniform(0.55, 0.8)
+        gain = np.array([rng.uniform(0.97, 1.03), rng.uniform(0.97, 1.03), rng.uniform(0.97, 1.03)], np.float32)
+    else:  # IR leaks in: washed out, pinkish-violet, lifted, but colours remain partly visible
+        sat = rng.uniform(0.35, 0.55)
+        gain = np.array([rng.uniform(1.03, 1.08), rng.uniform(0.93, 0.98), rng.uniform(1.02, 1.08)], np.float32)
+        n = n * rng.uniform(0.82, 0.92) + rng.uniform(15, 35)
+        lum = n @ np.array([0.299, 0.587, 0.114], np.float32)
+    n = lum[..., None] + (n - lum[..., None]) * sat
+    # channel cross-talk (hue slightly shifted)
+    x = rng.uniform(0.0, 0.08)
+    ct = np.array([[1 - x, x * 0.6, x * 0.4], [x * 0.5, 1 - x, x * 0.5], [x * 0.4, x * 0.6, 1 - x]], np.float32)
+    n = (n @ ct.T) * gain[None, None, :]
+    # flat "WDR" tone curve: lifted shadows, compressed highlights
+    n = 255.0 * (np.clip(n, 0, 255) / 255.0) ** rng.uniform(0.78, 0.95)
+    n = n * rng.uniform(0.88, 0.97) + rng.uniform(0, 10)
+    im = to_image(n)
+    if rng.random() < 0.75:  # in-camera sharpening: visible halos
+        im = im.filter(ImageFilter.UnsharpMask(radius=rng.uniform(0.8, 1.6), percent=int(rng.integers(120, 260)),
+                                               threshold=int(rng.integers(0, 3))))
+    # video codec at low bitrate, still at native resolution: flat macro-blocks, then a coarse transform stage
+    n = np.asarray(im, np.float32)
+    if rng.random() < 0.7:
+        n = flatten_macroblocks(n, rng)
+    im = Image.open(io.BytesIO(jpeg_bytes(to_image(n), rng.integers(35, 70), 2)))
+    im = im.convert("RGB")
+    # the crop is cut out and blown up to the gallery size; the export is re-encoded
+    im = im.resize((W, H), Image.Resampling.BICUBIC if rng.random() < 0.7 else Image.Resampling.BILINEAR)
+    return jpeg_bytes(im, rng.integers(66, 90), 2)
+
+
+LOOKS = {"web": look_web, "dev": look_dev, "holdout": look_holdout, "holdout2": look_holdout2}
 
 
 # --------------------------------------------------------------------------------------
@@ -1908,8 +2122,8 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--look", choices=("dev", "holdout"), default="dev",
-                    help="camera look of the test gallery; 'holdout' is never for choosing a recipe")
+    ap.add_argument("--look", choices=("dev", "holdout", "holdout2"), default="dev",
+                    help="camera look of the test gallery; 'holdout' and 'holdout2' are never for choosing a recipe")
     ap.add_argument("--train", type=int, default=4000)
     ap.add_argument("--val", type=int, default=400)
     ap.add_argument("--test", type=int, default=1200)
