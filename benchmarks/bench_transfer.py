@@ -11,9 +11,9 @@ The dataset comes from one of two renderers (``--renderer``):
   surveillance look);
 - ``foreign``: an independent second renderer (``benchmarks/foreign_renderer.py``, run as
   a subprocess; sizes ``--foreign-train`` / ``--foreign-val`` / ``--foreign-test``), its
-  test gallery in one of two camera looks (``--look``). It has no camera val split. The
-  ``dev`` look may be used to choose a recipe; the ``holdout`` look must NEVER be used to
-  choose a recipe, a hyper-parameter or a switch: it is only a check that a recipe chosen
+  test gallery in one of three camera looks (``--look``). It has no camera val split. The
+  ``dev`` look may be used to choose a recipe; the ``holdout`` and ``holdout2`` looks must
+  NEVER be used to choose a recipe, a hyper-parameter or a switch: it is only a check that a recipe chosen
   elsewhere transfers. Made once per renderer, look, seed and sizes in the cache folder
   (e.g. ``foreign-dev-0-4000-400-1200``) and reused.
 
@@ -79,11 +79,11 @@ SPLITS = ("val", "val_camera", "test")
 SPLIT_TITLES = {"val": "clean val", "val_camera": "camera val", "test": "camera test"}
 CATEGORIES = ("pedestrian", "vehicle")
 # name -> (QueryConfig overrides, re-rank); unset values are the checkpoint's recipe. Every variant but "recipe"
-# sets gallery_norm, gallery_bn and image_tta explicitly: a checkpoint may record any of them in its query recipe.
+# sets gallery_norm, gallery_bn, image_tta and query_bank explicitly: a checkpoint may record any of them in its query recipe.
 
 
-def _variant(norm: str = "none", bn: str = "none", tta: str = "none", rerank: bool = False, **more) -> tuple[dict, bool]:
-    return {"gallery_norm": norm, "gallery_bn": bn, "image_tta": tta, **more}, rerank
+def _variant(norm: str = "none", bn: str = "none", tta: str = "none", bank: str = "none", rerank: bool = False, **more) -> tuple[dict, bool]:
+    return {"gallery_norm": norm, "gallery_bn": bn, "image_tta": tta, "query_bank": bank, **more}, rerank
 
 
 VARIANTS = {
@@ -94,6 +94,8 @@ VARIANTS = {
     "center+adabn": _variant(norm="center", bn="adapt"),
     "flip": _variant(tta="flip"),
     "center+adabn+flip": _variant(norm="center", bn="adapt", tta="flip"),
+    "bank": _variant(bank="captions"),
+    "flip+bank": _variant(tta="flip", bank="captions"),
     "soft": _variant(gallery_scope="soft"),
     "center+adabn+soft": _variant(norm="center", bn="adapt", gallery_scope="soft"),
     "center+adabn+soft+rerank": _variant(norm="center", bn="adapt", gallery_scope="soft", rerank=True),

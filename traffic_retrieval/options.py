@@ -69,6 +69,11 @@ ImageTta = Literal["none", "flip"]
 """Test-time augmentation of every image the tower encodes for retrieval (gallery, image queries). none: the image as it is;
 flip: the mean of the image's and its mirror image's embeddings, re-normalised (twice the image-tower compute)."""
 
+QueryBank = Literal["none", "captions"]
+"""Query-bank normalisation of the ranking (QB-Norm with an inverted softmax). none: rank by cosine; captions: each gallery image's
+score is lowered by how strongly it matches a bank of typical queries, the training captions the checkpoint stores, so an image
+that is near every query (a hub; camera galleries have many) stops winning by it."""
+
 AugmentLevel = Literal["surveillance", "camera"]
 """Training augmentations (train.augment.AUGMENT_LEVELS). surveillance: the mild set; camera: stronger, plus Gaussian blur, JPEG, gamma,
 desaturation and border occluders."""

@@ -55,6 +55,7 @@ class Setup:
     gallery_norm: str = "none"
     gallery_bn: str = "none"
     image_tta: str = "none"
+    query_bank: str = "none"
     caption_form: str = "bare"  # of the attribute-augmented vehicle captions ("" = no augmentation)
     prompt: bool = False
     rerank: str = ""  # "" (none), "a3r" or "ours"
@@ -105,6 +106,8 @@ DEPARTURES = [
     ("greedy soup (official)", lambda s, e: replace(s, soup="official"), "the same soup by val official mAP@10"),
     ("feature style mixing", lambda s, e: s.with_train(feature_style_mix=0.5),
      "MixStyle inside the image tower: half the images' layer1/layer2 feature maps take a mix of another image's channel statistics"),
+    ("query bank (captions)", lambda s, e: replace(s, query_bank="captions"),
+     "querybank normalisation: each gallery image's score lowered by its soft-max similarity to the stored training captions"),
 ]
 SEED_ROW = "A3R seed recipe"
 COMBINED_ROW = "combined: every departure that helped on val"
@@ -181,7 +184,7 @@ class Runner:
         overrides = {"work": self.prepared, "out": run_dir, "seed": self.config.seed, "epochs": self.config.epochs,
                      "train_manifest": manifest, "keep_checkpoints": 3, "resume": True, "progress": self.config.progress,
                      "query": {"text_form": setup.text_form, "gallery_norm": setup.gallery_norm, "gallery_bn": setup.gallery_bn,
-                               "image_tta": setup.image_tta}, **dict(setup.train)}
+                               "image_tta": setup.image_tta, "query_bank": setup.query_bank}, **dict(setup.train)}
         train(command_config("train", self.config.preset, overrides))
         self.checkpoints[key] = run_dir / "checkpoints" / "final.pt"
         return self.checkpoints[key]
@@ -208,7 +211,7 @@ class Runner:
 
         submission = self.work / f"{name}.json"
         query = QueryConfig(text_form=setup.text_form, router=setup.router, gallery_scope=setup.gallery_scope, gallery_norm=setup.gallery_norm,
-                            gallery_bn=setup.gallery_bn, image_tta=setup.image_tta, prompt=setup.prompt)
+                            gallery_bn=setup.gallery_bn, image_tta=setup.image_tta, query_bank=setup.query_bank, prompt=setup.prompt)
         rerank = RerankConfig(enabled=bool(setup.rerank), method=setup.rerank or "ours")
         predict(PredictConfig(checkpoint=checkpoint, queries=queries, gallery=gallery, out=submission, query=query, rerank=rerank,
                               vocabulary=self.prepared / "vehicle_vocabulary.json", progress=self.config.progress))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import ModelSource, ReaderOptions, RuntimeOptions, option
 from ..errors import TrafficRetrievalError
-from ..options import GalleryBn, GalleryNorm, ImageTta, IndexKind
+from ..options import GalleryBn, GalleryNorm, ImageTta, IndexKind, QueryBank
 
 HELP = "build or update a persistent gallery index (SQLite + embedding shards + FAISS)"
 
@@ -49,6 +49,12 @@ class IndexConfig(RuntimeOptions, ReaderOptions, ModelSource):
     image_tta: ImageTta | None = option(None, help="test-time augmentation of every image: none, or flip (the mean of the image's and its mirror's "
                                                    "embeddings; twice the encoding time; image queries are then encoded the same way); "
                                                    "unset: the checkpoint's recorded recipe, else none. Fixed for the index's life")
+    query_bank: QueryBank | None = option(None, help="how text queries are ranked: none (cosine), or captions (querybank normalisation: each "
+                                                     "image's score lowered by its soft-max similarity to the training captions the checkpoint "
+                                                     "stores; the offsets are computed here and kept in the index); unset: the checkpoint's "
+                                                     "recorded recipe, else none. Changing it rebuilds only the FAISS indexes")
+    query_bank_beta: float | None = option(None, minimum=1e-3, maximum=1000, metavar="BETA",
+                                           help="--query-bank captions: the inverted softmax's inverse temperature; unset: the recipe's, else 10")
     json: bool = option(False, help="print the whole report as JSON")
 
 
@@ -70,7 +76,8 @@ def run(config: IndexConfig) -> dict:
     return build_index(config.images, config.checkpoint, config.out, labels=config.labels, ann=ann, shard_size=config.shard_size,
                        batch_size=config.batch_size, workers=config.workers, device=config.device, precision=config.precision, progress=config.progress,
                        trust_checkpoint=config.trust_checkpoint, model=config.model, pretrained=config.pretrained, gallery_norm=config.gallery_norm,
-                       gallery_bn=config.gallery_bn, image_tta=config.image_tta)
+                       gallery_bn=config.gallery_bn, image_tta=config.image_tta, query_bank=config.query_bank,
+                       query_bank_beta=config.query_bank_beta)
 
 
 def format_report(report: dict) -> str:
@@ -83,7 +90,8 @@ def format_report(report: dict) -> str:
         + (" (rebuilt)" if report["faiss_rebuilt"] else " (unchanged)")
         + (f", gallery norm {report['gallery_norm']}" if report.get("gallery_norm", "none") != "none" else "")
         + (f", BatchNorm statistics of {report['bn_stats']['images']} gallery images" if report.get("bn_stats") else "")
-        + (f", image TTA {report['image_tta']}" if report.get("image_tta", "none") != "none" else ""),
+        + (f", image TTA {report['image_tta']}" if report.get("image_tta", "none") != "none" else "")
+        + (f", query bank {report['query_bank']}" if report.get("query_bank", "none") != "none" else ""),
     ]
     if report["recall@10"] < report.get("recall_target", 0):
         lines.append(f"warning: recall@10 {report['recall@10']:.3f} is under the target {report['recall_target']}: "

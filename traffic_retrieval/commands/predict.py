@@ -106,7 +106,8 @@ def run(config: PredictConfig) -> dict:
     from ..retrieval.queries import QueryEncoder, count_truncated, query_recipe, read_queries, resolve_query_config
     from ..retrieval.rerank import rerank_hits
     from ..retrieval.adapt import adapt_gallery, gallery_mean
-    from ..retrieval.search import ExactGallerySearch, search_scoped
+    from ..retrieval.encode import gallery_bank_offsets
+    from ..retrieval.search import ExactGallerySearch, bank_normalised, search_scoped
     from ..runtime import resolve_runtime
 
     if config.data is None and (config.queries is None or (config.gallery is None and config.index is None)):
@@ -137,6 +138,8 @@ def run(config: PredictConfig) -> dict:
         gallery.embeddings = adapt_gallery(gallery.embeddings, recipe.gallery_norm, mean)
         gallery.flipped = adapt_gallery(gallery.flipped, recipe.gallery_norm, mean) if gallery.flipped is not None else None
         gallery.search = ExactGallerySearch(gallery.embeddings, gallery.categories, getattr(gallery.search, "ids", None))
+    offsets = gallery_bank_offsets(loaded, gallery.embeddings, recipe.query_bank, recipe.query_bank_beta, runtime.device, runtime.dtype)
+    gallery.search = bank_normalised(gallery.search, offsets, getattr(gallery.search, "ids", None))
     depth = max(config.top_k, config.rerank.candidates) if config.rerank.enabled else config.top_k
     hits = search_scoped(gallery.search, encoded.embeddings, encoded.categories, depth, recipe.gallery_scope, recipe.routing_penalty)
     if config.rerank.enabled:
@@ -204,6 +207,7 @@ def print_result(summary: dict, config: PredictConfig) -> None:
     norm = f", gallery norm {recipe['gallery_norm']}" if recipe.get("gallery_norm", "none") != "none" else ""
     norm += f", gallery BatchNorm {recipe['gallery_bn']}" if recipe.get("gallery_bn", "none") != "none" else ""
     norm += f", image TTA {recipe['image_tta']}" if recipe.get("image_tta", "none") != "none" else ""
+    norm += f", query bank {recipe['query_bank']} (beta {recipe['query_bank_beta']:g})" if recipe.get("query_bank", "none") != "none" else ""
     print(f"queries: text form {recipe['text_form']}, router {recipe['router']}, gallery scope {scope}{norm} "
           f"({', '.join(f'{n} {c}' for c, n in summary['queries_per_category'].items())})")
     routing = summary.get("gallery_routing")

@@ -78,7 +78,7 @@ def val_scorer(first_path: Path, val_dir: Path, config: SoupConfig) -> Callable[
     loaded = load_checkpoint(first_path, device=device, trust_architecture=config.trust_checkpoint)
     recipe = resolve_query_config(None, loaded.checkpoint)
     val_set = build_training_set(rows, loaded.preprocess, loaded.tokenizer, None, config.workers, recipe.text_form)
-    queries = val_queries(val_set, loaded.tokenizer, recipe)
+    queries = val_queries(val_set, loaded.tokenizer, recipe, bank_texts=(loaded.checkpoint or {}).get("category_texts"))
     metric = CRITERION_METRICS[config.criterion]
 
     def score(state_dict: dict) -> float:

@@ -61,6 +61,8 @@ class BuildSettings:
     gallery_norm: str | None = None  # options.GalleryNorm; None: the checkpoint's recorded recipe, else none
     gallery_bn: str | None = None  # options.GalleryBn; None: the checkpoint's recorded recipe, else none (index/batchnorm.py)
     image_tta: str | None = None  # options.ImageTta; None: the checkpoint's recorded recipe, else none (index/encoding.py)
+    query_bank: str | None = None  # options.QueryBank; None: the checkpoint's recorded recipe, else none (index/query_bank.py)
+    query_bank_beta: float | None = None  # with query_bank captions; None: the recipe's, else adapt.DEFAULT_BANK_BETA
 
     def describe(self) -> dict:
         ann = {key: value for key, value in vars(self.ann).items() if key != "progress"}
@@ -68,7 +70,7 @@ class BuildSettings:
                 "pretrained": self.pretrained, "out": str(self.out), "labels": str(self.labels) if self.labels else None,
                 **ann, "shard_size": self.shard_size, "batch_size": self.batch_size, "workers": self.workers, "device": self.device,
                 "precision": self.precision, "gallery_norm": self.gallery_norm, "gallery_bn": self.gallery_bn,
-                "image_tta": self.image_tta}
+                "image_tta": self.image_tta, "query_bank": self.query_bank, "query_bank_beta": self.query_bank_beta}
 
 
 def _check(settings: BuildSettings) -> dict:
@@ -96,6 +98,14 @@ def _check(settings: BuildSettings) -> dict:
         from ..retrieval.adapt import check_image_tta
 
         check_image_tta(settings.image_tta)
+    if settings.query_bank is not None:
+        from ..retrieval.adapt import check_query_bank
+
+        check_query_bank(settings.query_bank)
+    if settings.query_bank_beta is not None:
+        from ..retrieval.adapt import check_bank_beta
+
+        check_bank_beta(settings.query_bank_beta)
     if not 0 < settings.ann.recall_target <= 1:
         raise TrafficRetrievalError(f"recall_target must be in (0, 1], got {settings.ann.recall_target}")
     source = requested_source(settings.checkpoint, settings.model, settings.pretrained)
@@ -109,7 +119,8 @@ def _check(settings: BuildSettings) -> dict:
 def build_index(images: str | Path, checkpoint: str | Path | None, out: str | Path, *, labels: str | Path | None = None, ann: AnnConfig | None = None,
                 shard_size: int = 4096, batch_size: int = 256, workers: int = 2, device: str = "auto", precision: str = "auto",
                 progress: bool = True, trust_checkpoint: bool = False, model: str | None = None, pretrained: str | None = None,
-                gallery_norm: str | None = None, gallery_bn: str | None = None, image_tta: str | None = None) -> dict:
+                gallery_norm: str | None = None, gallery_bn: str | None = None, image_tta: str | None = None,
+                query_bank: str | None = None, query_bank_beta: float | None = None) -> dict:
     """Build or update the index at ``out`` of the gallery folder ``images`` with the
     model of ``checkpoint``, or (``checkpoint=None``) zero-shot with the open_clip ``model``
     and its ``pretrained`` tag or weights file (``model="hf-hub:ORG/REPO"``: no ``pretrained``);
@@ -124,14 +135,16 @@ def build_index(images: str | Path, checkpoint: str | Path | None, out: str | Pa
     ``gallery_bn``: ``options.GalleryBn``, the image tower's BatchNorm statistics the gallery
     is encoded with (None: the recipe's, else ``none``; fixed for the index's life: ``batchnorm.py``);
     ``image_tta``: ``options.ImageTta``, each image encoded as it is or as the mean of it and
-    its mirror (None: the recipe's, else ``none``; fixed for the index's life: ``encoding.py``).
+    its mirror (None: the recipe's, else ``none``; fixed for the index's life: ``encoding.py``);
+    ``query_bank`` / ``query_bank_beta``: ``options.QueryBank``, how text queries are ranked
+    (None: the recipe's, else ``none``; changing them rebuilds only FAISS: ``query_bank.py``).
     """
     from ..runtime import autocast_dtype, cleanup, init_distributed, local_device, resolve_device
 
     ann = ann or AnnConfig(progress=progress)
     settings = BuildSettings(Path(images), Path(checkpoint) if checkpoint is not None else None, Path(out), Path(labels) if labels is not None else None,
                              ann, shard_size, batch_size, workers, device, precision, progress, trust_checkpoint, model, pretrained, gallery_norm,
-                             gallery_bn, image_tta)
+                             gallery_bn, image_tta, query_bank, query_bank_beta)
     source = _check(settings)
     started = time.perf_counter()
     device = resolve_device(device)
@@ -313,14 +326,17 @@ def _categorize(store: IndexStore, reader: ShardReader, loaded, device: str, dty
     return len(locations)
 
 
-def _fingerprint(store: IndexStore, ann_config: AnnConfig, gallery_norm: str = "none") -> str:
-    """Changes when the indexed set, a category or an embedding location, the ANN settings or
-    the gallery normalisation change (``none`` leaves the digest as builds before it wrote it)."""
+def _fingerprint(store: IndexStore, ann_config: AnnConfig, gallery_norm: str = "none", query_bank: tuple[str, float] = ("none", 0.0)) -> str:
+    """Changes when the indexed set, a category or an embedding location, the ANN settings,
+    the gallery normalisation or the query bank change (``none`` leaves the digest as builds
+    before them wrote it)."""
     import hashlib
 
     settings = {key: value for key, value in vars(ann_config).items() if key != "progress"}
     if gallery_norm != "none":
         settings["gallery_norm"] = gallery_norm
+    if query_bank[0] != "none":
+        settings["query_bank"] = query_bank
     digest = hashlib.sha256(repr(sorted(settings.items())).encode())
     for image in store.indexed_images():
         digest.update(repr((image.id, image.category, image.shard, image.row)).encode())
@@ -351,35 +367,45 @@ def _indexed_mean(store: IndexStore, reader: ShardReader, categories: list[str],
 
 
 def _build_faiss(ann_config: AnnConfig, layout: IndexLayout, store: IndexStore, reader: ShardReader, loaded, device, dtype, previous: dict | None,
-                 gallery_norm: str = "none", dim: int | None = None) -> tuple[dict, bool]:
+                 gallery_norm: str = "none", dim: int | None = None, query_bank: tuple[str, float] = ("none", 0.0)) -> tuple[dict, bool]:
     import numpy as np
 
-    from ..retrieval.adapt import apply_gallery_norm
+    from ..retrieval.adapt import apply_gallery_norm, bank_offsets
     from . import faiss_index
+    from .query_bank import bank_embeddings, write_bank_offsets
 
-    fingerprint = _fingerprint(store, ann_config, gallery_norm)
+    fingerprint = _fingerprint(store, ann_config, gallery_norm, query_bank)
     old = (previous or {}).get("faiss") or {}
     categories = sorted(c for c in store.category_counts() if c != "?")
     dim = dim if dim is not None else reader.dim
-    if (old.get("fingerprint") == fingerprint and old.get("gallery_norm", "none") == gallery_norm
-            and all((layout.root / entry["file"]).is_file() for entry in old["indexes"].values())):
+    files = [entry["file"] for entry in old.get("indexes", {}).values()] + ([old["bank_offsets"]["file"]] if old.get("bank_offsets") else [])
+    if (old.get("fingerprint") == fingerprint and old.get("gallery_norm", "none") == gallery_norm and old.get("query_bank", "none") == query_bank[0]
+            and all((layout.root / file).is_file() for file in files)):
         if "gallery_mean" not in old:  # an index built before means were recorded: its FAISS files stand, the mean is added
             old = {**old, "gallery_norm": gallery_norm, "gallery_mean": [float(value) for value in _indexed_mean(store, reader, categories, dim)]}
         return old, False
     mean = _indexed_mean(store, reader, categories, dim)
-    indexes = {}
+    bank = bank_embeddings(loaded, device, dtype) if query_bank[0] != "none" else None
+    indexes, bank_ids, offsets = {}, [], []
     for category in categories:
         locations = store.indexed_locations(category=category)
         vectors = reader.gather([(shard, row) for _, shard, row in locations])
         if gallery_norm == "center":
             vectors = apply_gallery_norm(vectors, mean)
         ids = np.array([image_id for image_id, _, _ in locations], dtype=np.int64)
+        if bank is not None:  # on the vectors as FAISS holds them
+            bank_ids.append(ids)
+            offsets.append(bank_offsets(np.asarray(vectors, dtype=np.float32), bank, query_bank[1]))
         ann = faiss_index.build(vectors, ids, ann_config, _category_text_queries(loaded, category, device, dtype))
         relative = faiss_file_name(category, fingerprint)
         faiss_index.save(ann, layout.root / relative)
         indexes[category] = {"file": relative, **ann.describe()}
-    return {"kind": ann_config.kind, "fingerprint": fingerprint, "indexes": indexes, "gallery_norm": gallery_norm,
-            "gallery_mean": [float(value) for value in mean]}, True
+    built = {"kind": ann_config.kind, "fingerprint": fingerprint, "indexes": indexes, "gallery_norm": gallery_norm,
+             "gallery_mean": [float(value) for value in mean], "query_bank": query_bank[0]}
+    if bank is not None:
+        concatenated = (np.concatenate(bank_ids), np.concatenate(offsets)) if bank_ids else (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        built.update(query_bank_beta=query_bank[1], bank_offsets=write_bank_offsets(layout.root, fingerprint, *concatenated))
+    return built, True
 
 
 def _gallery_norm(settings: BuildSettings, loaded) -> str:
@@ -387,6 +413,13 @@ def _gallery_norm(settings: BuildSettings, loaded) -> str:
     from ..retrieval.queries import QueryConfig, resolve_query_config
 
     return resolve_query_config(QueryConfig(gallery_norm=settings.gallery_norm), getattr(loaded, "checkpoint", None)).gallery_norm
+
+
+def _query_bank(settings: BuildSettings, loaded) -> tuple[str, float]:
+    """The build's ``(query_bank, beta)``: the ones asked for, else the checkpoint's recorded recipe's, else none."""
+    from .query_bank import resolve_query_bank
+
+    return resolve_query_bank(settings.query_bank, settings.query_bank_beta, loaded)
 
 
 def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loaded, source: dict, device, dtype, prepared: dict, rank_stats: list[dict],
@@ -404,7 +437,8 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         previous = layout.read_index_json()
     except TrafficRetrievalError:
         previous = None
-    faiss_info, rebuilt = _build_faiss(settings.ann, layout, store, reader, loaded, device, dtype, previous, _gallery_norm(settings, loaded), dim)
+    faiss_info, rebuilt = _build_faiss(settings.ann, layout, store, reader, loaded, device, dtype, previous, _gallery_norm(settings, loaded), dim,
+                                       _query_bank(settings, loaded))
 
     states = store.state_counts()
     categories = {c: n for c, n in store.category_counts().items() if c != "?"}
@@ -431,6 +465,7 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         "gallery_bn": prepared["gallery_bn"],  # the BatchNorm statistics the gallery was encoded with (batchnorm.py)
         "bn_stats": prepared["bn_stats"],  # adapt with a BatchNorm tower: {file, sha256, images}; else null
         "image_tta": prepared["image_tta"],  # the test-time augmentation every image was encoded with (encoding.py)
+        "query_bank": faiss_info.get("query_bank", "none"),  # how text queries are ranked (faiss.query_bank, query_bank.py)
         "labels": labels,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": seconds,
@@ -439,9 +474,12 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
     }
     atomic_write_json(layout.index_json, info)
     referenced = {layout.root / entry["file"] for entry in indexes.values()}
-    for path in layout.faiss.glob("*.index") if layout.faiss.is_dir() else []:
-        if path not in referenced:
-            path.unlink(missing_ok=True)
+    if faiss_info.get("bank_offsets"):
+        referenced.add(layout.root / faiss_info["bank_offsets"]["file"])
+    for pattern in ("*.index", "bank_offsets.*.safetensors"):
+        for path in layout.faiss.glob(pattern) if layout.faiss.is_dir() else []:
+            if path not in referenced:
+                path.unlink(missing_ok=True)
 
     plan = prepared["plan"]
     unreadable = [f"{row.path}: {row.error}" if row.error and row.path not in row.error else row.error or row.path for row in store.unreadable()]
@@ -470,6 +508,7 @@ def _finish(settings: BuildSettings, layout: IndexLayout, store: IndexStore, loa
         "gallery_bn": prepared["gallery_bn"],
         "bn_stats": prepared["bn_stats"],
         "image_tta": prepared["image_tta"],
+        "query_bank": faiss_info.get("query_bank", "none"),
         "labelled": (labels or {}).get("labelled", 0),
         "world_size": context.world_size,
         "seconds": seconds,

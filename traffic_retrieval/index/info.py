@@ -35,6 +35,8 @@ GALLERY_NORMS = ("none", "center")  # faiss.gallery_norm: how the FAISS indexes 
 GALLERY_BNS = ("none", "adapt")  # gallery_bn: the BatchNorm statistics the gallery was encoded with (batchnorm.py)
 IMAGE_TTAS = ("none", "flip")  # image_tta: the test-time augmentation every image was encoded with (encoding.py)
 BN_STATS_FILE = "bn_stats.safetensors"  # = batchnorm.BN_STATS_FILE
+QUERY_BANKS = ("none", "captions")  # faiss.query_bank: how text queries are ranked (retrieval/adapt.py, query_bank.py)
+MAX_BANK_BETA = 1000.0  # = adapt.MAX_BANK_BETA
 SEARCH_PARAMS = {  # kind -> the settings it may carry, with their bounds
     "flat": {},
     "hnsw": {"efSearch": MAX_EF_SEARCH, "k_factor": MAX_K_FACTOR},
@@ -48,6 +50,7 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")  # = model.factory.
 HF_REPO = re.compile(r"hf-hub:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 PLAIN_KEY = re.compile(r"[A-Za-z0-9_@-]{1,40}")
 FAISS_FILE = re.compile(r"faiss/[A-Za-z0-9_-]+\.[0-9a-f]{12}\.index")
+BANK_FILE = re.compile(r"faiss/bank_offsets\.[0-9a-f]{12}\.safetensors")
 
 
 def category_file_stem(category: str) -> str:
@@ -57,6 +60,11 @@ def category_file_stem(category: str) -> str:
 def faiss_file_name(category: str, fingerprint: str) -> str:
     """The one name a category's FAISS file may have, relative to the index folder."""
     return f"faiss/{category_file_stem(category)}.{fingerprint[:12]}.index"
+
+
+def bank_file_name(fingerprint: str) -> str:
+    """The one name the querybank offsets file may have (``query_bank.py``), relative to the index folder."""
+    return f"faiss/bank_offsets.{fingerprint[:12]}.safetensors"
 
 
 def shown(value, limit: int = 60) -> str:
@@ -172,8 +180,9 @@ def check_index_info(info, where) -> dict:
     if labels is not None and not isinstance(labels, dict):
         fields.fail("labels", f"must be an object or null, got {shown(labels)}")
     faiss_info = _check_faiss(fields, fields.mapping(fields.get(info, "faiss", "faiss"), "faiss"), dim)
-    if "gallery_norm" in info and info["gallery_norm"] != faiss_info["gallery_norm"]:
-        fields.fail("gallery_norm", f"must be faiss.gallery_norm {shown(faiss_info['gallery_norm'])}, got {shown(info['gallery_norm'])}")
+    for key in ("gallery_norm", "query_bank"):
+        if key in info and info[key] != faiss_info[key]:
+            fields.fail(key, f"must be faiss.{key} {shown(faiss_info[key])}, got {shown(info[key])}")
     _check_batchnorm(fields, info)
     info["image_tta"] = fields.choice(info.get("image_tta", "none"), "image_tta", IMAGE_TTAS)  # absent: an index of before, none
     return info
@@ -280,4 +289,30 @@ def _check_faiss(fields: _Fields, faiss_info: dict, dim: int) -> dict:
                 fields.fail(f"{prefix}.search_param.{_key(key)}",
                             f"not a setting of a {kind} index (allowed: {', '.join(allowed) or 'none'})")
             fields.integer(value, f"{prefix}.search_param.{key}", 1, allowed[key])
+    _check_query_bank(fields, faiss_info, fingerprint)
     return faiss_info
+
+
+def _check_query_bank(fields: _Fields, faiss_info: dict, fingerprint: str) -> None:
+    """``faiss.query_bank`` (absent: an index built before it existed, ``none``), its
+    ``query_bank_beta`` and ``bank_offsets`` {file, sha256, count} (``query_bank.py``)."""
+    bank = fields.choice(faiss_info.get("query_bank", "none"), "faiss.query_bank", QUERY_BANKS)
+    faiss_info["query_bank"] = bank
+    if bank == "none":
+        for key in ("query_bank_beta", "bank_offsets"):
+            if faiss_info.get(key) is not None:
+                fields.fail(f"faiss.{key}", f"must be absent with query_bank none, got {shown(faiss_info[key])}")
+        return
+    beta = fields.get(faiss_info, "faiss.query_bank_beta", "query_bank_beta")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or not 0 < beta <= MAX_BANK_BETA:
+        fields.fail("faiss.query_bank_beta", f"must be a number in (0, {MAX_BANK_BETA:g}], got {shown(beta)}")
+    record = fields.mapping(fields.get(faiss_info, "faiss.bank_offsets", "bank_offsets"), "faiss.bank_offsets", limit=8)
+    expected = bank_file_name(fingerprint)
+    name = record.get("file")
+    if not isinstance(name, str) or not BANK_FILE.fullmatch(name) or name != expected:
+        fields.fail("faiss.bank_offsets.file", f"must be {expected} (named by the build, inside the index folder), got {shown(name)}")
+    _check_sha256(fields, record.get("sha256"), "faiss.bank_offsets.sha256", "the offsets file's sha256")
+    count = fields.integer(record.get("count"), "faiss.bank_offsets.count", 0, MAX_COUNT)
+    indexed = sum(entry["count"] for entry in faiss_info["indexes"].values())
+    if count != indexed:
+        fields.fail("faiss.bank_offsets.count", f"must be the FAISS indexes' total count {indexed}, got {count}")

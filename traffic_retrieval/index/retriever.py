@@ -37,6 +37,10 @@ it encoded the gallery with; the retriever loads them into its model, so image q
 encoded in the gallery's space. An index built with ``image_tta: flip`` encoded each image
 as the mean of it and its mirror; image queries are encoded the same way. Both settings
 are the index's (``index_encoding``): a query recipe asking for another is refused.
+An index built with ``query_bank: captions`` (``query_bank.py``) ranks text queries by
+cosine minus each image's recorded offset (querybank normalisation), as ``predict`` does;
+image queries and combined queries rank by cosine. The bank and its beta are the index's:
+a query recipe asking for others is refused (rebuild the index with them: only FAISS).
 """
 
 from __future__ import annotations
@@ -98,13 +102,18 @@ def _with_index_recipe(query_config, info: dict, root):
     from ..retrieval.queries import QueryConfig
 
     query_config = query_config or QueryConfig()
-    built = (info.get("faiss") or {}).get("gallery_norm", "none")
-    asked = query_config.gallery_norm
-    if asked is not None and asked != built:
-        raise TrafficRetrievalError(f"{root}: the index holds the gallery with gallery_norm {built}, the query recipe asks for {asked}: "
-                                    f"rebuild it with `traffic-retrieval index --gallery-norm {asked} --out {root} ...` (only FAISS is rebuilt), "
-                                    f"or leave gallery_norm unset")
-    return replace(query_config, gallery_norm=built, **index_encoding(query_config, info, root))
+    faiss_info = info.get("faiss") or {}
+    built = {"gallery_norm": faiss_info.get("gallery_norm", "none"), "query_bank": faiss_info.get("query_bank", "none")}
+    if built["query_bank"] != "none":
+        built["query_bank_beta"] = float(faiss_info["query_bank_beta"])
+    for key, value in built.items():
+        asked = getattr(query_config, key)
+        if asked is not None and asked != value:
+            flag = "--" + key.replace("_", "-")
+            raise TrafficRetrievalError(f"{root}: the index holds the gallery with {key} {value}, the query recipe asks for {asked}: "
+                                        f"rebuild it with `traffic-retrieval index {flag} {asked} --out {root} ...` (only FAISS is rebuilt), "
+                                        f"or leave {key} unset")
+    return replace(query_config, **built, **index_encoding(query_config, info, root))
 
 
 ENCODING_KEYS = ("gallery_bn", "image_tta")  # how an index's gallery was encoded: fixed for its life
@@ -143,6 +152,14 @@ class Retriever(Closeable):
         faiss_info = info.get("faiss") or {}
         self._gallery_norm = faiss_info.get("gallery_norm", "none")
         self._gallery_mean = faiss_info.get("gallery_mean")  # list of dim floats (None: an index built before means were recorded)
+        self._query_bank = faiss_info.get("query_bank", "none")
+        self._text_gallery = gallery  # what text queries are ranked in: the FAISS indexes, through the query bank's offsets where built with one
+        if self._query_bank != "none":
+            from ..retrieval.search import BankNormalisedSearch
+            from .query_bank import load_bank_offsets
+
+            ids, offsets = load_bank_offsets(layout.root, faiss_info["bank_offsets"])
+            self._text_gallery = BankNormalisedSearch(gallery, offsets, ids)
 
     @classmethod
     def open(cls, index: str | Path, device: str = "auto", checkpoint: str | Path | None = None, vocabulary: str | Path | None = None,
@@ -227,9 +244,9 @@ class Retriever(Closeable):
         encoded = self._queries.encode(queries, None if category in (None, ALL) else [category] * len(queries))
         recipe = self._queries.config
         if category is None:  # the recipe's scope: routed, all, or soft (every category, a penalty outside the routed one)
-            hits = search_scoped(self._gallery, encoded.embeddings, encoded.categories, k, recipe.gallery_scope, recipe.routing_penalty)
+            hits = search_scoped(self._text_gallery, encoded.embeddings, encoded.categories, k, recipe.gallery_scope, recipe.routing_penalty)
         else:
-            hits = search_routed(self._gallery, encoded.embeddings, [category] * len(queries), k)
+            hits = search_routed(self._text_gallery, encoded.embeddings, [category] * len(queries), k)
         return self._results(hits)
 
     def _results(self, hits) -> list[list[SearchResult]]:
@@ -423,6 +440,8 @@ class Retriever(Closeable):
             "gallery_norm": self._gallery_norm,  # how the FAISS indexes hold the gallery (index --gallery-norm)
             "gallery_bn": info.get("gallery_bn", "none"),  # the BatchNorm statistics the gallery was encoded with (index --gallery-bn)
             "image_tta": info.get("image_tta", "none"),  # the test-time augmentation of its images (index --image-tta)
+            "query_bank": self._query_bank,  # how text queries are ranked (index --query-bank)
+            **({"query_bank_beta": (info.get("faiss") or {}).get("query_bank_beta")} if self._query_bank != "none" else {}),
         }
 
     def _gallery_path(self, row) -> str:

@@ -72,6 +72,9 @@ RECIPE_DESCRIPTIONS = {
                              "encode image queries with the same statistics",
     ("image_tta", "flip"): "every gallery image (and image query) is encoded as the mean of its and its mirror image's unit embeddings, "
                            "re-normalised",
+    ("query_bank", "captions"): "text queries are ranked by cosine minus each gallery image's offset, (logsumexp over the captions of "
+                                "`category_texts` in traffic_retrieval.json of `query_bank_beta` x cosine - log of their number) / "
+                                "`query_bank_beta` (querybank normalisation, an inverted softmax)",
 }
 
 
@@ -272,7 +275,7 @@ def readme_text(loaded: LoadedModel, config: dict, metadata: dict, written: dict
     recipe = metadata.get("query_recipe")
     if isinstance(recipe, dict) and recipe:
         lines += ["## Queries", "", "The model was trained and validated with this query recipe; query it the same way:", ""]
-        for key in ("text_form", "router", "gallery_scope", "gallery_norm", "gallery_bn", "image_tta", "routing_penalty"):
+        for key in ("text_form", "router", "gallery_scope", "gallery_norm", "gallery_bn", "image_tta", "query_bank", "query_bank_beta", "routing_penalty"):
             if key in recipe:
                 value = recipe[key]
                 description = RECIPE_DESCRIPTIONS.get((key, value), "") if isinstance(value, str) else ""

@@ -138,3 +138,29 @@ def gallery_categories(loaded, gallery_embeddings, device: str, dtype, votes: in
         counts = torch.nn.functional.one_hot(text_category[nearest], len(names)).sum(dim=1)
         choices += counts.argmax(dim=1).tolist()
     return [names[i] for i in choices]
+
+
+def bank_captions(category_texts: dict | None) -> list[str]:
+    """The query bank of ``query_bank: captions`` (``adapt.bank_offsets``): the training
+    captions a checkpoint stores per category (``category_texts``), all categories together.
+    None or empty (a model not trained here) is a one-line error."""
+    from ..errors import TrafficRetrievalError
+
+    texts = [text for name in sorted(category_texts or {}) for text in category_texts[name]]
+    if not texts:
+        raise TrafficRetrievalError("query_bank captions: the checkpoint stores no training captions (a model not trained by traffic-retrieval, "
+                                    "e.g. an open_clip pretrained tag); use --query-bank none")
+    return texts
+
+
+def gallery_bank_offsets(loaded, gallery_embeddings, query_bank: str, beta: float, device: str, dtype, category_texts: dict | None = None):
+    """The querybank offsets of ``gallery_embeddings`` (as they are ranked: after any
+    ``gallery_norm``) for a ``query_bank`` setting: None for ``none``; for ``captions``,
+    ``adapt.bank_offsets`` against the checkpoint's stored captions (``category_texts``:
+    these instead), encoded by ``loaded``'s text tower."""
+    from .adapt import bank_offsets, check_query_bank
+
+    if check_query_bank(query_bank) == "none":
+        return None
+    texts = bank_captions(category_texts if category_texts is not None else (loaded.checkpoint or {}).get("category_texts"))
+    return bank_offsets(gallery_embeddings, encode_texts(loaded, texts, device, dtype), beta)

@@ -10,7 +10,7 @@ augmentation and the soft scope's routing penalty. Unset values come from
 the checkpoint (training records the recipe it used), else from ``DEFAULT_RECIPE`` and
 ``ADAPT_DEFAULTS``, so a model trained in the seed's form is queried in it with no flag
 (``resolve_query_config``). A recipe records ``gallery_norm`` only when it is not
-``none`` (``gallery_bn`` and ``image_tta`` too) and ``routing_penalty`` only with the soft scope (``query_recipe``): recipes of
+``none`` (``gallery_bn``, ``image_tta`` and ``query_bank`` too, the bank with its ``query_bank_beta``) and ``routing_penalty`` only with the soft scope (``query_recipe``): recipes of
 today's behaviour keep their three keys.
 """
 
@@ -28,11 +28,13 @@ from ..config import option
 from ..data.text_forms import SEED_PROMPT_SUFFIX, query_text
 from ..errors import TrafficRetrievalError
 from ..io import read_input_bytes
-from ..options import GalleryBn, GalleryNorm, GalleryScope, ImageTta, RouterKind, TextForm
+from ..options import GalleryBn, GalleryNorm, GalleryScope, ImageTta, QueryBank, RouterKind, TextForm
+from .adapt import DEFAULT_BANK_BETA, MAX_BANK_BETA
 from .search import DEFAULT_ROUTING_PENALTY
 
 DEFAULT_RECIPE = {"text_form": "sentence", "router": "vocabulary", "gallery_scope": "routed"}
-ADAPT_DEFAULTS = {"gallery_norm": "none", "gallery_bn": "none", "image_tta": "none", "routing_penalty": DEFAULT_ROUTING_PENALTY}  # recorded only when they matter (query_recipe)
+ADAPT_DEFAULTS = {"gallery_norm": "none", "gallery_bn": "none", "image_tta": "none", "query_bank": "none", "query_bank_beta": DEFAULT_BANK_BETA,
+                  "routing_penalty": DEFAULT_ROUTING_PENALTY}  # recorded only when they matter (query_recipe)
 RECIPE_KEY = "query_recipe"  # where a checkpoint records the recipe its training used
 
 
@@ -56,6 +58,14 @@ class QueryConfig:
                                         help="test-time augmentation of every image encoded for retrieval (gallery, image queries): none, or "
                                              "flip (the mean of the image's and its mirror's embeddings; twice the image-tower compute); "
                                              "unset: the checkpoint's (an index: the index's), else none")
+    query_bank: QueryBank | None = option(None, flag="--query-bank",
+                                          help="querybank normalisation of the ranking: none (cosine), or captions (each gallery image's score "
+                                               "lowered by its soft-max similarity to the training captions the checkpoint stores, an inverted "
+                                               "softmax: images near every query stop winning by it; camera galleries); "
+                                               "unset: the checkpoint's (an index: the index's), else none")
+    query_bank_beta: float | None = option(None, flag="--query-bank-beta", minimum=1e-3, maximum=MAX_BANK_BETA, metavar="BETA",
+                                           help=f"--query-bank captions: the inverted softmax's inverse temperature; unset: the checkpoint's, "
+                                                f"else {DEFAULT_BANK_BETA:g}")
     routing_penalty: float | None = option(None, flag="--routing-penalty", minimum=0, maximum=10, metavar="PENALTY",
                                            help=f"--gallery-scope soft: score subtracted from images outside a query's routed category; "
                                                 f"unset: the checkpoint's, else {DEFAULT_ROUTING_PENALTY}")
@@ -94,18 +104,25 @@ def _valid_adapt_value(key: str, value) -> bool:
         return value in typing.get_args(GalleryBn)
     if key == "image_tta":
         return value in typing.get_args(ImageTta)
+    if key == "query_bank":
+        return value in typing.get_args(QueryBank)
+    if key == "query_bank_beta":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value <= MAX_BANK_BETA
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 10
 
 
 def query_recipe(config: QueryConfig) -> dict:
     """The recipe a resolved config records in a checkpoint: text form, router and gallery
-    scope; ``gallery_norm``, ``gallery_bn`` and ``image_tta`` when they are not ``none``; ``routing_penalty`` with the soft scope."""
+    scope; ``gallery_norm``, ``gallery_bn``, ``image_tta`` and ``query_bank`` when they are not ``none`` (``query_bank_beta``
+    with the bank); ``routing_penalty`` with the soft scope."""
     recipe = {key: getattr(config, key) for key in DEFAULT_RECIPE}
     if config.gallery_norm not in (None, "none"):
         recipe["gallery_norm"] = config.gallery_norm
-    for key in ("gallery_bn", "image_tta"):
+    for key in ("gallery_bn", "image_tta", "query_bank"):
         if getattr(config, key) not in (None, "none"):
             recipe[key] = getattr(config, key)
+    if recipe.get("query_bank", "none") != "none":
+        recipe["query_bank_beta"] = DEFAULT_BANK_BETA if config.query_bank_beta is None else float(config.query_bank_beta)
     if config.gallery_scope == "soft":
         recipe["routing_penalty"] = DEFAULT_ROUTING_PENALTY if config.routing_penalty is None else float(config.routing_penalty)
     return recipe

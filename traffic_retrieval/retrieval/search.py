@@ -54,6 +54,60 @@ class ExactGallerySearch:
         return [list(zip(row_ids, row_scores)) for row_ids, row_scores in zip(found, scores.tolist())]
 
 
+class BankNormalisedSearch:
+    """A ``GallerySearch`` whose scores are ``cosine - offset(id)`` (querybank
+    normalisation, ``adapt.bank_offsets``), over any inner search (exact, or an index's
+    FAISS). Each query fetches the inner search's top ``max(4k, k + 32)`` by cosine and
+    re-ranks them by the normalised score; while a query's k-th normalised score could
+    still be beaten by an image it has not fetched (one whose cosine is at most the last
+    fetched one's, minus the smallest offset), it fetches four times deeper. So the top
+    ``k`` is exact whenever the inner search is. ``offsets`` holds one value per id in
+    ``ids`` (gallery positions when None)."""
+
+    def __init__(self, inner: GallerySearch, offsets, ids=None):
+        import numpy as np
+
+        offsets = np.asarray(offsets, dtype=np.float32)
+        ids = np.arange(len(offsets), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        self.inner, self._ids, self._offsets = inner, ids[order], offsets[order]
+        self._min_offset = float(offsets.min()) if len(offsets) else 0.0
+
+    def categories(self) -> list[str]:
+        return self.inner.categories()
+
+    def offsets_of(self, ids) -> list[float]:
+        import numpy as np
+
+        ids = np.asarray(ids, dtype=np.int64)
+        positions = np.searchsorted(self._ids, ids)
+        if len(ids) and (positions.max() >= len(self._ids) or not np.array_equal(self._ids[positions], ids)):
+            raise ValueError("query bank: an id without an offset")  # an internal error: offsets are made for every indexed id
+        return self._offsets[positions].tolist()
+
+    def search(self, query_embeddings, k: int, category: str) -> list[Hits]:
+        results: list[Hits | None] = [None] * len(query_embeddings)
+        pending, depth = list(range(len(query_embeddings))), max(4 * k, k + 32)
+        while pending:
+            found = self.inner.search(query_embeddings[pending], depth, category)
+            still = []
+            for row, hits in zip(pending, found):
+                offsets = self.offsets_of([image for image, _ in hits])
+                ranked = sorted(((image, score - offset) for (image, score), offset in zip(hits, offsets)), key=lambda hit: (-hit[1], hit[0]))[:k]
+                exhausted = len(hits) < depth  # every image of the category was fetched
+                if exhausted or (len(ranked) == k and ranked[-1][1] > hits[-1][1] - self._min_offset):
+                    results[row] = ranked
+                else:
+                    still.append(row)
+            pending, depth = still, depth * 4
+        return results
+
+
+def bank_normalised(gallery: GallerySearch, offsets, ids=None) -> GallerySearch:
+    """``gallery`` ranked by ``cosine - offset`` (``BankNormalisedSearch``); ``offsets`` None: ``gallery`` itself."""
+    return gallery if offsets is None else BankNormalisedSearch(gallery, offsets, ids)
+
+
 def search_targets(routed: list[str], available: list[str], scope: str = "routed") -> list[str]:
     """Where each query is searched: with ``scope`` "all" the whole gallery (the seed's), else
     its routed category, or all categories when that one has no items. (``scope`` "soft"

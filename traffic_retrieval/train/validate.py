@@ -27,12 +27,16 @@ class ValQueries:
     routing_penalty: float = 0.05
     routing_texts: dict | None = None  # category -> captions: also report how the val images route (gallery_categories)
     tokenizer: object = None
+    query_bank: str = "none"  # captions: ranked by cosine minus each val image's offset against bank_texts (adapt.bank_offsets)
+    query_bank_beta: float = 10.0
+    bank_texts: dict | None = None  # category -> captions of the query bank (the checkpoint's category_texts)
 
 
-def val_queries(val_set, tokenizer, recipe, routing_texts: dict | None = None) -> ValQueries:
+def val_queries(val_set, tokenizer, recipe, routing_texts: dict | None = None, bank_texts: dict | None = None) -> ValQueries:
     """Each val caption routed and rewritten as ``predict`` would a query (``recipe``: a
     resolved ``retrieval.queries.QueryConfig``). ``routing_texts`` (the category captions a
-    checkpoint stores) adds the routing accuracy of the val images to the report."""
+    checkpoint stores) adds the routing accuracy of the val images to the report; they are
+    also the query bank of ``query_bank: captions`` unless ``bank_texts`` are given."""
     from ..data.vocabulary import make_router
     from ..model.tokens import tokenize
     from ..retrieval.queries import text_to_encode
@@ -40,8 +44,14 @@ def val_queries(val_set, tokenizer, recipe, routing_texts: dict | None = None) -
     route = make_router(recipe.router)
     categories = [route(row["text"]) for row in val_set.rows]
     texts = [text_to_encode(row["text"], category, recipe) for row, category in zip(val_set.rows, categories)]
+    bank = recipe.query_bank or "none"
+    if bank != "none":
+        from ..retrieval.encode import bank_captions
+
+        bank_captions(bank_texts or routing_texts)  # none stored: the one-line error now, not after the first epoch
     return ValQueries(tokenize(tokenizer, texts), categories, recipe.gallery_scope, recipe.gallery_norm, recipe.gallery_bn or "none",
-                      recipe.image_tta or "none", recipe.routing_penalty, routing_texts, tokenizer)
+                      recipe.image_tta or "none", recipe.routing_penalty, routing_texts, tokenizer, bank, recipe.query_bank_beta,
+                      bank_texts or routing_texts)
 
 
 def one_to_one_recall(text_embeddings, image_embeddings, k: int = 10, block: int = 1024) -> float:
@@ -66,7 +76,7 @@ def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries
     from ..evaluation.metrics import evaluate_rankings
     from ..retrieval.adapt import adapt_gallery
     from ..retrieval.encode import encode_tokens, encode_uint8_images
-    from ..retrieval.search import ExactGallerySearch, search_scoped
+    from ..retrieval.search import ExactGallerySearch, bank_normalised, search_scoped
 
     gallery_categories = [r["category"] for r in val_set.rows]
     queries = queries or ValQueries(val_set.tokens, gallery_categories)
@@ -76,9 +86,11 @@ def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries
         image_embeddings = encode_uint8_images(_gallery_model(model, val_set, preprocess, device, dtype, queries.gallery_bn),
                                                val_set.images, preprocess, device, dtype, image_tta=queries.image_tta)
         text_embeddings = encode_tokens(model, queries.tokens, device, dtype)
+        ranked_embeddings = adapt_gallery(image_embeddings, queries.gallery_norm)
+        offsets = _bank_offsets(model, queries, ranked_embeddings, device, dtype)
     finally:
         model.train(was_training)
-    gallery = ExactGallerySearch(adapt_gallery(image_embeddings, queries.gallery_norm), gallery_categories)
+    gallery = bank_normalised(ExactGallerySearch(ranked_embeddings, gallery_categories), offsets)
     ranked = search_scoped(gallery, text_embeddings, queries.categories, 10, queries.gallery_scope, queries.routing_penalty)
     names = [r["name"] for r in val_set.rows]
     names_by_attr: dict[str, set[str]] = {}
@@ -89,6 +101,16 @@ def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries
     if queries.routing_texts:
         scores["routing"] = _routing(model, queries, image_embeddings, gallery_categories, device, dtype)
     return scores
+
+
+def _bank_offsets(model, queries: ValQueries, gallery_embeddings, device: str, dtype):
+    """``encode.gallery_bank_offsets`` of the val images for the queries' ``query_bank`` (None: none)."""
+    from types import SimpleNamespace
+
+    from ..retrieval.encode import gallery_bank_offsets
+
+    view = SimpleNamespace(model=model, tokenizer=queries.tokenizer, checkpoint=None)
+    return gallery_bank_offsets(view, gallery_embeddings, queries.query_bank, queries.query_bank_beta, device, dtype, queries.bank_texts)
 
 
 def _gallery_model(model, val_set, preprocess, device: str, dtype, gallery_bn: str, batch_size: int = 256):
