@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from traffic_retrieval.train.augment import (AUGMENT_LEVELS, DEGRADATIONS, AugmentConfig, augment_batch, augment_strength, gaussian_blur,
-                                             jpeg_round_trip, occlude_border, scheduled)
+                                             jpeg_round_trip, low_light, motion_blur, occlude_border, scheduled)
 from traffic_retrieval.train.loop import consistency_loss, train_epoch, train_step
 
 from test_trainer_parts import fresh_run, tiny, weights  # noqa: F401  (tiny: the module fixture)
@@ -44,6 +44,44 @@ def test_the_camera_level_degrades_deterministically_within_range():
     distance = lambda level: sum(float((augment_batch(images, AUGMENT_LEVELS[level], torch.Generator().manual_seed(s)) - clean).abs().mean())
                                  for s in range(8))
     assert distance("camera") > distance("surveillance")
+
+
+def test_the_wide_level_is_the_camera_level_plus_motion_and_night_drawn_per_image():
+    camera, wide = AUGMENT_LEVELS["camera"], AUGMENT_LEVELS["camera-wide"]
+    assert (camera.motion_blur, camera.low_light, camera.per_image) == (0.0, 0.0, False)  # the camera level draws the stream it always drew
+    assert dataclasses.replace(wide, motion_blur=0.0, low_light=0.0, per_image=False) == camera
+    images = striped(16)
+    out = augment_batch(images, wide, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(out, augment_batch(images, wide, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, augment_batch(images, camera, torch.Generator().manual_seed(0)))
+    # per image: the chosen images are shifted by different amounts (one batch-wide shift moves them alike)
+    shift_only = AugmentConfig(flip=0, low_resolution=0, blur=0, exposure=0, color_cast=0, noise=0, translate=1.0, per_image=True)
+    same = striped(8).clone()
+    same[:] = same[0]
+    shifted = augment_batch(same, shift_only, torch.Generator().manual_seed(1))
+    assert len({tuple(image.flatten()[:200].tolist()) for image in shifted}) > 1
+
+
+def test_motion_blur_keeps_flat_images_and_smears_along_its_direction():
+    flat = torch.full((2, 3, 24, 24), 0.4)
+    assert torch.allclose(motion_blur(flat, torch.tensor([6.0, 3.0]), torch.tensor([0.0, 1.0])), flat, atol=1e-5)
+    images = striped(2, size=24).float() / 255  # vertical stripes
+    horizontal = motion_blur(images, torch.tensor([8.0, 8.0]), torch.tensor([0.0, 0.0]))
+    vertical = motion_blur(images, torch.tensor([8.0, 8.0]), torch.tensor([math.pi / 2, math.pi / 2]))
+    assert horizontal.std(dim=-1).mean() < 0.5 * images.std(dim=-1).mean()  # smeared across the stripes
+    assert torch.allclose(vertical[..., 4:-4, :], images[..., 4:-4, :], atol=1e-4)  # along them: unchanged away from the border
+
+
+def test_low_light_darkens_tints_and_touches_only_the_chosen_images():
+    images = torch.full((4, 3, 16, 16), 0.6)
+    chosen = torch.tensor([True, False, True, False])
+    out = low_light(images, chosen, torch.Generator().manual_seed(0))
+    assert torch.equal(out[~chosen], images[~chosen]) and 0 <= out.min() and out.max() <= 1
+    assert (out[chosen].mean(dim=(1, 2, 3)) < 0.6).all()  # the gain brings it back only part of the way
+    assert (out[chosen].std(dim=(2, 3)) > 0.001).all()  # amplified sensor noise
+    assert torch.equal(out, low_light(images, chosen, torch.Generator().manual_seed(0)))
+    assert torch.equal(low_light(images, torch.zeros(4, dtype=torch.bool), torch.Generator().manual_seed(0)), images)
 
 
 def test_schedules_scale_every_degradation_but_not_the_flip():

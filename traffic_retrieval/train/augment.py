@@ -40,15 +40,21 @@ class AugmentConfig:
     occlude: float = 0.0  # probability of a flat box (up to a fifth of the side) at the border
     jpeg: float = 0.0  # probability of a JPEG round trip at a quality in jpeg_quality
     jpeg_quality: tuple[int, int] = (15, 60)
+    per_image: bool = False  # resolution loss and shift drawn per image (False: one scale and one shift per batch, as the first levels did)
+    motion_blur: float = 0.0  # probability of a linear motion blur, up to max_motion of the side long, in a random direction
+    max_motion: float = 0.1
+    low_light: float = 0.0  # probability of a night exposure: the scene darkened, lit by a lamp's colour, the camera's gain amplifying sensor noise
 
 
-DEGRADATIONS = ("low_resolution", "blur", "exposure", "color_cast", "noise", "translate", "gamma", "desaturate", "occlude", "jpeg")
+DEGRADATIONS = ("low_resolution", "blur", "exposure", "color_cast", "noise", "translate", "gamma", "desaturate", "occlude", "jpeg", "motion_blur", "low_light")
 
 AUGMENT_LEVELS = {
     "surveillance": AugmentConfig(),
     "camera": AugmentConfig(low_resolution=0.6, min_scale=0.25, blur=0.5, max_blur_sigma=1.5, exposure=0.8, color_cast=0.6, max_cast=0.12,
                             noise=0.5, max_noise=0.08, gamma=0.4, desaturate=0.3, occlude=0.25, jpeg=0.6),
 }
+AUGMENT_LEVELS["camera-wide"] = replace(AUGMENT_LEVELS["camera"], per_image=True, motion_blur=0.3, low_light=0.25)
+LAMP_COLOURS = ((1.0, 0.72, 0.42), (1.0, 0.9, 0.75), (0.8, 0.9, 1.0), (0.85, 1.0, 0.85))  # sodium, warm white LED, cold white LED, mercury vapour (RGB gains)
 AUGMENT_SCHEDULES = ("constant", "ramp")
 
 
@@ -92,15 +98,24 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
     shift = chosen(config.translate)
     if shift.any():
         max_shift = max(1, height // 16)
-        dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
-        images[shift] = torch.roll(images[shift], shifts=(dy, dx), dims=(-2, -1))
+        for group in _groups(shift, config.per_image):
+            dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+            images[group] = torch.roll(images[group], shifts=(dy, dx), dims=(-2, -1))
 
     low = chosen(config.low_resolution)
     if low.any():
-        scale = float(uniform(config.min_scale, 1.0, 1))
-        small = max(8, int(height * scale))
-        subset = F.interpolate(images[low], size=(small, small), mode="bilinear", align_corners=False, antialias=True)
-        images[low] = F.interpolate(subset, size=(height, width), mode="bilinear", align_corners=False)
+        for group in _groups(low, config.per_image):
+            scale = float(uniform(config.min_scale, 1.0, 1))
+            small = max(8, int(height * scale))
+            subset = F.interpolate(images[group], size=(small, small), mode="bilinear", align_corners=False, antialias=True)
+            images[group] = F.interpolate(subset, size=(height, width), mode="bilinear", align_corners=False)
+
+    if config.motion_blur > 0:
+        moving = chosen(config.motion_blur)
+        if moving.any():
+            count = int(moving.sum())
+            lengths = uniform(2.0, max(2.0, config.max_motion * height), count)
+            images[moving] = motion_blur(images[moving], lengths, uniform(0.0, math.pi, count))
 
     blur = chosen(config.blur)
     if blur.any():
@@ -134,11 +149,68 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
     images = images + noise * uniform(0, config.max_noise, n, 1, 1, 1) * torch.randn(images.shape, generator=generator)
     images = images.clamp_(0, 1)
 
+    if config.low_light > 0:
+        images = low_light(images, chosen(config.low_light), generator)
+
     if config.occlude > 0:
         images = occlude_border(images, chosen(config.occlude), generator)
     if config.jpeg > 0:
         images = jpeg_round_trip(images, chosen(config.jpeg), config.jpeg_quality, generator)
     return images
+
+
+def _groups(chosen, per_image: bool):
+    """The index sets one draw applies to: every chosen image alone (``per_image``), else all chosen images together."""
+    import torch
+
+    if not per_image:
+        return [chosen]
+    return [[index] for index in torch.nonzero(chosen).flatten().tolist()]
+
+
+def motion_blur(images, lengths, angles):
+    """Each float NCHW image smeared along a line of ``lengths[i]`` pixels at ``angles[i]``
+    radians (a moving object, or a shaking camera, during the exposure): the mean of the
+    image sampled at evenly spaced points of that line (bilinear, border replicated)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, height, width = images.shape
+    steps = max(2, int(math.ceil(float(lengths.max()))) + 1)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    base = torch.stack([xs, ys], dim=-1).expand(n, height, width, 2)
+    direction = torch.stack([torch.cos(angles) * 2 / max(1, width - 1), torch.sin(angles) * 2 / max(1, height - 1)], dim=-1)  # one pixel, in grid units
+    total = torch.zeros_like(images)
+    for t in torch.linspace(-0.5, 0.5, steps).tolist():
+        offset = (direction * (lengths * t).view(n, 1)).view(n, 1, 1, 2)
+        total += F.grid_sample(images, base + offset, mode="bilinear", padding_mode="border", align_corners=True)
+    return total / steps
+
+
+def low_light(images, chosen, generator):
+    """A night exposure of the chosen float NCHW images: the scene darkened to 15-50% of its
+    light, tinted by a street lamp's colour (``LAMP_COLOURS``, half to full strength), sensor
+    noise added in the dark (sigma 0.005-0.02), then the camera's automatic gain brightening it
+    back part of the way (so the noise is amplified with it)."""
+    import torch
+
+    count = int(chosen.sum())
+    if count == 0:
+        return images
+    out = images.clone()
+    picked = images[chosen]
+
+    def uniform(low, high, *shape):
+        return low + (high - low) * torch.rand(*shape, generator=generator)
+
+    light = uniform(0.15, 0.5, count, 1, 1, 1)
+    lamps = torch.tensor(LAMP_COLOURS)[torch.randint(0, len(LAMP_COLOURS), (count,), generator=generator)].view(count, 3, 1, 1)
+    strength = uniform(0.5, 1.0, count, 1, 1, 1)
+    tint = 1 + strength * (lamps - 1)
+    dark = picked * light * tint + uniform(0.005, 0.02, count, 1, 1, 1) * torch.randn(picked.shape, generator=generator)
+    gain = light ** -uniform(0.5, 1.0, count, 1, 1, 1)  # automatic gain: back to between sqrt(light) and full brightness
+    out[chosen] = (dark * gain).clamp_(0, 1)
+    return out
 
 
 def gaussian_blur(images, sigmas):
