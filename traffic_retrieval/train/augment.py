@@ -104,9 +104,16 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
 
     low = chosen(config.low_resolution)
     if low.any():
-        for group in _groups(low, config.per_image):
-            scale = float(uniform(config.min_scale, 1.0, 1))
-            small = max(8, int(height * scale))
+        if config.per_image:  # a size per image; images that drew the same size are resized together
+            indices = torch.nonzero(low).flatten()
+            sizes = [max(8, int(height * float(scale))) for scale in uniform(config.min_scale, 1.0, len(indices))]
+            groups = {}
+            for index, small in zip(indices.tolist(), sizes):
+                groups.setdefault(small, []).append(index)
+            resized = sorted(groups.items())
+        else:
+            resized = [(max(8, int(height * float(uniform(config.min_scale, 1.0, 1)))), low)]
+        for small, group in resized:
             subset = F.interpolate(images[group], size=(small, small), mode="bilinear", align_corners=False, antialias=True)
             images[group] = F.interpolate(subset, size=(height, width), mode="bilinear", align_corners=False)
 
