@@ -108,6 +108,8 @@ DEPARTURES = [
      "MixStyle inside the image tower: half the images' layer1/layer2 feature maps take a mix of another image's channel statistics"),
     ("query bank (captions)", lambda s, e: replace(s, query_bank="captions"),
      "querybank normalisation: each gallery image's score lowered by its soft-max similarity to the stored training captions"),
+    ("camera-wide augmentation, ramped", lambda s, e: s.with_train(augment=True, augment_level="camera-wide", augment_schedule="ramp"),
+     "the camera set plus motion blur and night exposures, resolution and shift drawn per image, ramped"),
 ]
 SEED_ROW = "A3R seed recipe"
 COMBINED_ROW = "combined: every departure that helped on val"
