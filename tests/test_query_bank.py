@@ -73,6 +73,26 @@ def test_the_wrapped_search_is_exactly_the_ranking_by_cosine_minus_offset(k):
         assert [image for image, _ in hits] == sorted(range(60), key=lambda i: (-scores[i], i))[:5]
 
 
+def test_the_search_fetches_at_most_max_depth_candidates():
+    gallery = unit(50, seed=8)
+    offsets = torch.rand(50, generator=torch.Generator().manual_seed(9)) * 2
+    depths = []
+
+    class Counting(ExactGallerySearch):
+        def search(self, query_embeddings, k, category):
+            depths.append(k)
+            return super().search(query_embeddings, k, category)
+
+    capped = BankNormalisedSearch(Counting(gallery, ["vehicle"] * 50), offsets, max_depth=20)
+    hits = capped.search(unit(3, seed=10), 5, "vehicle")
+    assert depths == [37] and all(len(row) == 5 for row in hits)  # the first fetch, max(4k, k + 32), is already past the cap: no second
+    cosines = gallery @ unit(3, seed=10).T
+    for column, row in enumerate(hits):  # the best by cosine minus offset among the 37 nearest by cosine
+        nearest = torch.argsort(-cosines[:, column])[:37].tolist()
+        best = sorted(nearest, key=lambda i: -(float(cosines[i, column]) - float(offsets[i])))[:5]
+        assert [image for image, _ in row] == best
+
+
 def test_offsets_follow_ids_and_none_leaves_the_search_as_it_is():
     gallery = unit(6, seed=7)
     inner = ExactGallerySearch(gallery, ["vehicle"] * 6, ids=[60, 50, 40, 30, 20, 10])
@@ -174,6 +194,13 @@ def test_a_model_without_stored_captions_is_refused_in_one_line(tiny, tmp_path, 
     assert "stores no training captions" in err and "--query-bank none" in err and "Traceback" not in err
     assert predict_tiny(tiny, tmp_path / "y.json", "--query-bank", "captions", "--query-bank-beta", "0") == 2
     assert "query_bank_beta must be at least 0.001" in capsys.readouterr().err
+
+
+def test_an_index_refuses_a_bank_without_captions_before_encoding(tiny, tmp_path, capsys):
+    out = tmp_path / "index"
+    assert index_tiny({**tiny, "checkpoint": tiny["bare_checkpoint"]}, out, "--query-bank", "captions") == 2
+    assert "stores no training captions" in capsys.readouterr().err
+    assert not list((out / "shards").glob("*")) if (out / "shards").exists() else True  # nothing was encoded
 
 
 def test_an_index_keeps_the_offsets_and_the_retriever_ranks_as_predict(tiny, tmp_path, capsys):

@@ -265,6 +265,10 @@ def _prepare(settings: BuildSettings, layout: IndexLayout, store: IndexStore, lo
     from .scan import scan_gallery_entries
 
     _check_source(settings, store, loaded, source)
+    if _query_bank(settings, loaded)[0] != "none":  # a model without stored captions: refused now, not after encoding the gallery
+        from ..retrieval.encode import bank_captions
+
+        bank_captions((loaded.checkpoint or {}).get("category_texts"))
     recovered = _recover_written_shards(layout, store, loaded.identity)
     _remove_stale_files(layout, store)
     root = settings.images

@@ -14,6 +14,7 @@ from typing import Protocol
 ALL = "all"
 SOFT = "soft"
 DEFAULT_ROUTING_PENALTY = 0.05  # gallery_scope soft: subtracted from the scores of images outside the routed category
+BANK_MAX_DEPTH = 4096  # BankNormalisedSearch: candidates by cosine a query fetches at most
 Hits = list[tuple[int, float]]  # (gallery id, score), best first
 
 
@@ -60,17 +61,21 @@ class BankNormalisedSearch:
     FAISS). Each query fetches the inner search's top ``max(4k, k + 32)`` by cosine and
     re-ranks them by the normalised score; while a query's k-th normalised score could
     still be beaten by an image it has not fetched (one whose cosine is at most the last
-    fetched one's, minus the smallest offset), it fetches four times deeper. So the top
-    ``k`` is exact whenever the inner search is. ``offsets`` holds one value per id in
-    ``ids`` (gallery positions when None)."""
+    fetched one's, minus the smallest offset), it fetches four times deeper, up to
+    ``max_depth`` candidates. So the top ``k`` is exact whenever the inner search is and
+    the bound is met within ``max_depth`` (on a gallery of 1,200 every query was, half of
+    them in the second round); past it, it is the best of the ``max_depth`` nearest by
+    cosine, as QB-Norm itself restricts to a query's neighbours, so that a gallery of
+    millions costs a bounded search a query. ``offsets`` holds one value per id in ``ids``
+    (gallery positions when None)."""
 
-    def __init__(self, inner: GallerySearch, offsets, ids=None):
+    def __init__(self, inner: GallerySearch, offsets, ids=None, max_depth: int = BANK_MAX_DEPTH):
         import numpy as np
 
         offsets = np.asarray(offsets, dtype=np.float32)
         ids = np.arange(len(offsets), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
-        self.inner, self._ids, self._offsets = inner, ids[order], offsets[order]
+        self.inner, self._ids, self._offsets, self.max_depth = inner, ids[order], offsets[order], max_depth
         self._min_offset = float(offsets.min()) if len(offsets) else 0.0
 
     def categories(self) -> list[str]:
@@ -94,12 +99,12 @@ class BankNormalisedSearch:
             for row, hits in zip(pending, found):
                 offsets = self.offsets_of([image for image, _ in hits])
                 ranked = sorted(((image, score - offset) for (image, score), offset in zip(hits, offsets)), key=lambda hit: (-hit[1], hit[0]))[:k]
-                exhausted = len(hits) < depth  # every image of the category was fetched
+                exhausted = len(hits) < depth or depth >= max(k, self.max_depth)  # every image of the category fetched, or as deep as it goes
                 if exhausted or (len(ranked) == k and ranked[-1][1] > hits[-1][1] - self._min_offset):
                     results[row] = ranked
                 else:
                     still.append(row)
-            pending, depth = still, depth * 4
+            pending, depth = still, min(depth * 4, max(k, self.max_depth))
         return results
 
 
