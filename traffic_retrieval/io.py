@@ -167,3 +167,34 @@ def read_input_text(path: str | Path, what: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TrafficRetrievalError(f"{path}: not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
+
+
+def read_recorded_safetensors(path: str | Path, sha256: str | None, max_bytes: int, contents: str, built_with: str,
+                              framework: str = "numpy") -> dict:
+    """The tensors of a safetensors file that an index records with its ``sha256`` (an
+    untrusted file: safetensors holds tensors only, so reading it runs no code): at most
+    ``max_bytes`` (``contents`` says what it holds, for the message), its sha256 the recorded
+    one. Missing (``built_with``: the setting that wrote it), too big, changed or unreadable:
+    a one-line ``TrafficRetrievalError`` naming the file."""
+    from safetensors import SafetensorError
+
+    from .errors import TrafficRetrievalError
+
+    if framework == "torch":
+        from safetensors.torch import load as load_bytes
+    else:
+        from safetensors.numpy import load as load_bytes
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise TrafficRetrievalError(f"{path}: {size} bytes, more than {contents} take ({max_bytes} at most)")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TrafficRetrievalError(f"{path}: missing (the index was built with {built_with})") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise TrafficRetrievalError(f"{path}: sha256 differs from the one index.json records (a changed or foreign file)")
+    try:
+        return load_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise TrafficRetrievalError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None

@@ -16,7 +16,6 @@ every tensor must fit the model's BatchNorm layers (``adapt.load_batchnorm``).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import TrafficRetrievalError
@@ -68,25 +67,11 @@ def _estimate_and_write(root: Path, layout, loaded, gallery_files: list[str], ru
 
 def load_index_batchnorm(index_root: Path, record: dict, model) -> None:
     """Load an index's recorded BatchNorm statistics into ``model`` (checked: module docstring)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_bytes
-
+    from ..io import read_recorded_safetensors
     from ..retrieval.adapt import load_batchnorm
 
     path = Path(index_root) / BN_STATS_FILE
     if not isinstance(record, dict) or record.get("file") != BN_STATS_FILE:
         raise TrafficRetrievalError(f"{index_root}: bn_stats must name {BN_STATS_FILE}, got {record!r:.80}")
-    try:
-        size = path.stat().st_size
-        if size > MAX_BN_STATS_BYTES:
-            raise TrafficRetrievalError(f"{path}: {size} bytes, more than BatchNorm statistics take ({MAX_BN_STATS_BYTES} at most)")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TrafficRetrievalError(f"{path}: missing (the index was built with gallery_bn adapt)") from None
-    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
-        raise TrafficRetrievalError(f"{path}: sha256 differs from the one index.json records (a changed or foreign file)")
-    try:
-        stats = load_bytes(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise TrafficRetrievalError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    stats = read_recorded_safetensors(path, record.get("sha256"), MAX_BN_STATS_BYTES, "BatchNorm statistics", "gallery_bn adapt", framework="torch")
     load_batchnorm(model, stats, str(path))

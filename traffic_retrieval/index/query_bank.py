@@ -20,7 +20,6 @@ sha256 must be the recorded one, and it must hold exactly ``ids`` (int64, distin
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import TrafficRetrievalError
@@ -62,24 +61,13 @@ def write_bank_offsets(root: Path, fingerprint: str, ids, offsets) -> dict:
 def load_bank_offsets(root: Path, record: dict):
     """``(ids, offsets)`` of an index's recorded offsets file, checked (module docstring)."""
     import numpy as np
-    from safetensors import SafetensorError
-    from safetensors.numpy import load as load_bytes
+
+    from ..io import read_recorded_safetensors
 
     path = Path(root) / record["file"]
     count = int(record["count"])
-    try:
-        size = path.stat().st_size
-        if size > count * BYTES_PER_IMAGE + HEADER_BYTES:
-            raise TrafficRetrievalError(f"{path}: {size} bytes, more than the offsets of {count} images take")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TrafficRetrievalError(f"{path}: missing (the index was built with query_bank captions)") from None
-    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
-        raise TrafficRetrievalError(f"{path}: sha256 differs from the one index.json records (a changed or foreign file)")
-    try:
-        tensors = load_bytes(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise TrafficRetrievalError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    tensors = read_recorded_safetensors(path, record.get("sha256"), count * BYTES_PER_IMAGE + HEADER_BYTES, f"the offsets of {count} images",
+                                        "query_bank captions")
     if set(tensors) != {"ids", "offsets"}:
         raise TrafficRetrievalError(f"{path}: must hold exactly the tensors ids and offsets, holds {', '.join(sorted(tensors)) or 'none'}")
     ids, offsets = tensors["ids"], tensors["offsets"]
