@@ -42,8 +42,9 @@ class AugmentConfig:
     jpeg_quality: tuple[int, int] = (15, 60)
     per_image: bool = False  # resolution loss and shift drawn per image (False: one scale and one shift per batch, as the first levels did)
     motion_blur: float = 0.0  # probability of a linear motion blur, up to max_motion of the side long, in a random direction
-    max_motion: float = 0.1
+    max_motion: float = 0.06  # of the side: a car at 15 m/s moves about 7% of its length in a 1/50 s exposure
     low_light: float = 0.0  # probability of a night exposure: the scene darkened, lit by a lamp's colour, the camera's gain amplifying sensor noise
+    max_lamp_tint: float = 0.25  # how far toward a lamp's colour a night exposure goes (0: white light; 1: the lamp's full colour)
 
 
 DEGRADATIONS = ("low_resolution", "blur", "exposure", "color_cast", "noise", "translate", "gamma", "desaturate", "occlude", "jpeg", "motion_blur", "low_light")
@@ -157,7 +158,7 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
     images = images.clamp_(0, 1)
 
     if config.low_light > 0:
-        images = low_light(images, chosen(config.low_light), generator)
+        images = low_light(images, chosen(config.low_light), generator, config.max_lamp_tint)
 
     if config.occlude > 0:
         images = occlude_border(images, chosen(config.occlude), generator)
@@ -194,9 +195,11 @@ def motion_blur(images, lengths, angles):
     return total / steps
 
 
-def low_light(images, chosen, generator):
+def low_light(images, chosen, generator, max_tint: float = 0.25):
     """A night exposure of the chosen float NCHW images: the scene darkened to 15-50% of its
-    light, tinted by a street lamp's colour (``LAMP_COLOURS``, half to full strength), sensor
+    light, tinted toward a street lamp's colour (``LAMP_COLOURS``, by half to all of
+    ``max_tint``: colours are labels, and a sodium lamp at full strength turns a white car
+    orange; 0.25 keeps a cast like a mis-set white balance), sensor
     noise added in the dark (sigma 0.005-0.02), then the camera's automatic gain brightening it
     back part of the way (so the noise is amplified with it)."""
     import torch
@@ -212,7 +215,7 @@ def low_light(images, chosen, generator):
 
     light = uniform(0.15, 0.5, count, 1, 1, 1)
     lamps = torch.tensor(LAMP_COLOURS)[torch.randint(0, len(LAMP_COLOURS), (count,), generator=generator)].view(count, 3, 1, 1)
-    strength = uniform(0.5, 1.0, count, 1, 1, 1)
+    strength = max_tint * uniform(0.5, 1.0, count, 1, 1, 1)
     tint = 1 + strength * (lamps - 1)
     dark = picked * light * tint + uniform(0.005, 0.02, count, 1, 1, 1) * torch.randn(picked.shape, generator=generator)
     gain = light ** -uniform(0.5, 1.0, count, 1, 1, 1)  # automatic gain: back to between sqrt(light) and full brightness
