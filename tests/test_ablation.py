@@ -35,3 +35,24 @@ def test_ablate_runs_the_seed_and_every_departure(tmp_path):
         assert results[-1]["name"] == COMBINED_ROW and all(r["name"] in results[-1]["note"] for r in helpful)
     manifests = {p.name for p in (tmp_path / "ablation_work" / "prepared" / "manifests").iterdir()}
     assert {"train_augmented_bare.jsonl", "train_augmented_sentence.jsonl"} <= manifests
+
+
+def test_a_reused_work_folder_resumes_only_the_same_training(tmp_path):
+    """Rows added or changed between two ablations in one work folder never land in another row's run folder."""
+    import yaml
+
+    from traffic_retrieval.commands import command_config
+    from traffic_retrieval.commands.ablate import AblationConfig, Runner
+    from traffic_retrieval.config import config_to_dict
+
+    def settings(**overrides):
+        return command_config("train", "cpu-tiny", {"work": tmp_path / "prepared", "out": tmp_path / "run0", "epochs": 2, **overrides})
+
+    for number, overrides in ((1, {"resize_mode": "pad"}), (2, {"loss": "clip"})):  # two runs of an earlier ablation
+        (tmp_path / f"run{number}").mkdir()
+        (tmp_path / f"run{number}" / "config.yaml").write_text(yaml.safe_dump(config_to_dict(settings(**overrides))))
+    runner = Runner(AblationConfig(), tmp_path)
+    assert runner.run_folder(settings(loss="clip", progress=False, keep_checkpoints=3)) == tmp_path / "run2"  # what it reports or keeps: the same training
+    assert runner.run_folder(settings(augment_level="camera-wide")) == tmp_path / "run3"  # another training: a new folder
+    assert runner.run_folder(settings(resize_mode="pad")) == tmp_path / "run1"
+    assert runner.run_folder(settings(resize_mode="pad")) == tmp_path / "run4"  # a folder is claimed once per ablation

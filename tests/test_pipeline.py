@@ -77,6 +77,16 @@ def test_resume_continues_from_the_last_epoch(trained_run, tmp_path):
     assert "scaler" in torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
 
 
+def test_resume_with_other_training_settings_is_refused(trained_run, capsys):
+    work, run = trained_run
+    recorded = (run / "config.yaml").read_text()
+    assert main(["train", "--work", str(work), "--out", str(run), "--epochs", "9", "--batch-size", "32", "--warmup", "2", "--resume",
+                 "--resize-mode", "pad", "--lr", "0.5", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "was trained with resize_mode 'squash', this run asks for 'pad' (and 1 more)" in error and error.count("\n") == 1
+    assert (run / "config.yaml").read_text() == recorded  # nothing of the run was touched
+
+
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["prepare", "--data", str(tmp_path / "missing"), "--work", str(tmp_path / "w")]) == 2
     error = capsys.readouterr().err

@@ -155,7 +155,7 @@ class Runner:
         self.prepared = work / "prepared"
         self.checkpoints: dict[tuple, Path] = {}
         self.manifests: dict[str, str] = {}  # caption form -> augmented manifest
-        self.run_count = 0
+        self.claimed: set[Path] = set()  # run folders this ablation trains in
 
     def augmented_manifest(self, caption_form: str) -> str:
         """The training manifest with vehicle captions completed in ``caption_form`` by the
@@ -173,6 +173,24 @@ class Runner:
             self.manifests[caption_form] = manifest
         return self.manifests[caption_form]
 
+    def run_folder(self, config) -> Path:
+        """Where a training goes: the folder of an earlier ablation in this work folder that
+        trained with the same settings (resumed, or reused when finished), else the next new
+        ``runN``. A work folder reused after rows changed never resumes another row's training."""
+        from .train import recorded_run_config, training_differences
+
+        earlier = sorted((folder for folder in self.work.glob("run*") if folder.name[3:].isdigit()), key=lambda folder: int(folder.name[3:]))
+        for folder in earlier:
+            recorded = recorded_run_config(folder) if folder not in self.claimed else None
+            if recorded is not None and not training_differences(recorded, config):
+                self.claimed.add(folder)
+                return folder
+        number = 1
+        while (self.work / f"run{number}").exists() or self.work / f"run{number}" in self.claimed:
+            number += 1
+        self.claimed.add(self.work / f"run{number}")
+        return self.work / f"run{number}"
+
     def train(self, setup: Setup) -> Path:
         from . import command_config
         from .train import run as train
@@ -181,13 +199,12 @@ class Runner:
         if key in self.checkpoints:
             return self.checkpoints[key]
         manifest = self.augmented_manifest(setup.caption_form)
-        self.run_count += 1
-        run_dir = self.work / f"run{self.run_count}"
-        overrides = {"work": self.prepared, "out": run_dir, "seed": self.config.seed, "epochs": self.config.epochs,
+        overrides = {"work": self.prepared, "seed": self.config.seed, "epochs": self.config.epochs,
                      "train_manifest": manifest, "keep_checkpoints": 3, "resume": True, "progress": self.config.progress,
                      "query": {"text_form": setup.text_form, "gallery_norm": setup.gallery_norm, "gallery_bn": setup.gallery_bn,
                                "image_tta": setup.image_tta, "query_bank": setup.query_bank}, **dict(setup.train)}
-        train(command_config("train", self.config.preset, overrides))
+        run_dir = self.run_folder(command_config("train", self.config.preset, {**overrides, "out": self.work / "run0"}))
+        train(command_config("train", self.config.preset, {**overrides, "out": run_dir}))
         self.checkpoints[key] = run_dir / "checkpoints" / "final.pt"
         return self.checkpoints[key]
 

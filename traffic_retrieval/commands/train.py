@@ -100,6 +100,58 @@ def _check_config(config: TrainConfig) -> None:
         raise TrafficRetrievalError(f"{config.checkpoint}: checkpoint not found")
 
 
+RESUME_NEUTRAL_KEYS = frozenset({"out", "workers", "threads", "device", "precision", "progress", "resume", "keep_checkpoints", "keep_epochs",
+                                 "save_every", "save_optimizer", "validate", "query", "epochs", "grad_checkpointing"})
+"""Settings a --resume may change: where and how fast it runs, what it keeps and reports, how long it goes on."""
+MAX_RUN_CONFIG_BYTES = 1 << 20
+
+
+def recorded_run_config(run_dir: Path) -> dict | None:
+    """RUN/config.yaml as a dict (None when there is none); unreadable or not a mapping: a one-line error."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > MAX_RUN_CONFIG_BYTES:
+            raise TrafficRetrievalError(f"{path}: larger than a run's settings ({MAX_RUN_CONFIG_BYTES} bytes at most)")
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise TrafficRetrievalError(f"{path}: not readable as the run's settings ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+    if not isinstance(recorded, dict):
+        raise TrafficRetrievalError(f"{path}: not a mapping of settings")
+    return recorded
+
+
+def training_differences(recorded: dict, config: "TrainConfig") -> list[tuple[str, object, object]]:
+    """``(key, recorded value, asked value)`` of every setting that decides the trained weights
+    (all but ``RESUME_NEUTRAL_KEYS``) on which a run's recorded settings and ``config`` differ;
+    a key a run recorded before it existed counts as its default."""
+    from ..config import config_to_dict
+
+    asked, defaults = config_to_dict(config), config_to_dict(TrainConfig())
+    return [(key, recorded.get(key, defaults.get(key)), value) for key, value in asked.items()
+            if key not in RESUME_NEUTRAL_KEYS and recorded.get(key, defaults.get(key)) != value]
+
+
+def check_resumable(run_dir: Path, config: "TrainConfig") -> None:
+    """``--resume`` continues one training: a RUN whose last.pt was trained with other
+    settings (resize mode, loss, augmentation, data, ...) is a one-line error, not a silent
+    mix of two runs."""
+    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        return
+    recorded = recorded_run_config(run_dir)
+    if recorded is None:
+        return
+    differences = training_differences(recorded, config)
+    if differences:
+        key, was, asked = differences[0]
+        more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+        raise TrafficRetrievalError(f"{run_dir}: was trained with {key} {was!r}, this run asks for {asked!r}{more}: --resume continues the "
+                                    f"same training; use a new --out, or the run's own settings (RUN/config.yaml)")
+
+
 def run(config: TrainConfig, callbacks=()) -> dict:
     """Train and return a summary: run folder, final checkpoint, history, best val score.
 
@@ -138,6 +190,8 @@ def run(config: TrainConfig, callbacks=()) -> dict:
             held.enter_context(folder_lock(run_dir, "train"))  # one run per RUN folder (creates it)
         device = local_device(device, context)
         if context.is_main:
+            if config.resume:
+                check_resumable(run_dir, config)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
         if config.threads:
             torch.set_num_threads(config.threads)
