@@ -220,7 +220,7 @@ def test_validation_reports_the_query_recipe_scores_and_the_routing_of_its_image
 
     loaded, training_set = tiny
     recipe = SimpleNamespace(router="a3r", text_form="a3r", prompt=False, prompt_suffix="", gallery_scope="all", gallery_norm="center", image_tta="none",
-                             gallery_bn="adapt", routing_penalty=0.05)
+                             gallery_bn="adapt", routing_penalty=0.05, query_bank="none", query_bank_beta=10.0)
     queries = val_queries(training_set, loaded.tokenizer, recipe, routing_texts={"pedestrian": ["a person walking."], "vehicle": ["a car."]})
     assert queries.gallery_scope == "all" and queries.gallery_norm == "center" and queries.gallery_bn == "adapt"
     report = validate(copy.deepcopy(loaded.model), training_set, loaded.preprocess, "cpu", None, queries)
