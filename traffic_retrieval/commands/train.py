@@ -189,9 +189,9 @@ def run(config: TrainConfig, callbacks=()) -> dict:
         if context.is_main:
             held.enter_context(folder_lock(run_dir, "train"))  # one run per RUN folder (creates it)
         device = local_device(device, context)
+        if config.resume:
+            check_resumable(run_dir, config)  # on every rank: all refuse alike, none waits for another
         if context.is_main:
-            if config.resume:
-                check_resumable(run_dir, config)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
         if config.threads:
             torch.set_num_threads(config.threads)
