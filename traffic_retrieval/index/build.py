@@ -376,7 +376,8 @@ def _build_faiss(ann_config: AnnConfig, layout: IndexLayout, store: IndexStore, 
 
     from ..retrieval.adapt import apply_gallery_norm, bank_offsets
     from . import faiss_index
-    from .query_bank import bank_embeddings, write_bank_offsets
+    from ..retrieval.encode import encode_bank
+    from .query_bank import write_bank_offsets
 
     fingerprint = _fingerprint(store, ann_config, gallery_norm, query_bank)
     old = (previous or {}).get("faiss") or {}
@@ -389,7 +390,7 @@ def _build_faiss(ann_config: AnnConfig, layout: IndexLayout, store: IndexStore, 
             old = {**old, "gallery_norm": gallery_norm, "gallery_mean": [float(value) for value in _indexed_mean(store, reader, categories, dim)]}
         return old, False
     mean = _indexed_mean(store, reader, categories, dim)
-    bank = bank_embeddings(loaded, device, dtype) if query_bank[0] != "none" else None
+    bank = encode_bank(loaded, device, dtype).numpy() if query_bank[0] != "none" else None
     indexes, bank_ids, offsets = {}, [], []
     for category in categories:
         locations = store.indexed_locations(category=category)

@@ -37,13 +37,6 @@ def resolve_query_bank(asked: str | None, asked_beta: float | None, loaded) -> t
     return recipe.query_bank, float(recipe.query_bank_beta)
 
 
-def bank_embeddings(loaded, device: str, dtype):
-    """The checkpoint's stored captions (``encode.bank_captions``), encoded (numpy float32)."""
-    from ..retrieval.encode import bank_captions, encode_texts
-
-    return encode_texts(loaded, bank_captions((loaded.checkpoint or {}).get("category_texts")), device, dtype).float().numpy()
-
-
 def write_bank_offsets(root: Path, fingerprint: str, ids, offsets) -> dict:
     """Write the offsets of the images ``ids`` atomically; their index.json record."""
     import numpy as np

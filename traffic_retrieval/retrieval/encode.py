@@ -153,6 +153,13 @@ def bank_captions(category_texts: dict | None) -> list[str]:
     return texts
 
 
+def encode_bank(loaded, device: str, dtype, category_texts: dict | None = None):
+    """The query bank's embeddings: the checkpoint's stored captions (``category_texts``:
+    these instead, ``bank_captions``), encoded by ``loaded``'s text tower (float32)."""
+    texts = bank_captions(category_texts if category_texts is not None else (loaded.checkpoint or {}).get("category_texts"))
+    return encode_texts(loaded, texts, device, dtype).float()
+
+
 def gallery_bank_offsets(loaded, gallery_embeddings, query_bank: str, beta: float, device: str, dtype, category_texts: dict | None = None):
     """The querybank offsets of ``gallery_embeddings`` (as they are ranked: after any
     ``gallery_norm``) for a ``query_bank`` setting: None for ``none``; for ``captions``,
@@ -162,5 +169,4 @@ def gallery_bank_offsets(loaded, gallery_embeddings, query_bank: str, beta: floa
 
     if check_query_bank(query_bank) == "none":
         return None
-    texts = bank_captions(category_texts if category_texts is not None else (loaded.checkpoint or {}).get("category_texts"))
-    return bank_offsets(gallery_embeddings, encode_texts(loaded, texts, device, dtype), beta)
+    return bank_offsets(gallery_embeddings, encode_bank(loaded, device, dtype, category_texts), beta)
