@@ -96,6 +96,8 @@ VARIANTS = {
     "center+adabn+flip": _variant(norm="center", bn="adapt", tta="flip"),
     "bank": _variant(bank="captions"),
     "flip+bank": _variant(tta="flip", bank="captions"),
+    "exposure": _variant(tta="exposure"),
+    "flip+exposure+bank": _variant(tta="flip+exposure", bank="captions"),
     "soft": _variant(gallery_scope="soft"),
     "center+adabn+soft": _variant(norm="center", bn="adapt", gallery_scope="soft"),
     "center+adabn+soft+rerank": _variant(norm="center", bn="adapt", gallery_scope="soft", rerank=True),

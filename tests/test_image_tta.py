@@ -31,7 +31,7 @@ def test_flip_is_the_normalised_mean_of_both_views_and_mirror_invariant(tiny_res
     assert torch.allclose(flip.norm(dim=-1), torch.ones(len(batch)), atol=1e-5)
     assert torch.allclose(encode_uint8_images(model, batch.flip(-1), tiny_resnet.preprocess, "cpu", None, image_tta="flip"), flip, atol=1e-5)
     assert (flip - plain).abs().max() > 1e-4  # a random tower is not mirror-symmetric
-    with pytest.raises(TrafficRetrievalError, match="image_tta must be one of none, flip, got 'rotate'"):
+    with pytest.raises(TrafficRetrievalError, match="image_tta must be one of none, flip, exposure, flip\\+exposure, got 'rotate'"):
         encode_uint8_images(model, batch, tiny_resnet.preprocess, "cpu", None, image_tta="rotate")
 
 

@@ -65,9 +65,11 @@ GalleryBn = Literal["none", "adapt"]
 """The image tower's BatchNorm statistics when encoding a gallery. none: the training images'; adapt: re-estimated on the
 gallery (AdaBN; a model without BatchNorm is unchanged)."""
 
-ImageTta = Literal["none", "flip"]
-"""Test-time augmentation of every image the tower encodes for retrieval (gallery, image queries). none: the image as it is;
-flip: the mean of the image's and its mirror image's embeddings, re-normalised (twice the image-tower compute)."""
+ImageTta = Literal["none", "flip", "exposure", "flip+exposure"]
+"""Test-time handling of every image the tower encodes for retrieval (gallery, image queries). none: the image as it is;
+flip: the mean of the image's and its mirror image's embeddings, re-normalised (twice the image-tower compute); exposure:
+an under-exposed image (a night frame) first brightened to middle grey in linear light, hues kept (data/exposure.py);
+flip+exposure: both."""
 
 QueryBank = Literal["none", "captions"]
 """Query-bank normalisation of the ranking (QB-Norm with an inverted softmax). none: rank by cosine; captions: each gallery image's

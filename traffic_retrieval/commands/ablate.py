@@ -69,6 +69,14 @@ class Setup:
         return self.train, self.text_form, self.caption_form
 
 
+def with_image_tta_part(image_tta: str, part: str) -> str:
+    """``image_tta`` with ``part`` (``flip`` or ``exposure``) added: the rows that add one keep the other."""
+    from ..retrieval.adapt import IMAGE_TTAS, image_tta_parts
+
+    parts = image_tta_parts(image_tta) | {part}
+    return next(name for name in IMAGE_TTAS if name != "none" and set(name.split("+")) == parts)
+
+
 def seed_setup(epochs: int) -> Setup:
     return Setup().with_train(resize_mode="pad", random_resized_crop=True, loss="clip", augment=False, augment_level="surveillance",
                               augment_schedule="constant", consistency=0.0, attribute_heads=0.0, style_mix=0.0, feature_style_mix=0.0,
@@ -96,7 +104,8 @@ DEPARTURES = [
      "the same, plus a loss pulling each augmented image's embedding toward its clean view's"),
     ("centred gallery", lambda s, e: replace(s, gallery_norm="center"), "the gallery's mean embedding subtracted before ranking"),
     ("gallery BatchNorm (AdaBN)", lambda s, e: replace(s, gallery_bn="adapt"), "the image tower's BatchNorm statistics re-estimated on the gallery"),
-    ("flip test-time augmentation", lambda s, e: replace(s, image_tta="flip"), "each gallery image encoded as the mean of it and its mirror image"),
+    ("flip test-time augmentation", lambda s, e: replace(s, image_tta=with_image_tta_part(s.image_tta, "flip")),
+     "each gallery image encoded as the mean of it and its mirror image"),
     ("style mixing", lambda s, e: s.with_train(style_mix=0.5), "half the training images take a mix of another image's exposure and white balance (MixStyle)"),
     ("no attribute augmentation", lambda s, e: replace(s, caption_form=""), "vehicle captions as labelled"),
     ("prompt", lambda s, e: replace(s, prompt=True), "vehicle queries keep their prefix and get the seed's camera prompt"),
@@ -110,6 +119,8 @@ DEPARTURES = [
      "querybank normalisation: each gallery image's score lowered by its soft-max similarity to the stored training captions"),
     ("camera-wide augmentation, ramped", lambda s, e: s.with_train(augment=True, augment_level="camera-wide", augment_schedule="ramp"),
      "the camera set plus motion blur and night exposures, resolution and shift drawn per image, ramped"),
+    ("automatic exposure", lambda s, e: replace(s, image_tta=with_image_tta_part(s.image_tta, "exposure")),
+     "each under-exposed gallery image brightened to middle grey in linear light before it is encoded"),
 ]
 SEED_ROW = "A3R seed recipe"
 COMBINED_ROW = "combined: every departure that helped on val"

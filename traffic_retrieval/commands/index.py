@@ -46,8 +46,9 @@ class IndexConfig(RuntimeOptions, ReaderOptions, ModelSource):
     gallery_bn: GalleryBn | None = option(None, help="the image tower's BatchNorm statistics: none (the training images'), or adapt (re-estimated "
                                                      "on a sample of this gallery, AdaBN, and kept in the index for later updates and image queries); "
                                                      "unset: the checkpoint's recorded recipe, else none. Fixed for the index's life")
-    image_tta: ImageTta | None = option(None, help="test-time augmentation of every image: none, or flip (the mean of the image's and its mirror's "
-                                                   "embeddings; twice the encoding time; image queries are then encoded the same way); "
+    image_tta: ImageTta | None = option(None, help="test-time handling of every image: none, flip (the mean of the image's and its mirror's "
+                                                   "embeddings; twice the encoding time), exposure (an under-exposed night frame brightened "
+                                                   "to middle grey first, hues kept) or flip+exposure; image queries are then encoded the same way; "
                                                    "unset: the checkpoint's recorded recipe, else none. Fixed for the index's life")
     query_bank: QueryBank | None = option(None, help="how text queries are ranked: none (cosine), or captions (querybank normalisation: each "
                                                      "image's score lowered by its soft-max similarity to the training captions the checkpoint "

@@ -90,7 +90,7 @@ def _read_gallery(config: PredictConfig, loaded, runtime, with_flipped: bool, ga
     if gallery_bn == "adapt":
         from ..retrieval.encode import adapt_batchnorm_to_files
 
-        adapt_batchnorm_to_files(loaded, [str(p) for p in paths], runtime, config.batch_size, config.workers, config.progress)
+        adapt_batchnorm_to_files(loaded, [str(p) for p in paths], runtime, config.batch_size, config.workers, config.progress, image_tta)
     encoded = encode_image_files(loaded, [str(p) for p in paths], runtime.device, runtime.dtype, config.batch_size, config.workers, config.progress,
                                  with_flipped=with_flipped, image_tta=image_tta)
     if not encoded.readable:

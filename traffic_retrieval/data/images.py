@@ -190,12 +190,17 @@ def image_to_uint8_tensor(path: str | Path, config: PreprocessConfig):
     return torch.from_numpy(np.asarray(square, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def normalize_uint8_batch(batch, config: PreprocessConfig):
-    """uint8 NCHW -> float NCHW normalised with the model's mean and std."""
+def normalize_uint8_batch(batch, config: PreprocessConfig, exposure: bool = False):
+    """uint8 NCHW -> float NCHW normalised with the model's mean and std; ``exposure``: each
+    under-exposed image first brightened to middle grey (``exposure.auto_exposure``)."""
     import torch
 
     mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
     std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    if exposure:
+        from .exposure import auto_exposure
+
+        return (auto_exposure(batch.float() / 255) * 255 - mean) / std
     return (batch.float() - mean) / std
 
 

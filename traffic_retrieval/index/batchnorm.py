@@ -26,7 +26,7 @@ META_KEY = "gallery_bn"  # IndexStore meta: {"setting": "none" | "adapt", "stats
 
 
 def prepare_batchnorm(root: Path, store, layout, loaded, asked: str | None, gallery_files: list[str], runtime, batch_size: int, workers: int,
-                      progress: bool) -> tuple[str, dict | None]:
+                      progress: bool, image_tta: str = "none") -> tuple[str, dict | None]:
     """(Rank 0, before encoding.) ``(setting, statistics record)`` the build encodes with.
     An index that holds embeddings keeps its setting (``asked`` None: it; another one is
     refused) and its statistics file; a new one takes ``asked`` (else the checkpoint's
@@ -45,19 +45,20 @@ def prepare_batchnorm(root: Path, store, layout, loaded, asked: str | None, gall
     if recorded.get("setting") == "adapt" and recorded.get("stats"):  # an update, or a resumed build: the statistics it encoded with
         load_index_batchnorm(layout.root, recorded["stats"], loaded.model)
         return setting, recorded["stats"]
-    record = _estimate_and_write(root, layout, loaded, gallery_files, runtime, batch_size, workers, progress)
+    record = _estimate_and_write(root, layout, loaded, gallery_files, runtime, batch_size, workers, progress, image_tta)
     store.set_meta(META_KEY, {"setting": setting, "stats": record})
     return setting, record
 
 
-def _estimate_and_write(root: Path, layout, loaded, gallery_files: list[str], runtime, batch_size: int, workers: int, progress: bool) -> dict:
+def _estimate_and_write(root: Path, layout, loaded, gallery_files: list[str], runtime, batch_size: int, workers: int, progress: bool,
+                        image_tta: str) -> dict:
     from safetensors.torch import save_file
 
     from ..io import atomic_path, file_sha256
     from ..retrieval.adapt import adaptation_sample, batchnorm_state
     from ..retrieval.encode import adapt_batchnorm_to_files
 
-    if adapt_batchnorm_to_files(loaded, [str(root / path) for path in gallery_files], runtime, batch_size, workers, progress) is None:
+    if adapt_batchnorm_to_files(loaded, [str(root / path) for path in gallery_files], runtime, batch_size, workers, progress, image_tta) is None:
         raise TrafficRetrievalError(f"{root}: fewer than 2 gallery images could be read, too few to estimate BatchNorm statistics (gallery_bn adapt)")
     path = layout.root / BN_STATS_FILE
     with atomic_path(path) as tmp:

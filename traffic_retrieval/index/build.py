@@ -278,9 +278,9 @@ def _prepare(settings: BuildSettings, layout: IndexLayout, store: IndexStore, lo
         raise TrafficRetrievalError(f"{root}: no images (.jpg, .jpeg, .png, .bmp, .webp) found"
                                     + (f" ({sum(scan.counts().values())} entries skipped: not regular files or links out of the gallery)"
                                        if any(scan.counts().values()) else ""))
+    image_tta = prepare_image_tta(store, layout.root, settings.image_tta, loaded)  # first: AdaBN's statistics are of the images as encoded
     gallery_bn, bn_stats = prepare_batchnorm(root, store, layout, loaded, settings.gallery_bn, [f.path for f in files], Runtime(device, dtype),
-                                             settings.batch_size, settings.workers, settings.progress)
-    image_tta = prepare_image_tta(store, layout.root, settings.image_tta, loaded)
+                                             settings.batch_size, settings.workers, settings.progress, image_tta)
     plan = plan_update(files, store.stats_by_path(), root, file_sha256)
     store.apply_plan(plan, settings.shard_size)
     store.set_meta("images", str(root.resolve()))

@@ -33,7 +33,7 @@ MAX_PATH_CHARS = 4096
 BUILT_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 GALLERY_NORMS = ("none", "center")  # faiss.gallery_norm: how the FAISS indexes hold the gallery (retrieval/adapt.py)
 GALLERY_BNS = ("none", "adapt")  # gallery_bn: the BatchNorm statistics the gallery was encoded with (batchnorm.py)
-IMAGE_TTAS = ("none", "flip")  # image_tta: the test-time augmentation every image was encoded with (encoding.py)
+IMAGE_TTAS = ("none", "flip", "exposure", "flip+exposure")  # image_tta: how every image was encoded at test time (encoding.py)
 BN_STATS_FILE = "bn_stats.safetensors"  # = batchnorm.BN_STATS_FILE
 QUERY_BANKS = ("none", "captions")  # faiss.query_bank: how text queries are ranked (retrieval/adapt.py, query_bank.py)
 MAX_BANK_BETA = 1000.0  # = adapt.MAX_BANK_BETA

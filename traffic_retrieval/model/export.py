@@ -56,6 +56,9 @@ RESIZE_DESCRIPTIONS = {
     "squash": "stretched to {size} x {size} (the aspect ratio is not kept)",
     "shortest": "the shorter side scaled to {size} and the centre cropped to {size} x {size}",
 }
+EXPOSURE_CARD = ("every gallery image (and image query) whose mean luminance in linear light (sRGB decoded, Rec. 709 weights) is under "
+                 "middle grey (0.18) is first multiplied in linear light by the gain that brings it there (at most 8), clipped and "
+                 "encoded back to sRGB")
 RECIPE_DESCRIPTIONS = {
     ("text_form", "sentence"): "queries are encoded as written",
     ("text_form", "a3r"): "each query loses its last character (normally the final period); a vehicle query also loses a leading "
@@ -72,6 +75,8 @@ RECIPE_DESCRIPTIONS = {
                              "encode image queries with the same statistics",
     ("image_tta", "flip"): "every gallery image (and image query) is encoded as the mean of its and its mirror image's unit embeddings, "
                            "re-normalised",
+    ("image_tta", "exposure"): EXPOSURE_CARD,
+    ("image_tta", "flip+exposure"): EXPOSURE_CARD + "; then encoded as the mean of its and its mirror image's unit embeddings, re-normalised",
     ("query_bank", "captions"): "text queries are ranked by cosine minus each gallery image's offset, (logsumexp over the captions of "
                                 "`category_texts` in traffic_retrieval.json of `query_bank_beta` x cosine - log of their number) / "
                                 "`query_bank_beta` (querybank normalisation, an inverted softmax)",

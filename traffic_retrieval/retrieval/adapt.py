@@ -62,7 +62,7 @@ from ..errors import TrafficRetrievalError
 
 GALLERY_NORMS = ("none", "center")  # = options.GalleryNorm
 GALLERY_BNS = ("none", "adapt")  # = options.GalleryBn
-IMAGE_TTAS = ("none", "flip")  # = options.ImageTta
+IMAGE_TTAS = ("none", "flip", "exposure", "flip+exposure")  # = options.ImageTta: "+"-joined parts, flip before exposure
 QUERY_BANKS = ("none", "captions")  # = options.QueryBank
 DEFAULT_BANK_BETA = 10.0  # query_bank captions: the inverted softmax's inverse temperature
 MAX_BANK_BETA = 1000.0
@@ -168,6 +168,11 @@ def check_image_tta(image_tta: str) -> str:
     return image_tta
 
 
+def image_tta_parts(image_tta: str) -> frozenset:
+    """The parts of an ``image_tta`` (``flip``, ``exposure``; ``none``: none), checked."""
+    return frozenset() if check_image_tta(image_tta) == "none" else frozenset(image_tta.split("+"))
+
+
 def check_query_bank(query_bank: str) -> str:
     if query_bank not in QUERY_BANKS:
         raise TrafficRetrievalError(f"query_bank must be one of {', '.join(QUERY_BANKS)}, got {query_bank!r}")
@@ -220,10 +225,11 @@ def adaptation_sample(count: int, limit: int = ADAPT_BN_MAX_IMAGES) -> list[int]
     return [int(i * count / limit) for i in range(limit)]
 
 
-def estimate_batchnorm(model, uint8_batches, preprocess, device: str, dtype) -> dict | None:
+def estimate_batchnorm(model, uint8_batches, preprocess, device: str, dtype, exposure: bool = False) -> dict | None:
     """AdaBN: every BatchNorm layer of ``model``'s image tower takes the mean and variance
     of the images in ``uint8_batches`` (uint8 NCHW tensors, already resized) instead of the
-    training images'; the cumulative average over the batches (``momentum=None``), computed
+    training images' (``exposure``: the images as ``auto_exposure`` brightens them, as the
+    encoding will); the cumulative average over the batches (``momentum=None``), computed
     with no gradient and the weights untouched. The model is left in eval mode with the new
     statistics; returns them (``{"layer.running_mean": tensor, ...}``, on the CPU), or None
     when the tower has no BatchNorm (nothing changed). Batches of one image are skipped
@@ -250,7 +256,7 @@ def estimate_batchnorm(model, uint8_batches, preprocess, device: str, dtype) -> 
             for batch in uint8_batches:
                 if batch is None or len(batch) < 2:
                     continue
-                images = normalize_uint8_batch(batch, preprocess).to(device)
+                images = normalize_uint8_batch(batch, preprocess, exposure).to(device)
                 model.encode_image(images.contiguous(memory_format=torch.channels_last))
                 seen += len(batch)
     finally:

@@ -25,17 +25,21 @@ def encode_image_files(loaded, paths: list[str], device: str, dtype, batch_size:
     """Stream images through the one reader (``read_image_batches``) and the image tower
     (``image_tta``: ``encode_uint8_images``). ``with_flipped``: also the mirror images'
     own embeddings (re-ranking's flipped twins; with ``flip`` they equal the embeddings,
-    which already are the mean of both views, so they are not encoded twice)."""
+    which already are the mean of both views, so they are not encoded twice; with
+    ``exposure`` the mirror images are exposed alike)."""
     import torch
 
+    from .adapt import image_tta_parts
+
+    parts = image_tta_parts(image_tta)
     embeddings, flipped, readable, errors = [], [], [], []
     model = loaded.model.eval()
     for batch in read_image_batches(paths, loaded.preprocess, batch_size, workers, progress=progress, description=description):
         if batch.images is not None:
             embeddings.append(encode_uint8_images(model, batch.images, loaded.preprocess, device, dtype, batch_size, image_tta))
             if with_flipped:
-                flipped.append(embeddings[-1] if image_tta == "flip" else
-                               encode_uint8_images(model, batch.images.flip(-1), loaded.preprocess, device, dtype, batch_size))
+                flipped.append(embeddings[-1] if "flip" in parts else
+                               encode_uint8_images(model, batch.images.flip(-1), loaded.preprocess, device, dtype, batch_size, image_tta))
             readable += batch.readable
         errors += list(batch.errors.values())
     dim = embeddings[0].shape[1] if embeddings else 0
@@ -43,17 +47,19 @@ def encode_image_files(loaded, paths: list[str], device: str, dtype, batch_size:
     return ImageEncoding(stack(embeddings), readable, errors, stack(flipped) if with_flipped else None)
 
 
-def adapt_batchnorm_to_files(loaded, paths: list[str], runtime, batch_size: int, workers: int, progress: bool) -> dict | None:
+def adapt_batchnorm_to_files(loaded, paths: list[str], runtime, batch_size: int, workers: int, progress: bool,
+                             image_tta: str = "none") -> dict | None:
     """AdaBN on a gallery of image files (``retrieval.adapt.estimate_batchnorm`` over its
-    ``adaptation_sample``): the model keeps the new statistics; returns them (None: no BatchNorm)."""
-    from .adapt import adaptation_sample, batchnorm_layers, estimate_batchnorm
+    ``adaptation_sample``, exposed as ``image_tta`` will encode them): the model keeps the new
+    statistics; returns them (None: no BatchNorm)."""
+    from .adapt import adaptation_sample, batchnorm_layers, estimate_batchnorm, image_tta_parts
 
     if not batchnorm_layers(loaded.model):
         return None
     sample = [paths[i] for i in adaptation_sample(len(paths))]
     batches = (batch.images for batch in read_image_batches(sample, loaded.preprocess, batch_size, workers, progress=progress,
                                                              description="adapt BatchNorm"))
-    return estimate_batchnorm(loaded.model, batches, loaded.preprocess, runtime.device, runtime.dtype)
+    return estimate_batchnorm(loaded.model, batches, loaded.preprocess, runtime.device, runtime.dtype, "exposure" in image_tta_parts(image_tta))
 
 
 def encode_uint8_images(model, images_uint8, preprocess, device: str, dtype, batch_size: int = 256, image_tta: str = "none"):
@@ -61,22 +67,23 @@ def encode_uint8_images(model, images_uint8, preprocess, device: str, dtype, bat
 
     ``image_tta`` (``options.ImageTta``): ``none``, each image as it is; ``flip``, the mean
     of the unit embeddings of the image and of its mirror image, re-normalised (the same
-    for an image and its mirror; twice the compute)."""
+    for an image and its mirror; twice the compute); ``exposure``, each under-exposed image
+    first brightened to middle grey (``data.exposure.auto_exposure``); ``flip+exposure``, both."""
     import torch
 
     def encode(batch):
         features = model.encode_image(batch.contiguous(memory_format=torch.channels_last), normalize=True)
         return torch.nn.functional.normalize(features.float(), dim=-1)  # unit length in fp32, whatever the autocast
 
-    from .adapt import check_image_tta
+    from .adapt import image_tta_parts
 
-    check_image_tta(image_tta)
+    parts = image_tta_parts(image_tta)
     outputs = []
     with inference(device, dtype):
         for start in range(0, len(images_uint8), batch_size):
-            batch = normalize_uint8_batch(images_uint8[start : start + batch_size], preprocess).to(device)
+            batch = normalize_uint8_batch(images_uint8[start : start + batch_size], preprocess, "exposure" in parts).to(device)
             features = encode(batch)
-            if image_tta == "flip":
+            if "flip" in parts:
                 features = torch.nn.functional.normalize(features + encode(batch.flip(-1)), dim=-1)
             outputs.append(features.cpu())
     return torch.cat(outputs) if outputs else torch.zeros((0, 1))

@@ -55,8 +55,10 @@ class QueryConfig:
                                                "(re-estimated on the gallery, AdaBN; camera galleries; no effect on a model without BatchNorm); "
                                                "unset: the checkpoint's (an index: the index's), else none")
     image_tta: ImageTta | None = option(None, flag="--image-tta",
-                                        help="test-time augmentation of every image encoded for retrieval (gallery, image queries): none, or "
-                                             "flip (the mean of the image's and its mirror's embeddings; twice the image-tower compute); "
+                                        help="test-time handling of every image encoded for retrieval (gallery, image queries): none, "
+                                             "flip (the mean of the image's and its mirror's embeddings; twice the image-tower compute), "
+                                             "exposure (an under-exposed night frame brightened to middle grey in linear light first, hues "
+                                             "kept; day frames almost unchanged) or flip+exposure; "
                                              "unset: the checkpoint's (an index: the index's), else none")
     query_bank: QueryBank | None = option(None, flag="--query-bank",
                                           help="querybank normalisation of the ranking: none (cosine), or captions (each gallery image's score "

@@ -83,7 +83,7 @@ def validate(model, val_set, preprocess, device: str, dtype, queries: ValQueries
     was_training = model.training
     model.eval()
     try:
-        image_embeddings = encode_uint8_images(_gallery_model(model, val_set, preprocess, device, dtype, queries.gallery_bn),
+        image_embeddings = encode_uint8_images(_gallery_model(model, val_set, preprocess, device, dtype, queries.gallery_bn, queries.image_tta),
                                                val_set.images, preprocess, device, dtype, image_tta=queries.image_tta)
         text_embeddings = encode_tokens(model, queries.tokens, device, dtype)
         ranked_embeddings = adapt_gallery(image_embeddings, queries.gallery_norm)
@@ -113,19 +113,19 @@ def _bank_offsets(model, queries: ValQueries, gallery_embeddings, device: str, d
     return gallery_bank_offsets(view, gallery_embeddings, queries.query_bank, queries.query_bank_beta, device, dtype, queries.bank_texts)
 
 
-def _gallery_model(model, val_set, preprocess, device: str, dtype, gallery_bn: str, batch_size: int = 256):
+def _gallery_model(model, val_set, preprocess, device: str, dtype, gallery_bn: str, image_tta: str = "none", batch_size: int = 256):
     """The model that encodes the val images: ``model`` itself, or for ``gallery_bn`` ``adapt``
-    (and a tower with BatchNorm) a copy whose statistics are the val images' own (AdaBN),
-    so the model being trained keeps its running statistics."""
+    (and a tower with BatchNorm) a copy whose statistics are the val images' own (AdaBN; as
+    ``image_tta`` exposes them), so the model being trained keeps its running statistics."""
     import copy
 
-    from ..retrieval.adapt import batchnorm_layers, estimate_batchnorm
+    from ..retrieval.adapt import batchnorm_layers, estimate_batchnorm, image_tta_parts
 
     if gallery_bn != "adapt" or not batchnorm_layers(model):
         return model
     adapted = copy.deepcopy(model)
     batches = (val_set.images[start : start + batch_size] for start in range(0, len(val_set.images), batch_size))
-    estimate_batchnorm(adapted, batches, preprocess, device, dtype)
+    estimate_batchnorm(adapted, batches, preprocess, device, dtype, "exposure" in image_tta_parts(image_tta))
     return adapted
 
 

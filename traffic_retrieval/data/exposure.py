@@ -1,0 +1,54 @@
+"""Automatic exposure: an under-exposed frame brightened to middle grey, in linear light.
+
+A street camera at night delivers frames two to five stops darker than the day-lit web
+images a model is trained on; every camera's own automatic exposure would have metered
+them to middle grey (18% reflectance) had it had the gain. ``auto_exposure`` does it after
+the fact, as the camera's exposure loop does: each image's mean luminance is measured in
+linear light (sRGB decoded), and an image under middle grey is multiplied by the gain that
+brings it there (at most ``MAX_GAIN``, 3 stops, so noise is not amplified without bound),
+then encoded back to sRGB. A gain in linear light scales the three channels alike, so hues
+and saturation (colours are labels here) are kept; what clips at white is what a camera
+would clip. Frames at or above middle grey are returned unchanged, so a day gallery (whose
+images average 0.2-0.3 in linear light) is left almost as it is.
+"""
+
+from __future__ import annotations
+
+MIDDLE_GREY = 0.18  # the linear luminance an exposure meter aims at
+MAX_GAIN = 8.0  # 3 stops: a camera's analogue gain range at night, and the noise it is willing to amplify
+LUMA = (0.2126, 0.7152, 0.0722)  # Rec. 709 luminance weights of linear RGB
+
+
+def srgb_to_linear(values):
+    import torch
+
+    return torch.where(values <= 0.04045, values / 12.92, ((values.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(values):
+    import torch
+
+    values = values.clamp(0.0, 1.0)
+    return torch.where(values <= 0.0031308, values * 12.92, 1.055 * values.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
+
+
+def exposure_gains(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN):
+    """The gain (>= 1, <= ``max_gain``) that brings each float NCHW sRGB image in [0, 1] to ``target``."""
+    import torch
+
+    luma = torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1)
+    luminance = (srgb_to_linear(images.float()) * luma).sum(dim=1).mean(dim=(1, 2))
+    return (target / luminance.clamp(min=target / max_gain)).clamp(1.0, max_gain)
+
+
+def auto_exposure(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN):
+    """Float NCHW sRGB images in [0, 1], each under-exposed one brightened to ``target`` in
+    linear light (``exposure_gains``); the others are the same tensor values."""
+    gains = exposure_gains(images, target, max_gain)
+    darker = gains > 1.0
+    if not bool(darker.any()):
+        return images
+    out = images.float().clone()
+    lifted = srgb_to_linear(out[darker]) * gains[darker].view(-1, 1, 1, 1)
+    out[darker] = linear_to_srgb(lifted)
+    return out
