@@ -21,7 +21,10 @@ The final checkpoint is then scored on the splits the dataset has:
 
 - ``val``: the clean val split (the training images' look);
 - ``val_camera``: the camera-domain val split (``ours`` only);
-- ``test``: the camera-domain test split, with its ground truth.
+- ``test``: the camera-domain test split, with its ground truth;
+- ``night``: a night copy of the camera val split (of the clean val split without one),
+  written by ``night_split.py`` next to the dataset (``DATA-night``, made once): the day
+  splits cannot choose anything that matters at night (``--no-night``: not scored).
 
 Val splits are scored as ``ablate`` scores them (``commands.ablate.write_split_queries``:
 every caption is a query, relevance = equal ATTR), then ``predict`` + ``evaluate_files``;
@@ -75,8 +78,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-SPLITS = ("val", "val_camera", "test")
-SPLIT_TITLES = {"val": "clean val", "val_camera": "camera val", "test": "camera test"}
+SPLITS = ("val", "val_camera", "test", "night")
+SPLIT_TITLES = {"val": "clean val", "val_camera": "camera val", "test": "camera test", "night": "night val"}
+NIGHT_SOURCE = ("val_camera", "val")  # the night val split is a night copy (night_split.py) of the first of these the dataset has
 CATEGORIES = ("pedestrian", "vehicle")
 # name -> (QueryConfig overrides, re-rank); unset values are the checkpoint's recipe. Every variant but "recipe"
 # sets gallery_norm, gallery_bn, image_tta and query_bank explicitly: a checkpoint may record any of them in its query recipe.
@@ -188,6 +192,8 @@ def parse_args(argv=None):
                         help="score the val splits under every variant (default) or only the baseline (--quick); the test split gets every variant")
     parser.add_argument("--wait-quiet", type=float, default=180, help="first wait up to this many seconds for other processes to leave the CPUs (0: do not wait)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny dataset, 2 epochs, result in a temporary folder")
+    parser.add_argument("--no-night", dest="night", action="store_false",
+                        help="do not score the night val split (a night copy of the camera val split, or of the clean val split without one)")
     args = parser.parse_args(argv)
     foreign = args.renderer == "foreign"
     own_sizes, foreign_sizes = FOREIGN_SIZES if foreign else SIZE_KEYS, SIZE_KEYS if foreign else FOREIGN_SIZES
@@ -323,9 +329,25 @@ def train(args, work: Path, run_dir: Path) -> dict:
     }
 
 
-def dataset_splits(work: Path) -> tuple:
-    """The scored splits the prepared dataset has: ``val`` and ``test`` always, ``val_camera`` where prepared."""
-    return tuple(split for split in SPLITS if split != "val_camera" or (work / "manifests" / f"{split}.jsonl").is_file())
+def dataset_splits(work: Path, night: bool = True) -> tuple:
+    """The scored splits the prepared dataset has: ``val`` and ``test`` always, ``val_camera`` where prepared, ``night`` if asked."""
+    return tuple(split for split in SPLITS if (split != "val_camera" or (work / "manifests" / f"{split}.jsonl").is_file()) and (split != "night" or night))
+
+
+def night_source(splits: tuple) -> str:
+    return next(split for split in NIGHT_SOURCE if split in splits)
+
+
+def night_dataset(data: Path, source: str) -> Path:
+    """``DATA-night``: ``data`` with ``source``'s images re-exposed at night (``night_split.py``, seed 0), made once."""
+    import night_split
+
+    out = data.with_name(f"{data.name}-night")
+    images = sorted(path.name for path in (data / source / f"{source}_images").iterdir())
+    done = out / source / f"{source}_images"
+    if not (done.is_dir() and sorted(path.name for path in done.iterdir()) == images):
+        night_split.write_night_copy(data, source, out, seed=0)
+    return out
 
 
 def split_inputs(data: Path, work: Path, run_dir: Path, splits: tuple = SPLITS) -> dict:
@@ -335,6 +357,12 @@ def split_inputs(data: Path, work: Path, run_dir: Path, splits: tuple = SPLITS) 
 
     inputs = {}
     for split in splits:
+        if split == "night":
+            source = night_source(splits)
+            rows = read_jsonl(work / "manifests" / f"{source}.jsonl")
+            queries, ground_truth = write_split_queries(rows, run_dir, source)
+            inputs[split] = (None, queries, night_dataset(data, source) / source / f"{source}_images", ground_truth)
+            continue
         if split == "test":
             inputs["test"] = (data, data / "test" / "test_text.txt", data / "test" / "test_images", data / "ground_truth" / "test_gt.txt")
             continue
@@ -388,7 +416,7 @@ def ratios(results: dict) -> dict:
     clean = results.get("val", {})
     return {variant: {f"{camera}/val_{reference}": one(results.get(camera, {}).get(variant),
                                                        clean.get(REFERENCE_VARIANT if reference == "baseline" else variant))
-                      for camera in ("test", "val_camera") for reference in ("baseline", "same_variant")}
+                      for camera in ("test", "val_camera", "night") for reference in ("baseline", "same_variant")}
             for variant in VARIANTS}
 
 
@@ -405,7 +433,7 @@ def markdown(results: dict, routing: dict, ratio_table: dict) -> str:
             lines.append(f"| {SPLIT_TITLES[split]} | {variant} | {pct(metric(scores, 'official'))} | {pct(metric(scores, 'strict'))} | "
                          f"{pct(metric(scores, 'official', 'pedestrian'))} | {pct(metric(scores, 'strict', 'pedestrian'))} | "
                          f"{pct(metric(scores, 'official', 'vehicle'))} | {pct(metric(scores, 'strict', 'vehicle'))} | {pct(accuracy)} | {entry['seconds']:.1f} |")
-    cameras = [camera for camera in ("test", "val_camera") if camera in results]
+    cameras = [camera for camera in ("test", "val_camera", "night") if camera in results]
     lines += ["", f"Ratios camera / clean val (the clean val under the {REFERENCE_VARIANT}; under the same variant in brackets):", "",
               "| variant | " + " | ".join(f"{SPLIT_TITLES[camera]} / clean val, official | strict" for camera in cameras) + " |",
               "|---|" + "---|---|" * len(cameras)]
@@ -433,7 +461,7 @@ def main(argv=None) -> int:
         sizes = {key: getattr(args, key) for key in SIZE_KEYS}
         data = dataset_with_camera_split(args.cache_dir, sizes, args.seed)
         work = prepared_work(data)
-    splits = dataset_splits(work)
+    splits = dataset_splits(work, args.night)
     run_dir = Path(args.cache_dir) / f"transfer-run-{os.getpid()}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)

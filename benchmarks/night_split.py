@@ -42,18 +42,13 @@ READ_NOISE = (0.001, 0.004)  # std in linear units
 JPEG_QUALITY = (30, 70)
 
 
-def srgb_to_linear(values: np.ndarray) -> np.ndarray:
-    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(values: np.ndarray) -> np.ndarray:
-    values = np.clip(values, 0.0, 1.0)
-    return np.where(values <= 0.0031308, values * 12.92, 1.055 * values ** (1 / 2.4) - 0.055)
-
-
 def night_exposure(rgb_uint8: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """(night image as uint8 HxWx3, JPEG quality to save it at)."""
-    linear = srgb_to_linear(rgb_uint8.astype(np.float64) / 255.0)
+    import torch
+
+    from traffic_retrieval.data.exposure import linear_to_srgb, srgb_to_linear
+
+    linear = srgb_to_linear(torch.from_numpy(rgb_uint8.astype(np.float64) / 255.0)).numpy()
     exposure = 2.0 ** -rng.uniform(*STOPS_UNDER)
     lamp = np.array(LAMPS[rng.integers(len(LAMPS))])
     cast = 1.0 + rng.uniform(*WHITE_BALANCE) * (lamp - 1.0)
@@ -61,7 +56,7 @@ def night_exposure(rgb_uint8: np.ndarray, rng: np.random.Generator) -> tuple[np.
     shot, read = rng.uniform(*SHOT_NOISE), rng.uniform(*READ_NOISE)
     noisy = signal + rng.standard_normal(signal.shape) * np.sqrt(shot * np.maximum(signal, 0.0) + read ** 2)
     gained = noisy * 2.0 ** rng.uniform(*GAIN_STOPS)
-    out = np.round(linear_to_srgb(gained) * 255.0).astype(np.uint8)
+    out = np.round(linear_to_srgb(torch.from_numpy(gained)).numpy() * 255.0).astype(np.uint8)
     return out, int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
 
 

@@ -165,3 +165,27 @@ def test_the_night_split_writer_re_exposes_one_split_and_links_the_rest(tmp_path
         assert (tmp_path / "again" / "val" / "val_images" / path.name).read_bytes() == (tmp_path / "night" / "val" / "val_images" / path.name).read_bytes()
     with pytest.raises(SystemExit, match="no such folder"):
         night_split.write_night_copy(data, "nope", tmp_path / "x", seed=0)
+
+
+def test_the_code_table_is_the_formula():
+    from traffic_retrieval.data.exposure import srgb_code_to_linear
+
+    codes = torch.arange(256).view(4, 64)
+    assert torch.equal(srgb_code_to_linear(codes), srgb_to_linear(codes.float() / 255))
+
+
+def test_night_frames_are_lifted_noisy_and_only_where_chosen():
+    from traffic_retrieval.train.augment import AUGMENT_LEVELS, augment_batch, night_frame
+
+    images = random_images(6, 5).float() / 255 * 0.5 + 0.3
+    chosen = torch.tensor([True, False, True, False, True, False])
+    out = night_frame(images, chosen, torch.Generator().manual_seed(1))
+    assert torch.equal(out[~chosen], images[~chosen])
+    assert torch.equal(out, night_frame(images, chosen, torch.Generator().manual_seed(1)))  # deterministic given the generator
+    luminance = mean_linear_luminance(out[chosen])
+    assert ((luminance > 0.8 * MIDDLE_GREY) | (exposure_gains(out[chosen]) == 1)).all()  # at a day frame's brightness again...
+    assert ((out[chosen] - images[chosen]).abs().mean(dim=(1, 2, 3)) > 0.02).all()  # ...but not the same picture: noise and banding
+    level = AUGMENT_LEVELS["camera-night"]
+    assert level.night == 0.25 and level.low_light == 0 and level.jpeg == AUGMENT_LEVELS["camera"].jpeg
+    batch = augment_batch(random_images(8, 6), level, torch.Generator().manual_seed(0))
+    assert batch.shape == (8, 3, 80, 80) and 0 <= batch.min() and batch.max() <= 1

@@ -76,10 +76,11 @@ QueryBank = Literal["none", "captions"]
 score is lowered by how strongly it matches a bank of typical queries, the training captions the checkpoint stores, so an image
 that is near every query (a hub; camera galleries have many) stops winning by it."""
 
-AugmentLevel = Literal["surveillance", "camera", "camera-wide"]
+AugmentLevel = Literal["surveillance", "camera", "camera-wide", "camera-night"]
 """Training augmentations (train.augment.AUGMENT_LEVELS). surveillance: the mild set; camera: stronger, plus Gaussian blur, JPEG, gamma,
 desaturation and border occluders; camera-wide: camera, plus motion blur and night exposures (darkness, a lamp's colour, amplified sensor
-noise), resolution loss and shifts drawn per image."""
+noise), resolution loss and shifts drawn per image; camera-night: camera, plus a quarter of the images as night frames after automatic
+exposure (2-5 stops under, sensor noise, 8 bits, lifted to middle grey: what image_tta exposure makes of a night gallery)."""
 
 AugmentSchedule = Literal["constant", "ramp"]
 """How the augmentations' probabilities change over a run (train.augment.augment_strength)."""

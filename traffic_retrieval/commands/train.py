@@ -62,7 +62,8 @@ class TrainConfig(RuntimeOptions, TowerLocking, CheckpointTrust):
     augment: bool = option(True, help="camera-look training augmentations (--augment-level)")
     augment_level: AugmentLevel = option("surveillance", help="surveillance: the mild set (resolution, blur, exposure, cast, noise); camera: "
                                                              "stronger, plus Gaussian blur, JPEG, gamma, desaturation and border occluders; "
-                                                             "camera-wide: camera plus motion blur and night exposures, resolution drawn per image")
+                                                             "camera-wide: camera plus motion blur and night exposures, resolution drawn per image; "
+                                                             "camera-night: camera plus night frames as image_tta exposure lifts them")
     augment_schedule: AugmentSchedule = option("constant", help="constant, or ramp: the degradations' probabilities grow linearly to full "
                                                                 "strength over the cosine schedule's epochs")
     consistency: float = option(0.0, minimum=0, maximum=10, help="weight of a loss pulling each augmented image's embedding toward its clean "

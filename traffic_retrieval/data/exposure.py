@@ -32,23 +32,39 @@ def linear_to_srgb(values):
     return torch.where(values <= 0.0031308, values * 12.92, 1.055 * values.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
 
 
-def exposure_gains(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN):
-    """The gain (>= 1, <= ``max_gain``) that brings each float NCHW sRGB image in [0, 1] to ``target``."""
+def exposure_gains(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN, linear=None):
+    """The gain (>= 1, <= ``max_gain``) that brings each float NCHW sRGB image in [0, 1] to
+    ``target`` (``linear``: the images already in linear light, to save decoding them again)."""
     import torch
 
-    luma = torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1)
-    luminance = (srgb_to_linear(images.float()) * luma).sum(dim=1).mean(dim=(1, 2))
+    linear = srgb_to_linear(images.float()) if linear is None else linear
+    luma = torch.tensor(LUMA, dtype=linear.dtype).view(1, 3, 1, 1)
+    luminance = (linear * luma).sum(dim=1).mean(dim=(1, 2))
     return (target / luminance.clamp(min=target / max_gain)).clamp(1.0, max_gain)
 
 
-def auto_exposure(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN):
+def auto_exposure(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN, linear=None):
     """Float NCHW sRGB images in [0, 1], each under-exposed one brightened to ``target`` in
-    linear light (``exposure_gains``); the others are the same tensor values."""
-    gains = exposure_gains(images, target, max_gain)
+    linear light (``exposure_gains``; ``linear``: the images in linear light, if known); the
+    others are the same tensor values."""
+    linear = srgb_to_linear(images.float()) if linear is None else linear
+    gains = exposure_gains(images, target, max_gain, linear)
     darker = gains > 1.0
     if not bool(darker.any()):
         return images
     out = images.float().clone()
-    lifted = srgb_to_linear(out[darker]) * gains[darker].view(-1, 1, 1, 1)
-    out[darker] = linear_to_srgb(lifted)
+    out[darker] = linear_to_srgb(linear[darker] * gains[darker].view(-1, 1, 1, 1)).to(out.dtype)
     return out
+
+
+SRGB_CODES_TO_LINEAR = None  # the 256 8-bit sRGB codes in linear light (srgb_code_to_linear), made on first use
+
+
+def srgb_code_to_linear(codes):
+    """Linear light of integer 8-bit sRGB codes (a table lookup, exact as ``srgb_to_linear(codes / 255)``)."""
+    import torch
+
+    global SRGB_CODES_TO_LINEAR
+    if SRGB_CODES_TO_LINEAR is None:
+        SRGB_CODES_TO_LINEAR = srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255)
+    return SRGB_CODES_TO_LINEAR[codes]

@@ -45,9 +45,11 @@ class AugmentConfig:
     max_motion: float = 0.06  # of the side: a car at 15 m/s moves about 7% of its length in a 1/50 s exposure
     low_light: float = 0.0  # probability of a night exposure: the scene darkened, lit by a lamp's colour, the camera's gain amplifying sensor noise
     max_lamp_tint: float = 0.25  # how far toward a lamp's colour a night exposure goes (0: white light; 1: the lamp's full colour)
+    night: float = 0.0  # probability of a night frame as automatic exposure delivers it: 2-5 stops under, sensor noise, 8 bits, lifted (night_frame)
 
 
-DEGRADATIONS = ("low_resolution", "blur", "exposure", "color_cast", "noise", "translate", "gamma", "desaturate", "occlude", "jpeg", "motion_blur", "low_light")
+DEGRADATIONS = ("low_resolution", "blur", "exposure", "color_cast", "noise", "translate", "gamma", "desaturate", "occlude", "jpeg", "motion_blur", "low_light",
+                "night")
 
 AUGMENT_LEVELS = {
     "surveillance": AugmentConfig(),
@@ -55,6 +57,11 @@ AUGMENT_LEVELS = {
                             noise=0.5, max_noise=0.08, gamma=0.4, desaturate=0.3, occlude=0.25, jpeg=0.6),
 }
 AUGMENT_LEVELS["camera-wide"] = replace(AUGMENT_LEVELS["camera"], per_image=True, motion_blur=0.3, low_light=0.25)
+AUGMENT_LEVELS["camera-night"] = replace(AUGMENT_LEVELS["camera"], night=0.25)
+NIGHT_STOPS_UNDER = (2.0, 5.0)  # a lit street at night, under a day exposure
+NIGHT_GAIN_STOPS = (0.0, 2.0)  # what the camera's own gain gives back before the frame is quantised
+NIGHT_SHOT_NOISE = (0.0003, 0.004)  # photon noise variance per unit of linear signal
+NIGHT_READ_NOISE = (0.0005, 0.005)  # read noise std, linear units
 LAMP_COLOURS = ((1.0, 0.72, 0.42), (1.0, 0.9, 0.75), (0.8, 0.9, 1.0), (0.85, 1.0, 0.85))  # sodium, warm white LED, cold white LED, mercury vapour (RGB gains)
 AUGMENT_SCHEDULES = ("constant", "ramp")
 
@@ -159,6 +166,8 @@ def augment_batch(images_uint8, config: AugmentConfig, generator):
 
     if config.low_light > 0:
         images = low_light(images, chosen(config.low_light), generator, config.max_lamp_tint)
+    if config.night > 0:
+        images = night_frame(images, chosen(config.night), generator)
 
     if config.occlude > 0:
         images = occlude_border(images, chosen(config.occlude), generator)
@@ -220,6 +229,34 @@ def low_light(images, chosen, generator, max_tint: float = 0.25):
     dark = picked * light * tint + uniform(0.005, 0.02, count, 1, 1, 1) * torch.randn(picked.shape, generator=generator)
     gain = light ** -uniform(0.5, 1.0, count, 1, 1, 1)  # automatic gain: back to between sqrt(light) and full brightness
     out[chosen] = (dark * gain).clamp_(0, 1)
+    return out
+
+
+def night_frame(images, chosen, generator):
+    """The chosen float NCHW images as a street camera delivers them at night and
+    ``image_tta: exposure`` (``data.exposure.auto_exposure``) then lifts them: in linear
+    light, the scene 2-5 stops under (one factor for all channels: no lamp tint, colours are
+    labels), photon and read noise of the sensor, the camera's gain giving back 0-2 stops,
+    8-bit quantisation (the shadows' few levels), then brightened to middle grey. What the
+    model learns from it is what is left of a night frame after the lift: amplified noise,
+    banding and crushed shadows, at a day frame's brightness."""
+    import torch
+
+    from ..data.exposure import auto_exposure, linear_to_srgb, srgb_code_to_linear, srgb_to_linear
+
+    count = int(chosen.sum())
+    if count == 0:
+        return images
+
+    def uniform(bounds, *shape):
+        return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(*shape, generator=generator)
+
+    out = images.clone()
+    signal = srgb_to_linear(images[chosen]) * 2.0 ** -uniform(NIGHT_STOPS_UNDER, count, 1, 1, 1)
+    sigma = (uniform(NIGHT_SHOT_NOISE, count, 1, 1, 1) * signal + uniform(NIGHT_READ_NOISE, count, 1, 1, 1) ** 2).sqrt()
+    noisy = signal + sigma * torch.randn(signal.shape, generator=generator)
+    codes = (linear_to_srgb(noisy * 2.0 ** uniform(NIGHT_GAIN_STOPS, count, 1, 1, 1)) * 255).round_().long()
+    out[chosen] = auto_exposure(codes.float() / 255, linear=srgb_code_to_linear(codes))
     return out
 
 
