@@ -119,6 +119,8 @@ DEPARTURES = [
      "querybank normalisation: each gallery image's score lowered by its soft-max similarity to the stored training captions"),
     ("camera-wide augmentation, ramped", lambda s, e: s.with_train(augment=True, augment_level="camera-wide", augment_schedule="ramp"),
      "the camera set plus motion blur and night exposures, resolution and shift drawn per image, ramped"),
+    ("camera-night augmentation, ramped", lambda s, e: s.with_train(augment=True, augment_level="camera-night", augment_schedule="ramp"),
+     "the camera set plus night frames as automatic exposure leaves them (noise, banding), ramped"),
     ("automatic exposure", lambda s, e: replace(s, image_tta=with_image_tta_part(s.image_tta, "exposure")),
      "each under-exposed gallery image brightened to middle grey in linear light before it is encoded"),
 ]

@@ -14,6 +14,8 @@ images average 0.2-0.3 in linear light) is left almost as it is.
 
 from __future__ import annotations
 
+import functools
+
 MIDDLE_GREY = 0.18  # the linear luminance an exposure meter aims at
 MAX_GAIN = 8.0  # 3 stops: a camera's analogue gain range at night, and the noise it is willing to amplify
 LUMA = (0.2126, 0.7152, 0.0722)  # Rec. 709 luminance weights of linear RGB
@@ -57,14 +59,14 @@ def auto_exposure(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAI
     return out
 
 
-SRGB_CODES_TO_LINEAR = None  # the 256 8-bit sRGB codes in linear light (srgb_code_to_linear), made on first use
+@functools.lru_cache(maxsize=1)
+def _linear_of_srgb_codes():
+    """The 256 8-bit sRGB codes in linear light."""
+    import torch
+
+    return srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255)
 
 
 def srgb_code_to_linear(codes):
     """Linear light of integer 8-bit sRGB codes (a table lookup, exact as ``srgb_to_linear(codes / 255)``)."""
-    import torch
-
-    global SRGB_CODES_TO_LINEAR
-    if SRGB_CODES_TO_LINEAR is None:
-        SRGB_CODES_TO_LINEAR = srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255)
-    return SRGB_CODES_TO_LINEAR[codes]
+    return _linear_of_srgb_codes()[codes]
