@@ -189,3 +189,22 @@ def test_night_frames_are_lifted_noisy_and_only_where_chosen():
     assert level.night == 0.25 and level.low_light == 0 and level.jpeg == AUGMENT_LEVELS["camera"].jpeg
     batch = augment_batch(random_images(8, 6), level, torch.Generator().manual_seed(0))
     assert batch.shape == (8, 3, 80, 80) and 0 <= batch.min() and batch.max() <= 1
+
+
+def test_a_padded_images_bars_are_neither_metered_nor_lifted():
+    from traffic_retrieval.data.images import PreprocessConfig, normalize_uint8_batch
+
+    picture = torch.full((1, 3, 20, 20), 140, dtype=torch.uint8)  # linear 0.26: a day picture, over middle grey
+    padded = picture.clone()
+    padded[..., :, :6] = 0  # the black bars of a tall crop centred on a square
+    padded[..., :, 14:] = 0
+    pad, squash = PreprocessConfig(size=20, resize_mode="longest"), PreprocessConfig(size=20, resize_mode="squash")
+    assert torch.equal(normalize_uint8_batch(padded, pad, exposure=True), normalize_uint8_batch(padded, pad))  # metered on the picture: no gain
+    assert not torch.equal(normalize_uint8_batch(padded, squash, exposure=True), normalize_uint8_batch(padded, squash))  # bars and all: darker
+    night = (padded.float() * 0.5).round().to(torch.uint8)  # linear 0.06: a gain of 3
+    lifted = normalize_uint8_batch(night, pad, exposure=True)
+    assert torch.equal(lifted[..., :6], normalize_uint8_batch(night, pad)[..., :6])  # the bars stay the fill colour
+    content = (night != 0).any(dim=1, keepdim=True)
+    exposed = auto_exposure(night.float() / 255, content=content)
+    assert float((mean_linear_luminance(exposed[..., 6:14]))) == pytest.approx(MIDDLE_GREY, rel=1e-2)
+    assert float(exposure_gains(night.float() / 255, content=torch.zeros_like(content))) == 1.0  # nothing to meter: left alone

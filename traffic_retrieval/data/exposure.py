@@ -34,28 +34,37 @@ def linear_to_srgb(values):
     return torch.where(values <= 0.0031308, values * 12.92, 1.055 * values.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
 
 
-def exposure_gains(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN, linear=None):
+def exposure_gains(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN, linear=None, content=None):
     """The gain (>= 1, <= ``max_gain``) that brings each float NCHW sRGB image in [0, 1] to
-    ``target`` (``linear``: the images already in linear light, to save decoding them again)."""
+    ``target`` (``linear``: the images already in linear light, to save decoding them again;
+    ``content``: an N1HW boolean mask of the pixels to meter, e.g. not the bars a padded image
+    was centred on; None: all)."""
     import torch
 
     linear = srgb_to_linear(images.float()) if linear is None else linear
     luma = torch.tensor(LUMA, dtype=linear.dtype).view(1, 3, 1, 1)
-    luminance = (linear * luma).sum(dim=1).mean(dim=(1, 2))
-    return (target / luminance.clamp(min=target / max_gain)).clamp(1.0, max_gain)
+    luminance = (linear * luma).sum(dim=1, keepdim=True)
+    if content is None:
+        mean = luminance.mean(dim=(1, 2, 3))
+    else:
+        mean = (luminance * content).sum(dim=(1, 2, 3)) / content.sum(dim=(1, 2, 3)).clamp(min=1)
+        mean = torch.where(content.flatten(1).any(dim=1), mean, torch.full_like(mean, target))  # nothing to meter: left alone
+    return (target / mean.clamp(min=target / max_gain)).clamp(1.0, max_gain)
 
 
-def auto_exposure(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN, linear=None):
+def auto_exposure(images, target: float = MIDDLE_GREY, max_gain: float = MAX_GAIN, linear=None, content=None):
     """Float NCHW sRGB images in [0, 1], each under-exposed one brightened to ``target`` in
-    linear light (``exposure_gains``; ``linear``: the images in linear light, if known); the
-    others are the same tensor values."""
+    linear light (``exposure_gains``; ``linear``: the images in linear light, if known;
+    ``content``: the N1HW mask of the pixels that are the picture, metered and lifted, the others
+    kept, e.g. a padded image's bars); the others are the same tensor values."""
     linear = srgb_to_linear(images.float()) if linear is None else linear
-    gains = exposure_gains(images, target, max_gain, linear)
+    gains = exposure_gains(images, target, max_gain, linear, content)
     darker = gains > 1.0
     if not bool(darker.any()):
         return images
     out = images.float().clone()
-    out[darker] = linear_to_srgb(linear[darker] * gains[darker].view(-1, 1, 1, 1)).to(out.dtype)
+    lifted = linear_to_srgb(linear[darker] * gains[darker].view(-1, 1, 1, 1)).to(out.dtype)
+    out[darker] = lifted if content is None else lifted.where(content[darker], out[darker])
     return out
 
 

@@ -192,7 +192,9 @@ def image_to_uint8_tensor(path: str | Path, config: PreprocessConfig):
 
 def normalize_uint8_batch(batch, config: PreprocessConfig, exposure: bool = False):
     """uint8 NCHW -> float NCHW normalised with the model's mean and std; ``exposure``: each
-    under-exposed image first brightened to middle grey (``exposure.auto_exposure``)."""
+    under-exposed image first brightened to middle grey (``exposure.auto_exposure``; with
+    ``longest``, the pixels of the fill colour, the bars the image was centred on, are
+    neither metered nor changed)."""
     import torch
 
     mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
@@ -200,7 +202,8 @@ def normalize_uint8_batch(batch, config: PreprocessConfig, exposure: bool = Fals
     if exposure:
         from .exposure import auto_exposure
 
-        return (auto_exposure(batch.float() / 255) * 255 - mean) / std
+        content = (batch != config.fill_color).any(dim=1, keepdim=True) if config.resize_mode == "longest" else None
+        return (auto_exposure(batch.float() / 255, content=content) * 255 - mean) / std
     return (batch.float() - mean) / std
 
 
